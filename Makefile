@@ -1,0 +1,26 @@
+# edgesp: two commands on a fresh machine.
+#   make demo   set up .venv, then train -> compile -> simulate -> profile on the embedded digits set
+#   make test   set up .venv, then run the test suite
+PY := .venv/bin/python
+.PHONY: setup demo demo-tflite demo-lava test lint bench clean
+
+setup:
+	@bash scripts/setup_venv.sh
+
+demo: setup
+	$(PY) -m edgesp demo --out build/demo
+
+demo-tflite: setup
+	$(PY) -m edgesp demo --out build/demo-tflite --target edge-cpu-tflite
+
+demo-lava: setup
+	$(PY) -m edgesp demo --out build/demo-lava --target lava-cpu
+
+test: setup
+	$(PY) -m pytest -q -n 2 tests
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,201 @@
+"""Datasets, all offline. ``load_dataset(name)`` understands:
+
+- ``digits``: scikit-learn's bundled 8×8 digits (1,797 images, 10 classes), shape (1, 8, 8), pixel/16
+  standardised; fixed split 1,437 train / 360 test (seed 0, stratified).
+- ``mnist1d``: the ``mnist1d`` package's ``make_dataset`` run offline with its default arguments
+  (4,000 train / 1,000 test, length 40), shape (1, 40), standardised.
+- ``mnist1d-seq``: the same data as a length-40 sequence, shape (1, 40), fed one value per time step.
+- ``idx:DIR``: MNIST-style IDX files in DIR (``train-images-idx3-ubyte[.gz]``,
+  ``train-labels-idx1-ubyte[.gz]``, ``t10k-…``), shape (1, 28, 28), pixels /255 standardised.
+- ``npz:FILE``: arrays ``x``, ``y`` (and optionally ``x_test``, ``y_test``; otherwise a seeded 80/20 split).
+
+Standardisation uses the training split's mean and std (one scalar each). Inputs are float32,
+labels int64 in [0, C).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgesp.errors import DataError
+
+DATASETS = ("digits", "mnist1d", "mnist1d-seq", "idx:DIR", "npz:FILE")
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    sequence: bool = False
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def _split(x: np.ndarray, y: np.ndarray, test_frac: float, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = [], []
+    for c in np.unique(y):  # stratified
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_test = int(round(len(idx) * test_frac))
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    tr = rng.permutation(np.concatenate(train_idx))
+    te = rng.permutation(np.concatenate(test_idx))
+    return x[tr], y[tr], x[te], y[te]
+
+
+def _standardise(ds: Dataset) -> Dataset:
+    mean, std = float(ds.x_train.mean()), float(ds.x_train.std()) or 1.0
+    ds.x_train = ((ds.x_train - mean) / std).astype(np.float32)
+    ds.x_test = ((ds.x_test - mean) / std).astype(np.float32)
+    return ds
+
+
+def _check(ds: Dataset) -> Dataset:
+    for part in ("train", "test"):
+        x, y = getattr(ds, f"x_{part}"), getattr(ds, f"y_{part}")
+        if len(x) != len(y):
+            raise DataError(f"{ds.name}: {len(x)} {part} inputs but {len(y)} labels")
+        if len(x) == 0:
+            raise DataError(f"{ds.name}: the {part} split is empty")
+        if not np.all(np.isfinite(x)):
+            raise DataError(f"{ds.name}: {part} inputs contain NaN or inf")
+    if ds.x_train.shape[1:] != ds.x_test.shape[1:]:
+        raise DataError(f"{ds.name}: train inputs {ds.x_train.shape[1:]} and test inputs {ds.x_test.shape[1:]} differ")
+    ys = np.concatenate([ds.y_train, ds.y_test])
+    if ys.min() < 0 or np.any(ys != np.round(ys)):
+        raise DataError(f"{ds.name}: labels must be non-negative integers")
+    ds.y_train = ds.y_train.astype(np.int64)
+    ds.y_test = ds.y_test.astype(np.int64)
+    ds.num_classes = max(ds.num_classes, int(ys.max()) + 1)
+    if ds.num_classes < 2:
+        raise DataError(f"{ds.name}: needs at least 2 classes")
+    return ds
+
+
+def load_digits(seed: int = 0) -> Dataset:
+    from sklearn.datasets import load_digits as _ld
+
+    d = _ld()
+    x = (d.data.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    xtr, ytr, xte, yte = _split(x, d.target, 0.2, seed)
+    return _standardise(_check(Dataset("digits", xtr, ytr, xte, yte, 10)))
+
+
+def load_mnist1d(sequence: bool = False, seed: int = 0) -> Dataset:
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError:
+        raise DataError("the mnist1d package is not installed: run 'make setup'") from None
+    args = get_dataset_args()
+    args.seed = 42 + seed
+    d = make_dataset(args)  # generated offline from templates shipped in the package; no download
+    xtr = np.asarray(d["x"], np.float32)[:, None, :]
+    xte = np.asarray(d["x_test"], np.float32)[:, None, :]
+    name = "mnist1d-seq" if sequence else "mnist1d"
+    ds = Dataset(name, xtr, np.asarray(d["y"]), xte, np.asarray(d["y_test"]), 10, sequence=sequence)
+    return _standardise(_check(ds))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number)")
+    dtype_code, ndim = raw[2], raw[3]
+    if dtype_code != 0x08:
+        raise DataError(f"{path}: only unsigned-byte IDX files are supported (type code {dtype_code:#x})")
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    body = raw[4 + 4 * ndim:]
+    if len(body) != math.prod(dims):
+        raise DataError(f"{path}: IDX header says {math.prod(dims)} bytes of data, file has {len(body)} (truncated?)")
+    return np.frombuffer(body, np.uint8).reshape(dims)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for cand in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (folder / cand).exists():
+            return folder / cand
+    raise DataError(f"IDX folder {folder} has no {stem}[.gz]: expected MNIST-style file names")
+
+
+def load_idx(folder: str | Path) -> Dataset:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"IDX folder {folder} does not exist: pass idx:DIR with the MNIST-style files")
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        x = _read_idx(_find(folder, f"{prefix}-images-idx3-ubyte"))
+        y = _read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte"))
+        if x.ndim != 3 or y.ndim != 1:
+            raise DataError(f"{folder}: {split} images must be 3-D and labels 1-D, got {x.ndim}-D and {y.ndim}-D")
+        parts[split] = (x[:, None].astype(np.float32) / 255.0, y)
+    ds = Dataset(f"idx:{folder}", *parts["train"], *parts["test"], num_classes=int(parts["train"][1].max()) + 1)
+    return _standardise(_check(ds))
+
+
+def load_npz(file: str | Path, seed: int = 0) -> Dataset:
+    file = Path(file)
+    if not file.exists():
+        raise DataError(f"npz file {file} does not exist")
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise DataError(f"cannot read {file} as .npz ({type(e).__name__}): save it with numpy.savez") from None
+    if "x" not in arrays or "y" not in arrays:
+        raise DataError(f"{file} must contain arrays 'x' and 'y' (has {sorted(arrays)})")
+    x, y = arrays["x"].astype(np.float32), arrays["y"]
+    if x.ndim < 2:
+        raise DataError(f"{file}: 'x' must have a sample axis and at least one feature axis, got shape {x.shape}")
+    if y.ndim != 1:
+        raise DataError(f"{file}: 'y' must be 1-D integer labels, got shape {y.shape}")
+    if "x_test" in arrays and "y_test" in arrays:
+        xtr, ytr, xte, yte = x, y, arrays["x_test"].astype(np.float32), arrays["y_test"]
+    else:
+        if len(x) != len(y):
+            raise DataError(f"{file}: {len(x)} inputs but {len(y)} labels")
+        xtr, ytr, xte, yte = _split(x, y, 0.2, seed)
+    return _standardise(_check(Dataset(f"npz:{file}", xtr, ytr, xte, yte, 0)))
+
+
+def load_dataset(name: str, seed: int = 0) -> Dataset:
+    if name == "digits":
+        return load_digits(seed)
+    if name == "mnist1d":
+        return load_mnist1d(False, seed)
+    if name == "mnist1d-seq":
+        return load_mnist1d(True, seed)
+    if name.startswith("idx:"):
+        return load_idx(name[4:])
+    if name.startswith("npz:"):
+        return load_npz(name[4:], seed)
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def adapt_inputs(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Reshape a batch to the model's input shape when the sizes agree (e.g. images → flat MLP input)."""
+    if tuple(x.shape[1:]) == tuple(input_shape):
+        return x
+    if math.prod(x.shape[1:]) == math.prod(input_shape):
+        return x.reshape(x.shape[0], *input_shape)
+    raise DataError(f"data samples have shape {tuple(x.shape[1:])} but the model expects {tuple(input_shape)}: "
+                    "use data that matches the model, or build the model for this dataset")

@@ -1,0 +1,115 @@
+"""Model presets: build a :class:`ModelSpec` from a preset name, the data's input shape and class count.
+
+Presets (sizes are options):
+- ``mlp``:   [Flatten] → (Linear → LayerNorm → ReLU) × depth → head
+- ``cnn1d``: (Conv1d k=5 pad=2 → LayerNorm → ReLU → MaxPool1d 2) × depth → Flatten → head
+- ``cnn2d``: (Conv2d k=3 pad=1 → LayerNorm → ReLU → MaxPool2d 2) × depth → Flatten → head
+- ``vgg8``:  cnn2d-like with two convs per stage (VGG8b-style, scaled to the input)
+- ``snn``:   (Linear → LIF) × depth → head on spike counts / membrane (needs temporal settings)
+"""
+
+from __future__ import annotations
+
+import math
+
+from edgesp.errors import SpecError
+from edgesp.spec import (
+    LIF,
+    Conv1d,
+    Conv2d,
+    Flatten,
+    LayerNorm,
+    Linear,
+    MaxPool1d,
+    MaxPool2d,
+    ModelSpec,
+    ReLU,
+    RuleSpec,
+    SignalSpec,
+    TemporalSpec,
+)
+
+PRESETS = ("mlp", "cnn1d", "cnn2d", "vgg8", "snn")
+
+
+def build_spec(
+    preset: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    width: int = 128,
+    depth: int = 2,
+    channels: int = 16,
+    rule: RuleSpec | None = None,
+    signal: SignalSpec | None = None,
+    temporal: TemporalSpec | None = None,
+) -> ModelSpec:
+    rule = rule or RuleSpec()
+    signal = signal or SignalSpec()
+    if preset not in PRESETS:
+        raise SpecError(f"unknown model {preset!r}; choose one of {', '.join(PRESETS)}")
+    if depth < 1:
+        raise SpecError("depth must be >= 1")
+    blocks: list[tuple] = []
+    shape = tuple(input_shape)
+    if preset == "mlp":
+        d = math.prod(shape)
+        first_in = d
+        for i in range(depth):
+            blocks.append((Linear(first_in if i == 0 else width, width), LayerNorm(), ReLU()))
+        feat = width
+        input_shape = (d,) if len(shape) > 1 else shape
+        return ModelSpec(input_shape=input_shape, num_classes=num_classes, blocks=tuple(blocks),
+                         head=Linear(feat, num_classes), signal=signal, rule=rule, name=f"mlp{depth}x{width}")
+    if preset == "cnn1d":
+        if len(shape) == 1:
+            shape = (1, shape[0])
+        if len(shape) != 2:
+            raise SpecError(f"cnn1d needs 1-D inputs (length or channels×length), got {tuple(input_shape)}")
+        c_in, length = shape
+        for i in range(depth):
+            c_out = channels * (2 ** i)
+            blocks.append((Conv1d(c_in, c_out, 5, padding=2), LayerNorm(), ReLU(), MaxPool1d(2)))
+            if length % 2:
+                raise SpecError(f"cnn1d depth {depth} needs the length divisible by 2**depth, got {shape[1]}")
+            c_in, length = c_out, length // 2
+        blocks[-1] = (*blocks[-1], Flatten())
+        return ModelSpec(input_shape=shape, num_classes=num_classes, blocks=tuple(blocks),
+                         head=Linear(c_in * length, num_classes), signal=signal, rule=rule,
+                         name=f"cnn1d{depth}x{channels}")
+    if preset in ("cnn2d", "vgg8"):
+        if len(shape) == 2:
+            shape = (1, *shape)
+        if len(shape) != 3:
+            raise SpecError(f"{preset} needs image inputs (channels×height×width), got {tuple(input_shape)}")
+        c_in, h, w = shape
+        per_stage = 2 if preset == "vgg8" else 1
+        for i in range(depth):
+            c_out = channels * (2 ** i)
+            for j in range(per_stage):
+                block = [Conv2d(c_in, c_out, 3, padding=1), LayerNorm(), ReLU()]
+                if j == per_stage - 1:
+                    if h % 2 or w % 2:
+                        raise SpecError(f"{preset} depth {depth} needs sizes divisible by 2**depth, got {shape[1:]}")
+                    block.append(MaxPool2d(2))
+                    h, w = h // 2, w // 2
+                blocks.append(tuple(block))
+                c_in = c_out
+        blocks[-1] = (*blocks[-1], Flatten())
+        return ModelSpec(input_shape=shape, num_classes=num_classes, blocks=tuple(blocks),
+                         head=Linear(c_in * h * w, num_classes), signal=signal, rule=rule,
+                         name=f"{preset}{depth}x{channels}")
+    # snn
+    temporal = temporal or TemporalSpec()
+    if temporal.encoding == "sequence":
+        d = math.prod(shape[:-1]) if len(shape) > 1 else 1
+        if len(shape) == 1:
+            shape = (1, shape[0])
+    else:
+        d = math.prod(shape)
+        shape = (d,)
+    for i in range(depth):
+        blocks.append((Linear(d if i == 0 else width, width), LIF()))
+    return ModelSpec(input_shape=shape, num_classes=num_classes, blocks=tuple(blocks),
+                     head=Linear(width, num_classes), signal=signal, rule=rule, temporal=temporal,
+                     name=f"snn{depth}x{width}")
