@@ -1,0 +1,148 @@
+"""Build the Lava process network from a compiled description and run it, always stopping the runtime.
+
+    with LavaSession(desc, inputs, labels, learn) as sess:   # processes built, nothing started yet
+        sess.run(sess.total_steps)                            # first run compiles and starts the workers
+        logits = sess.logits()
+
+The session streams all N samples (T steps each) through one network in as many ``run`` calls as wanted
+(time continues between calls). ``stop()`` runs on exit, on errors and on KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from compilers.lava.network_desc import NetDesc
+from compilers.lava.reference import input_frac, quantise_inputs
+from edgesp.errors import RuntimeMissingError
+
+
+def import_lava() -> dict[str, Any]:
+    """The Lava pieces we need, or a one-line RuntimeMissingError."""
+    try:
+        from lava.magma.core.run_conditions import RunSteps
+        from lava.magma.core.run_configs import Loihi2SimCfg
+
+        from compilers.lava import processes
+    except ImportError as e:
+        raise RuntimeMissingError(f"lava-nc cannot be imported ({e}): run 'make setup' (lava-nc 0.10.0, numpy<2)") \
+            from None
+    return {"RunSteps": RunSteps, "Loihi2SimCfg": Loihi2SimCfg, "processes": processes}
+
+
+def prepare_inputs(desc: NetDesc, x: np.ndarray) -> np.ndarray:
+    """Dataset batch (N, ...) -> (N, D, Tx) real or fixed ints. Sequence data keeps its last axis as time."""
+    n = len(x)
+    if desc.encoding == "sequence":
+        arr = x.reshape(n, desc.input_dim, -1)
+    else:
+        arr = x.reshape(n, desc.input_dim, 1)
+    return quantise_inputs(arr) if desc.fixed else arr.astype(np.float64)
+
+
+class LavaSession:
+    """One process network for one stream of samples. ``learn[n]`` switches the on-chip rule per sample."""
+
+    def __init__(self, desc: NetDesc, inputs: np.ndarray, labels: np.ndarray, learn: np.ndarray, seed: int = 0,
+                 trace: int = 0) -> None:
+        lv = import_lava()
+        self._RunSteps = lv["RunSteps"]
+        P = lv["processes"]
+        self.desc = desc
+        self.tag = desc.precision
+        self.cfg = lv["Loihi2SimCfg"](select_tag=self.tag)
+        labels = np.asarray(labels, np.int64)
+        learn = np.asarray(learn, bool)
+        self.n = len(labels)
+        T, R = desc.time_steps, desc.rows
+        self.source = P.SPSource(inputs=inputs, labels=labels, table=desc.table, rows=R, loss=desc.loss,
+                                 time_steps=T, encoding=desc.encoding, seed=desc.encoding_seed)
+        self.denses, self.lifs, self.readout = [], [], None
+        prev = self.source.s_out
+        g_in = input_frac(desc) if desc.fixed else 0
+        for i, la in enumerate(desc.layers):
+            head = la.kind == "readout"
+            dense = P.SPDense(weights=la.weight, bias=la.bias, rows=R, learn=learn, delay=i + 1, time_steps=T,
+                              lr=desc.lr_head if head else desc.lr, weight_exp=la.weight_exp, g_in=g_in,
+                              head=head, seed=seed, layer=i, name=f"dense{i}")
+            prev.connect(dense.s_in)
+            if head:
+                post = P.SPReadout(rows=R, num_classes=la.n_out, labels=labels, learn=learn, delay=i + 1,
+                                   time_steps=T, name="readout")
+                self.readout = post
+            else:
+                post = P.SPLIF(rows=R, n=la.n_out, du=la.du, dv=la.dv, threshold=la.threshold, reset=la.reset,
+                               lif_bias=la.lif_bias, labels=labels, learn=learn, delay=i + 1, time_steps=T,
+                               loss=desc.loss, temperature=desc.temperature, du_int=la.du_int, dv_int=la.dv_int,
+                               vth_int=la.vth_int, lif_bias_int=la.lif_bias_int, trace=trace, name=f"lif{i}")
+                self.lifs.append(post)
+            dense.a_out.connect(post.a_in)
+            post.err_out.connect(dense.err_in)
+            self.denses.append(dense)
+            if not head:
+                prev = post.s_out
+            g_in = 0
+        self.total_steps = self.n * T + len(desc.layers)
+        self.steps_done = 0
+        self.started = False
+        self.run_seconds = 0.0
+        self.first_run_seconds = 0.0
+
+    # -- running
+    def run(self, steps: int) -> None:
+        steps = min(steps, self.total_steps - self.steps_done)
+        if steps <= 0:
+            return
+        t0 = time.perf_counter()
+        self.started = True
+        self.source.run(condition=self._RunSteps(num_steps=steps), run_cfg=self.cfg)
+        dt = time.perf_counter() - t0
+        if self.steps_done == 0:
+            self.first_run_seconds = dt
+        self.run_seconds += dt
+        self.steps_done += steps
+
+    def run_all(self, chunk: int | None = None, callback: Any = None) -> None:
+        chunk = chunk or self.total_steps
+        while self.steps_done < self.total_steps:
+            self.run(chunk)
+            if callback is not None:
+                callback(self)
+
+    def stop(self) -> None:
+        if self.started:
+            self.started = False
+            self.source.stop()
+
+    def __enter__(self) -> LavaSession:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- reading state
+    def logits(self) -> np.ndarray:
+        return np.asarray(self.readout.logits.get(), np.float64)
+
+    def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(np.asarray(d.weights.get()), np.asarray(d.bias.get())) for d in self.denses]
+
+    def traces(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(np.asarray(lif.trace_v.get()), np.asarray(lif.trace_s.get())) for lif in self.lifs]
+
+    def worker_pids(self) -> list[int]:
+        """OS process ids of the runtime's workers (children of this process)."""
+        import os
+
+        pids: list[int] = []
+        me = os.getpid()
+        try:
+            for task in os.listdir(f"/proc/{me}/task"):
+                with open(f"/proc/{me}/task/{task}/children") as f:
+                    pids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+        return sorted(set(pids))

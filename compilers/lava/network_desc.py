@@ -1,0 +1,110 @@
+"""The compiled network description (what ``compile_model`` writes and the simulators read back).
+
+``network.npz`` holds the arrays (no pickles): ``layer{i}.weight``/``layer{i}.bias`` (float32 for floating_pt;
+int32 even mantissas for fixed_pt) and ``signal.table`` (C, D): the SP target signal of every class,
+t0_c = act(LayerNorm(W_S e_c + b_S)), float32 (fixed_pt: int32 with INPUT_FRAC fractional bits).
+``manifest['network']`` holds the scalars: per layer kind ('lif' | 'readout'), sizes, decays, threshold,
+reset, weight exponent; the precision, encoding, T, loss, temperature, learning rates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesp.errors import CompileError
+
+
+@dataclass
+class LayerDesc:
+    kind: str                 # 'lif' (hidden SP block) | 'readout' (output head)
+    n_in: int
+    n_out: int
+    weight: np.ndarray        # (n_out, n_in)
+    bias: np.ndarray          # (n_out,)
+    du: float = 1.0
+    dv: float = 0.0
+    threshold: float = 1.0
+    reset: str = "zero"
+    lif_bias: float = 0.0
+    spiking: bool = True
+    weight_exp: int = 0       # fixed_pt only
+    du_int: int = 0           # fixed_pt only (Lava LIF 'du' register)
+    dv_int: int = 0
+    vth_int: int = 0
+    lif_bias_int: int = 0     # in v units (already MSB-aligned)
+    cores: list[int] = field(default_factory=list)
+
+
+@dataclass
+class NetDesc:
+    precision: str            # 'floating_pt' | 'fixed_pt'
+    time_steps: int
+    encoding: str             # 'direct' | 'rate' | 'sequence'
+    encoding_seed: int
+    loss: str                 # 'v1' | 'l2'
+    temperature: float
+    lr: float
+    lr_head: float
+    num_classes: int
+    input_dim: int
+    table: np.ndarray         # (C, D)
+    layers: list[LayerDesc]
+
+    @property
+    def rows(self) -> int:
+        """1 sample row + K target rows."""
+        return 1 + (self.num_classes if self.loss == "v1" else 1)
+
+    @property
+    def depth(self) -> int:
+        return sum(la.kind == "lif" for la in self.layers)
+
+    @property
+    def fixed(self) -> bool:
+        return self.precision == "fixed_pt"
+
+    def scalars(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("precision", "time_steps", "encoding", "encoding_seed", "loss",
+                                             "temperature", "lr", "lr_head", "num_classes", "input_dim")}
+        out["layers"] = [{k: v for k, v in la.__dict__.items() if k not in ("weight", "bias")}
+                         for la in self.layers]
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"signal.table": self.table}
+        for i, la in enumerate(self.layers):
+            out[f"layer{i}.weight"] = la.weight
+            out[f"layer{i}.bias"] = la.bias
+        return out
+
+    def copy(self) -> NetDesc:
+        layers = [LayerDesc(**{**la.__dict__, "weight": la.weight.copy(), "bias": la.bias.copy(),
+                               "cores": list(la.cores)}) for la in self.layers]
+        return NetDesc(**{**self.__dict__, "table": self.table.copy(), "layers": layers})
+
+
+def load_netdesc(build_dir: str | Path, manifest: dict[str, Any]) -> NetDesc:
+    build_dir = Path(build_dir)
+    if "network" not in manifest:
+        raise CompileError(f"{build_dir}/manifest.json has no 'network' section: re-run 'edgesp compile' "
+                           "with a lava target")
+    path = build_dir / manifest["artifacts"]["inference"]
+    if not path.exists():
+        raise CompileError(f"{path} is missing: re-run 'edgesp compile'")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise CompileError(f"{path} is corrupt ({type(e).__name__}): re-run 'edgesp compile'") from None
+    sc = dict(manifest["network"])
+    layers = []
+    for i, ld in enumerate(sc.pop("layers")):
+        try:
+            layers.append(LayerDesc(**ld, weight=arrays[f"layer{i}.weight"], bias=arrays[f"layer{i}.bias"]))
+        except KeyError as e:
+            raise CompileError(f"{path} lacks {e.args[0]!r}: re-run 'edgesp compile'") from None
+    return NetDesc(**sc, table=arrays["signal.table"], layers=layers)

@@ -1,0 +1,375 @@
+"""Lava processes of the on-chip SP network and their ProcessModels (tags ``floating_pt`` and ``fixed_pt``).
+
+Network (one row per stream: row 0 the sample, rows 1..K the SP target signal, all through the same W):
+
+    SPSource ─s→ SPDense_0 ─a→ SPLIF_0 ─s→ SPDense_1 ─a→ SPLIF_1 … ─s→ SPDense_head ─a→ SPReadout
+                    ↑──────── δ ────┘          ↑──────── δ ────┘            ↑────────── δ ──────┘
+
+SPDense is the synapse block (weights, bias synapse, and the learning engine: ΔW = −lr δᵀ s_in, the
+pre-synaptic input times the third factor δ); SPLIF holds the LIF compartments of every stream and computes
+the third factor δ = ∂L/∂v from its pre-reset voltages; SPReadout integrates the head's output (membrane
+readout) and sends the head's cross-entropy error. Learning happens in ``run_spk`` of every step, so weights
+change during the run. Dense adds one step of latency (as Lava's Dense), so layer l works on sample n during
+steps n·T + l + 1 … n·T + l + T (1-based); every process derives sample index and phase from its delay.
+The arithmetic is in :mod:`compilers.lava.rule`; :mod:`compilers.lava.reference` is the numpy oracle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+from compilers.lava import rule
+from compilers.lava.reference import encode
+
+FLOAT_PORT = LavaPyType(PyOutPort.VEC_DENSE, float)
+FLOAT_IN = LavaPyType(PyInPort.VEC_DENSE, float)
+INT_PORT = LavaPyType(PyOutPort.VEC_DENSE, np.int64, precision=24)
+INT_IN = LavaPyType(PyInPort.VEC_DENSE, np.int64, precision=24)
+
+
+def _window(time_step: int, delay: int, T: int, n: int) -> tuple[int, int]:
+    """(sample index, phase) a process with this delay works on at 1-based ``time_step``; index −1 if idle."""
+    step = time_step - 1 - delay
+    if step < 0 or step // T >= n:
+        return -1, 0
+    return step // T, step % T
+
+
+# --------------------------------------------------------------------------- processes
+class SPSource(AbstractProcess):
+    """Streams N samples, T steps each (a ring-buffer-like source that computes each step's payload):
+    s_out (R, D) = encode([x_n[:, k mod Tx]; target rows]). inputs (N, D, Tx); table (C, D)."""
+
+    def __init__(self, *, inputs: np.ndarray, labels: np.ndarray, table: np.ndarray, rows: int, loss: str,
+                 time_steps: int, encoding: str, seed: int, **kwargs) -> None:
+        super().__init__(inputs=inputs, labels=labels, table=table, rows=rows, loss=loss, time_steps=time_steps,
+                         encoding=encoding, seed=seed, **kwargs)
+        self.inputs = Var(shape=inputs.shape, init=inputs)
+        self.labels = Var(shape=labels.shape, init=labels)
+        self.table = Var(shape=table.shape, init=table)
+        self.s_out = OutPort(shape=(rows, inputs.shape[1]))
+
+
+class SPDense(AbstractProcess):
+    """Learning synapses: a[r] = W s_in[r] + b (sent one step later); on learning steps
+    W −= lr δᵀ s_prev, b −= lr Σ_r δ[r] with δ from the post-synaptic neurons (third factor)."""
+
+    def __init__(self, *, weights: np.ndarray, bias: np.ndarray, rows: int, learn: np.ndarray, delay: int,
+                 time_steps: int, lr: float, weight_exp: int = 0, g_in: int = 0, head: bool = False,
+                 seed: int = 0, layer: int = 0, **kwargs) -> None:
+        super().__init__(weights=weights, bias=bias, rows=rows, learn=learn, delay=delay, time_steps=time_steps,
+                         lr=lr, weight_exp=weight_exp, g_in=g_in, head=head, seed=seed, layer=layer, **kwargs)
+        n_out, n_in = weights.shape
+        self.s_in = InPort(shape=(rows, n_in))
+        self.a_out = OutPort(shape=(rows, n_out))
+        self.err_in = InPort(shape=(rows, n_out))
+        self.weights = Var(shape=weights.shape, init=weights)
+        self.bias = Var(shape=bias.shape, init=bias)
+        self.learn = Var(shape=learn.shape, init=learn)
+        self.s_prev = Var(shape=(rows, n_in), init=0)
+        self.a_buff = Var(shape=(rows, n_out), init=0)
+
+
+class SPLIF(AbstractProcess):
+    """LIF compartments for every stream, reset at each sample start; sends spikes and the third factor
+    δ = ∂L/∂v (zero on non-learning steps). ``trace`` > 0 records pre-reset v and spikes of the first
+    ``trace`` active steps (for parity tests)."""
+
+    def __init__(self, *, rows: int, n: int, du: float, dv: float, threshold: float, reset: str, lif_bias: float,
+                 labels: np.ndarray, learn: np.ndarray, delay: int, time_steps: int, loss: str,
+                 temperature: float, du_int: int = 0, dv_int: int = 0, vth_int: int = 0, lif_bias_int: int = 0,
+                 trace: int = 0, **kwargs) -> None:
+        super().__init__(rows=rows, n=n, du=du, dv=dv, threshold=threshold, reset=reset, lif_bias=lif_bias,
+                         labels=labels, learn=learn, delay=delay, time_steps=time_steps, loss=loss,
+                         temperature=temperature, du_int=du_int, dv_int=dv_int, vth_int=vth_int,
+                         lif_bias_int=lif_bias_int, trace=trace, **kwargs)
+        self.a_in = InPort(shape=(rows, n))
+        self.s_out = OutPort(shape=(rows, n))
+        self.err_out = OutPort(shape=(rows, n))
+        self.u = Var(shape=(rows, n), init=0)
+        self.v = Var(shape=(rows, n), init=0)
+        self.labels = Var(shape=labels.shape, init=labels)
+        self.learn = Var(shape=learn.shape, init=learn)
+        self.trace_v = Var(shape=(max(trace, 1), rows, n), init=0)
+        self.trace_s = Var(shape=(max(trace, 1), rows, n), init=0)
+
+
+class SPReadout(AbstractProcess):
+    """Membrane readout of the head: logits[n] = Σ_t z_t (real units), z_t the head output of row 0;
+    sends the cross-entropy error softmax(z_t) − onehot(y) as third factor on learning steps."""
+
+    def __init__(self, *, rows: int, num_classes: int, labels: np.ndarray, learn: np.ndarray, delay: int,
+                 time_steps: int, **kwargs) -> None:
+        super().__init__(rows=rows, num_classes=num_classes, labels=labels, learn=learn, delay=delay,
+                         time_steps=time_steps, **kwargs)
+        self.a_in = InPort(shape=(rows, num_classes))
+        self.err_out = OutPort(shape=(rows, num_classes))
+        self.labels = Var(shape=labels.shape, init=labels)
+        self.learn = Var(shape=learn.shape, init=learn)
+        self.logits = Var(shape=(labels.shape[0], num_classes), init=0)
+
+
+# --------------------------------------------------------------------------- source models
+class _SourceModel(PyLoihiProcessModel):
+    fixed = False
+
+    def run_spk(self) -> None:
+        p = self.proc_params
+        n_idx, k = _window(self.time_step, 0, p["time_steps"], self.inputs.shape[0])
+        if n_idx < 0:
+            self.s_out.send(np.zeros(self.s_out.shape))
+            return
+        y = int(self.labels[n_idx])
+        x = self.inputs[n_idx][:, k % self.inputs.shape[2]]
+        tgt = self.table if p["loss"] == "v1" else self.table[[y]]
+        rows = np.concatenate([x[None, :], tgt], 0)
+        self.s_out.send(encode(rows, p["encoding"], p["seed"], n_idx, k, self.fixed))
+
+
+@implements(proc=SPSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PySPSourceFloat(_SourceModel):
+    s_out: PyOutPort = FLOAT_PORT
+    inputs: np.ndarray = LavaPyType(np.ndarray, float)
+    labels: np.ndarray = LavaPyType(np.ndarray, int)
+    table: np.ndarray = LavaPyType(np.ndarray, float)
+
+
+@implements(proc=SPSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySPSourceFixed(_SourceModel):
+    fixed = True
+    s_out: PyOutPort = INT_PORT
+    inputs: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=16)
+    labels: np.ndarray = LavaPyType(np.ndarray, int)
+    table: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=16)
+
+
+# --------------------------------------------------------------------------- dense models
+@implements(proc=SPDense, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PySPDenseFloat(PyLoihiProcessModel):
+    s_in: PyInPort = FLOAT_IN
+    a_out: PyOutPort = FLOAT_PORT
+    err_in: PyInPort = FLOAT_IN
+    weights: np.ndarray = LavaPyType(np.ndarray, float)
+    bias: np.ndarray = LavaPyType(np.ndarray, float)
+    learn: np.ndarray = LavaPyType(np.ndarray, bool)
+    s_prev: np.ndarray = LavaPyType(np.ndarray, float)
+    a_buff: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def run_spk(self) -> None:
+        p = self.proc_params
+        self.a_out.send(self.a_buff)
+        s = self.s_in.recv()
+        err = self.err_in.recv()
+        n_idx, _ = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
+        if n_idx >= 0 and self.learn[n_idx]:
+            lr = p["lr"]
+            if p["head"]:
+                self.weights -= lr * np.outer(err[0], self.s_prev[0])
+                self.bias -= lr * err[0]
+            else:
+                self.weights -= lr * (err.T @ self.s_prev)
+                self.bias -= lr * err.sum(0)
+        if p["head"]:
+            self.a_buff[0] = self.weights @ s[0] + self.bias
+        else:
+            self.a_buff[:] = s @ self.weights.T + self.bias
+        self.s_prev[:] = s
+
+
+@implements(proc=SPDense, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySPDenseFixed(PyLoihiProcessModel):
+    """Bit-level: a = shift(Σ W_int s_int, e − g_in) + shift(b_int, e); integer update with stochastic rounding."""
+
+    s_in: PyInPort = INT_IN
+    a_out: PyOutPort = INT_PORT
+    err_in: PyInPort = INT_IN
+    weights: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=8)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=8)
+    learn: np.ndarray = LavaPyType(np.ndarray, bool)
+    s_prev: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+    a_buff: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self.rng = np.random.default_rng([proc_params["seed"], proc_params["layer"]])
+
+    def run_spk(self) -> None:
+        p = self.proc_params
+        e, g_in = p["weight_exp"], p["g_in"]
+        self.a_out.send(self.a_buff)
+        s = self.s_in.recv().astype(np.int64)
+        err = self.err_in.recv().astype(np.int64)
+        n_idx, _ = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
+        if n_idx >= 0 and self.learn[n_idx]:
+            rows = 1 if p["head"] else err.shape[0]
+            dw, db = rule.fixed_weight_update(err[:rows], self.s_prev[:rows], rule.lr_shift(p["lr"]), g_in, e,
+                                              self.rng)
+            self.weights[:] = np.clip(self.weights + dw, rule.W_MIN, rule.W_MAX)
+            self.bias[:] = np.clip(self.bias + db, rule.W_MIN, rule.W_MAX)
+        b = rule.shift(self.bias, e)
+        if p["head"]:
+            self.a_buff[0] = rule.shift(self.weights @ s[0], e - g_in) + b
+        else:
+            self.a_buff[:] = rule.shift(s @ self.weights.T, e - g_in) + b
+        self.s_prev[:] = s
+
+
+# --------------------------------------------------------------------------- LIF models
+class _LIFBase(PyLoihiProcessModel):
+    def _record(self, step: int, v: np.ndarray, s: np.ndarray) -> None:
+        if step < self.proc_params["trace"]:
+            self.trace_v[step] = v
+            self.trace_s[step] = s
+
+    def run_spk(self) -> None:
+        p = self.proc_params
+        a = self.a_in.recv()
+        n_idx, k = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
+        if n_idx < 0:
+            zero = np.zeros(self.s_out.shape)
+            self.s_out.send(zero)
+            self.err_out.send(zero)
+            return
+        if k == 0:
+            self.u[:] = 0
+            self.v[:] = 0
+        v_pre, spikes = self.dynamics(a)
+        self._record(n_idx * p["time_steps"] + k, v_pre, spikes)
+        self.s_out.send(spikes)
+        if self.learn[n_idx]:
+            self.err_out.send(self.delta(v_pre, int(self.labels[n_idx])))
+        else:
+            self.err_out.send(np.zeros(self.err_out.shape))
+
+
+@implements(proc=SPLIF, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PySPLIFFloat(_LIFBase):
+    a_in: PyInPort = FLOAT_IN
+    s_out: PyOutPort = FLOAT_PORT
+    err_out: PyOutPort = FLOAT_PORT
+    u: np.ndarray = LavaPyType(np.ndarray, float)
+    v: np.ndarray = LavaPyType(np.ndarray, float)
+    labels: np.ndarray = LavaPyType(np.ndarray, int)
+    learn: np.ndarray = LavaPyType(np.ndarray, bool)
+    trace_v: np.ndarray = LavaPyType(np.ndarray, float)
+    trace_s: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def dynamics(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = self.proc_params
+        self.u[:] = (1.0 - p["du"]) * self.u + a
+        self.v[:] = (1.0 - p["dv"]) * self.v + self.u + p["lif_bias"]
+        v_pre = self.v.copy()
+        s = (v_pre > p["threshold"]).astype(float)
+        if p["reset"] == "zero":
+            self.v[:] = v_pre * (1.0 - s)
+        else:
+            self.v[:] = v_pre - p["threshold"] * s
+        return v_pre, s
+
+    def delta(self, v_pre: np.ndarray, y: int) -> np.ndarray:
+        return rule.hidden_delta(v_pre, y, self.proc_params["loss"], self.proc_params["temperature"])
+
+
+@implements(proc=SPLIF, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySPLIFFixed(_LIFBase):
+    """Loihi bit-accurate CUBA LIF on every stream (the arithmetic of lava.proc.lif's PyLifModelBitAcc:
+    12-bit decays, 24-bit wrapped u, clipped v, activation and threshold MSB-aligned by 6 bits)."""
+
+    a_in: PyInPort = INT_IN
+    s_out: PyOutPort = INT_PORT
+    err_out: PyOutPort = INT_PORT
+    u: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+    v: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+    labels: np.ndarray = LavaPyType(np.ndarray, int)
+    learn: np.ndarray = LavaPyType(np.ndarray, bool)
+    trace_v: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+    trace_s: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=1)
+
+    def dynamics(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = self.proc_params
+        vth = p["vth_int"] << rule.ACT_SHIFT
+        a = np.asarray(a, np.int64)
+        self.u[:] = rule.wrap_u(rule.decay_fixed(self.u, p["du_int"] + 1) + np.left_shift(a, rule.ACT_SHIFT))
+        self.v[:] = rule.clip_v(rule.decay_fixed(self.v, p["dv_int"]) + self.u + p["lif_bias_int"])
+        v_pre = self.v.copy()
+        s = v_pre > vth
+        if p["reset"] == "zero":
+            self.v[s] = 0
+        else:
+            self.v[s] -= vth
+        return v_pre, s.astype(np.int64)
+
+    def delta(self, v_pre: np.ndarray, y: int) -> np.ndarray:
+        p = self.proc_params
+        v_real = v_pre / float(2 ** (rule.SIGMA + rule.ACT_SHIFT))
+        return rule.quantise_delta(rule.hidden_delta(v_real, y, p["loss"], p["temperature"]))
+
+
+# --------------------------------------------------------------------------- readout models
+class _ReadoutBase(PyLoihiProcessModel):
+    def run_spk(self) -> None:
+        p = self.proc_params
+        a = self.a_in.recv()
+        n_idx, _ = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
+        err = np.zeros(self.err_out.shape)
+        if n_idx >= 0:
+            z = self.to_real(a[0])
+            self.logits[n_idx] += z
+            if self.learn[n_idx]:
+                err[0] = self.third_factor(rule.head_delta(z, int(self.labels[n_idx])))
+        self.err_out.send(err)
+
+
+@implements(proc=SPReadout, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PySPReadoutFloat(_ReadoutBase):
+    a_in: PyInPort = FLOAT_IN
+    err_out: PyOutPort = FLOAT_PORT
+    labels: np.ndarray = LavaPyType(np.ndarray, int)
+    learn: np.ndarray = LavaPyType(np.ndarray, bool)
+    logits: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def to_real(self, a: np.ndarray) -> np.ndarray:
+        return np.asarray(a, float)
+
+    def third_factor(self, g: np.ndarray) -> np.ndarray:
+        return g
+
+
+@implements(proc=SPReadout, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySPReadoutFixed(_ReadoutBase):
+    a_in: PyInPort = INT_IN
+    err_out: PyOutPort = INT_PORT
+    labels: np.ndarray = LavaPyType(np.ndarray, int)
+    learn: np.ndarray = LavaPyType(np.ndarray, bool)
+    logits: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def to_real(self, a: np.ndarray) -> np.ndarray:
+        return np.asarray(a, np.int64) / float(2 ** rule.SIGMA)
+
+    def third_factor(self, g: np.ndarray) -> np.ndarray:
+        return rule.quantise_delta(g)

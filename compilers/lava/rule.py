@@ -1,0 +1,128 @@
+"""The on-chip SP-voltage rule and its fixed-point arithmetic, as plain constants and small pure functions
+shared by the compiler, the numpy reference and the Lava process models.
+
+Per time step, per hidden layer (rows r: 0 = sample stream, 1..K = target streams, same synapses W, b):
+
+    a[r] = W s_in[r] + b ;  u ← (1−du)u + a ;  v ← (1−dv)v + u + bias_lif ;  s = v > θ ;  reset
+    δ = ∂L/∂v (on the pre-reset v; ∂v/∂W through the current step's input only)
+    ΔW = −lr Σ_r δ[r]ᵀ s_in[r],   Δb = −lr Σ_r δ[r]            (pre-synaptic input × third factor δ)
+
+Local losses on the membrane potential (``loss``):
+- ``v1`` (default; SP's input_label_direct, = v9/v14 at batch 1 with one target row per class):
+  K = C target rows, one per class (the target signal of class c through the layer's synapses),
+  Y_c = ⟨v[0], v[1+c]⟩ / (τ·n), p = softmax(Y), g = p − onehot(y),
+  δ[0] = Σ_c g_c v[1+c] / (τ·n),  δ[1+c] = g_c v[0] / (τ·n).
+- ``l2`` (purely neuron-local; L = ½‖v[0] − v[1]‖²): K = 1 row, the target signal of the sample's class,
+  δ[0] = v[0] − v[1], δ[1] = −δ[0].  Loihi-native third factor, but it admits the collapsed solution
+  W = 0 (measured: no learning on digits); kept as the local reference form.
+
+Output head (SP trains it with cross-entropy on its detached input): per step z_t = W s_in[0] + b,
+g = softmax(z_t) − onehot(y), ΔW = −lr g s_in[0]ᵀ, Δb = −lr g; prediction = argmax Σ_t z_t (membrane readout).
+
+Fixed point (Loihi 2, ``fixed_pt``): scale S = 2^sigma maps real voltage/threshold units to integers:
+weights W_int (even integers in [−256, 254]: 8-bit signed mantissa, Lava convention) with a per-layer
+exponent e, W ≈ W_int·2^e / S; a = shift(Σ W_int s_int, e − g_in) + shift(b_int, e) (floor shifts);
+u, v signed 24-bit with activation and threshold MSB-aligned by 6 bits (u += a<<6, spike if v > θ_int<<6);
+decays as 12-bit integers (Lava's bit-accurate LIF: u decays by (4096 − du_int − 1)/4096, v by
+(4096 − dv_int)/4096). The third factor δ is a 16-bit signed integer with ``DELTA_FRAC`` fractional bits
+(real units); lr = 2^−k; ΔW_int = 2·sround(−δ_int s_int / 2^(k + DELTA_FRAC + g_in + e − sigma + 1)) with
+stochastic rounding sround(x / 2^m) = (x + r) >> m, r ~ U{0..2^m−1} from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ACT_SHIFT = 6          # Loihi MSB alignment of activation and threshold (lava.proc.lif AbstractPyLifModelFixed)
+DECAY_BITS = 12        # du, dv are 12-bit
+UV_BITS = 24           # u, v are signed 24-bit
+W_MIN, W_MAX = -256, 254   # 8-bit signed mantissa, Lava's representation (LSB of the int is always 0)
+DELTA_FRAC = 8         # fractional bits of the integer third factor
+DELTA_BITS = 16        # width of the integer third factor (assumption; see docs)
+INPUT_FRAC = 6         # fractional bits of graded input payloads (direct encoding) in fixed_pt
+SIGMA = 8              # log2 of the voltage scale S (threshold 1.0 -> 256 -> MSB-aligned 16384)
+
+
+def shift(x: np.ndarray | int, k: int) -> np.ndarray:
+    """x·2^k for k >= 0, floor(x / 2^−k) otherwise (arithmetic shift, as Lava's bit-accurate Dense)."""
+    x = np.asarray(x, np.int64)
+    return np.left_shift(x, k) if k >= 0 else np.right_shift(x, -k)
+
+
+def sround_shift(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Stochastically rounded x / 2^m (unbiased): (x + r) >> m with r uniform in [0, 2^m)."""
+    x = np.asarray(x, np.int64)
+    if m <= 0:
+        return np.left_shift(x, -m)
+    r = rng.integers(0, 1 << m, size=x.shape, dtype=np.int64)
+    return np.right_shift(x + r, m)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def hidden_delta(v: np.ndarray, y: int, loss: str, temperature: float) -> np.ndarray:
+    """δ = ∂L/∂v for one hidden layer; v: (R, n) pre-reset voltages in real units (row 0 sample)."""
+    if loss == "l2":
+        d = v[0] - v[1]
+        return np.stack([d, -d])
+    n = v.shape[1]
+    scale = 1.0 / (temperature * n)
+    logits = (v[1:] @ v[0]) * scale
+    g = softmax(logits)
+    g[y] -= 1.0
+    delta = np.empty_like(v, dtype=np.float64)
+    delta[0] = (g @ v[1:]) * scale
+    delta[1:] = g[:, None] * v[0][None, :] * scale
+    return delta
+
+
+def head_delta(z: np.ndarray, y: int) -> np.ndarray:
+    """δ = ∂CE/∂z for the per-step head logits z (C,)."""
+    g = softmax(z.astype(np.float64))
+    g[y] -= 1.0
+    return g
+
+
+def quantise_delta(delta: np.ndarray) -> np.ndarray:
+    """Real third factor -> signed DELTA_BITS integer with DELTA_FRAC fractional bits (round, saturate)."""
+    lim = 2 ** (DELTA_BITS - 1)
+    return np.clip(np.rint(delta * 2 ** DELTA_FRAC), -lim, lim - 1).astype(np.int64)
+
+
+def lr_shift(lr: float) -> int:
+    """k with lr ≈ 2^−k (Loihi learning rates are powers of two)."""
+    return max(0, int(round(-math.log2(lr))))
+
+
+def fixed_weight_update(delta_int: np.ndarray, s_in: np.ndarray, k: int, g_in: int, e: int,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Integer ΔW (even ints) and Δb for δ_int (R, n_out) and inputs s_in (R, n_in) ints."""
+    m = k + DELTA_FRAC + g_in + e - SIGMA + 1
+    num = -(delta_int.T.astype(np.int64) @ s_in.astype(np.int64))
+    dw = 2 * sround_shift(num, m, rng)
+    mb = k + DELTA_FRAC + e - SIGMA + 1
+    db = 2 * sround_shift(-delta_int.sum(0).astype(np.int64), mb, rng)
+    return dw, db
+
+
+def wrap_u(x: np.ndarray) -> np.ndarray:
+    """Lava's bit-accurate current wrap-around at ±2^23."""
+    lim = 2 ** (UV_BITS - 1)
+    w = np.where(x > lim, x - 2 * lim, x)
+    return np.where(w <= -lim, x + 2 * lim, w)
+
+
+def clip_v(x: np.ndarray) -> np.ndarray:
+    lim = 2 ** (UV_BITS - 1)
+    return np.clip(x, -lim + 1, lim - 1)
+
+
+def decay_fixed(x: np.ndarray, factor: int) -> np.ndarray:
+    """x·(4096 − factor)/4096 with Loihi's sign-magnitude rounding toward zero."""
+    p = np.asarray(x, np.int64) * ((1 << DECAY_BITS) - factor)
+    return (np.sign(p) * np.right_shift(np.abs(p), DECAY_BITS)).astype(np.int64)

@@ -1,0 +1,320 @@
+"""Lower a :class:`ModelSpec` (+ weights) to IR programs: inference and the on-device SP update step.
+
+Update step, for a fixed batch B (inputs ``x`` (B,…), ``y`` int32 (B,), ``lr`` float32 ()):
+
+* one-hot O = onehot(y) (B×C). The target stream is computed for all C classes (C rows, static shape) —
+  a sample's target is its class's row, so this equals the B-row target stream (and is ≤ B rows
+  whenever B ≥ C). Sample/target logits: Y_c = h·t_clsᵀ/(τd) (B×C), Y = Y_c·Oᵀ (B×B), positives
+  P = O·Oᵀ.
+* layer 0 (signal): t0 = act(LayerNorm(W_Sᵀ + b_S)) (= the generator applied to every class's one-hot);
+  if learned, L_0 = sp_loss(x, t0) updates W_S, b_S.
+* block i: h_i = f_i(h_{i−1}), t_i = f_i(t_{i−1}); L_i = sp_loss(h_i, t_i); gradients by
+  :func:`compilers.autodiff.grad` restricted to block i's parameters (block inputs are constants).
+* head: L = CE(W_o h_N + b_o, y).
+* each layer's optimizer (SGD+momentum or Adam with a per-layer step counter), its own state.
+
+Supported sigprop losses: v9, v1, l2 (v14/v15 draw random/top-k positives and stay in the trainer).
+Dropout is the identity in compiled programs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from compilers.autodiff import grad
+from compilers.ir import I32, Program
+from edgesp.errors import CompileError
+from edgesp.spec import (
+    LIF,
+    AvgPool1d,
+    AvgPool2d,
+    Conv1d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Layer,
+    LayerNorm,
+    LeakyReLU,
+    Linear,
+    MaxPool1d,
+    MaxPool2d,
+    ModelSpec,
+    ReLU,
+    Tanh,
+)
+
+COMPILED_LOSSES = ("v9", "v1", "l2")
+
+
+def _check_supported(spec: ModelSpec) -> None:
+    if spec.is_spiking:
+        raise CompileError("spiking models compile to Lava only: use --target lava-cpu or loihi2")
+    if spec.rule.name != "sigprop":
+        raise CompileError(f"the compiled on-device step implements sigprop; the model was trained with "
+                           f"{spec.rule.name!r} (compile it with --fresh --rule sigprop, or retrain with sigprop)")
+    if spec.rule.loss not in COMPILED_LOSSES:
+        raise CompileError(f"sigprop loss {spec.rule.loss!r} is not available on device; use one of "
+                           f"{', '.join(COMPILED_LOSSES)} (v14/v15 draw random/top-k positives)")
+
+
+# ------------------------------------------------------------------------------------------ layers
+def _linear(p: Program, x: str, w: str, b: str | None) -> str:
+    y = p.matmul(x, p.transpose(w))
+    return p.add(y, b) if b else y
+
+
+def _im2col_1d(p: Program, x: str, layer: Conv1d) -> tuple[str, int]:
+    bsz, c, length = p.shape(x)
+    if layer.padding:
+        x = p.op("pad", x, pads=((0, 0), (0, 0), (layer.padding, layer.padding)))
+        length += 2 * layer.padding
+    k, s = layer.kernel_size, layer.stride
+    lout = (length - k) // s + 1
+    idx = (np.arange(lout)[:, None] * s + np.arange(k)[None, :]).astype(np.int32)
+    cols = p.op("gather", x, p.const(idx, "im2col", I32), axis=2)  # B, C, Lout, K
+    cols = p.transpose(cols, (0, 2, 1, 3))  # B, Lout, C, K
+    return p.reshape(cols, (bsz * lout, c * k)), lout
+
+
+def _conv1d(p: Program, x: str, layer: Conv1d, w: str, b: str | None) -> str:
+    bsz = p.shape(x)[0]
+    cols, lout = _im2col_1d(p, x, layer)
+    wf = p.reshape(w, (layer.out_channels, layer.in_channels * layer.kernel_size))
+    y = _linear(p, cols, wf, b)  # B·Lout, O
+    y = p.reshape(y, (bsz, lout, layer.out_channels))
+    return p.transpose(y, (0, 2, 1))
+
+
+def _conv2d(p: Program, x: str, layer: Conv2d, w: str, b: str | None) -> str:
+    bsz, c, hh, ww = p.shape(x)
+    k, s, pad = layer.kernel_size, layer.stride, layer.padding
+    if pad:
+        x = p.op("pad", x, pads=((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        hh, ww = hh + 2 * pad, ww + 2 * pad
+    ho, wo = (hh - k) // s + 1, (ww - k) // s + 1
+    ih = (np.arange(ho)[:, None] * s + np.arange(k)[None, :]).astype(np.int32)
+    iw = (np.arange(wo)[:, None] * s + np.arange(k)[None, :]).astype(np.int32)
+    r = p.op("gather", x, p.const(ih, "im2col_h", I32), axis=2)  # B, C, Ho, K, W
+    r = p.op("gather", r, p.const(iw, "im2col_w", I32), axis=4)  # B, C, Ho, K, Wo, K
+    r = p.transpose(r, (0, 2, 4, 1, 3, 5))  # B, Ho, Wo, C, K, K
+    cols = p.reshape(r, (bsz * ho * wo, c * k * k))
+    wf = p.reshape(w, (layer.out_channels, c * k * k))
+    y = p.reshape(_linear(p, cols, wf, b), (bsz, ho, wo, layer.out_channels))
+    return p.transpose(y, (0, 3, 1, 2))
+
+
+def _pool(p: Program, x: str, k: int, dims: int, kind: str) -> str:
+    """Non-overlapping pooling as a reduction over the last axis of (N, window) rows; window elements in
+    row-major order, so reduce_max's gradient goes to the first maximum like torch's."""
+    s = p.shape(x)
+    if dims == 1:
+        r = p.reshape(x, (s[0] * s[1] * (s[2] // k), k))
+        out = (s[0], s[1], s[2] // k)
+    else:
+        r = p.reshape(x, (s[0], s[1], s[2] // k, k, s[3] // k, k))
+        r = p.transpose(r, (0, 1, 2, 4, 3, 5))
+        r = p.reshape(r, (s[0] * s[1] * (s[2] // k) * (s[3] // k), k * k))
+        out = (s[0], s[1], s[2] // k, s[3] // k)
+    return p.reshape(p.reduce(kind, r, (1,), keepdims=True), out)
+
+
+def layer_norm(p: Program, x: str, eps: float) -> str:
+    """Per-row normalisation over all non-batch dims (biased variance)."""
+    s = p.shape(x)
+    f = p.reshape(x, (s[0], math.prod(s[1:])))
+    mean = p.reduce("reduce_mean", f, (1,))
+    c = p.sub(f, mean)
+    var = p.reduce("reduce_mean", p.mul(c, c), (1,))
+    y = p.div(c, p.op("sqrt", p.add(var, p.const(np.float32(eps)))))
+    return p.reshape(y, s)
+
+
+def emit_layer(p: Program, layer: Layer, x: str, w: str | None, b: str | None) -> str:
+    if isinstance(layer, Linear):
+        return _linear(p, x, w, b)
+    if isinstance(layer, Conv1d):
+        return _conv1d(p, x, layer, w, b)
+    if isinstance(layer, Conv2d):
+        return _conv2d(p, x, layer, w, b)
+    if isinstance(layer, Flatten):
+        s = p.shape(x)
+        return p.reshape(x, (s[0], math.prod(s[1:])))
+    if isinstance(layer, MaxPool1d):
+        return _pool(p, x, layer.kernel_size, 1, "reduce_max")
+    if isinstance(layer, AvgPool1d):
+        return _pool(p, x, layer.kernel_size, 1, "reduce_mean")
+    if isinstance(layer, MaxPool2d):
+        return _pool(p, x, layer.kernel_size, 2, "reduce_max")
+    if isinstance(layer, AvgPool2d):
+        return _pool(p, x, layer.kernel_size, 2, "reduce_mean")
+    if isinstance(layer, ReLU):
+        return p.op("relu", x)
+    if isinstance(layer, LeakyReLU):
+        return p.op("leaky_relu", x, alpha=float(layer.negative_slope))
+    if isinstance(layer, Tanh):
+        return p.op("tanh", x)
+    if isinstance(layer, LayerNorm):
+        return layer_norm(p, x, layer.eps)
+    if isinstance(layer, Dropout):
+        return x
+    if isinstance(layer, LIF):
+        raise CompileError("LIF layers compile to Lava only")
+    raise CompileError(f"no lowering for {type(layer).__name__}")
+
+
+def emit_block(p: Program, spec: ModelSpec, i: int, x: str) -> str:
+    w = f"blocks.{i}.weight"
+    b = f"blocks.{i}.bias" if f"blocks.{i}.bias" in p.values else None
+    for j, layer in enumerate(spec.blocks[i]):
+        x = emit_layer(p, layer, x, w if j == 0 else None, b if j == 0 else None)
+    return x
+
+
+def emit_head(p: Program, h: str) -> str:
+    s = p.shape(h)
+    hf = p.reshape(h, (s[0], math.prod(s[1:])))
+    return _linear(p, hf, "head.weight", "head.bias" if "head.bias" in p.values else None)
+
+
+# ------------------------------------------------------------------------------------------ losses
+def _flat(p: Program, a: str) -> str:
+    s = p.shape(a)
+    return p.reshape(a, (s[0], math.prod(s[1:])))
+
+
+def emit_sp_loss(p: Program, spec: ModelSpec, h: str, t_cls: str, onehot: str) -> str:
+    """Local loss between the sample stream h (B,…) and the per-class target stream t_cls (C,…)."""
+    r = spec.rule
+    hf, tf = _flat(p, h), _flat(p, t_cls)
+    bsz, d = p.shape(hf)
+    if r.loss == "l2":
+        diff = p.sub(hf, p.matmul(onehot, tf))
+        return p.scale(p.reduce("reduce_sum", p.mul(diff, diff), (0, 1), keepdims=False), 1.0 / (bsz * d))
+    yc = p.scale(p.matmul(hf, p.transpose(tf)), 1.0 / (r.temperature * d))  # B×C
+    if r.loss == "v1":
+        ls = p.op("log_softmax", yc)
+        return p.scale(p.reduce("reduce_sum", p.mul(onehot, ls), (0, 1), keepdims=False), -1.0 / bsz)
+    y = p.matmul(yc, p.transpose(onehot))  # B×B
+    pos = p.matmul(onehot, p.transpose(onehot))
+    ls = p.op("log_softmax", y)
+    return p.scale(p.reduce("reduce_sum", p.mul(pos, ls), (0, 1), keepdims=False), -1.0 / bsz)
+
+
+def emit_ce(p: Program, logits: str, onehot: str) -> str:
+    bsz = p.shape(logits)[0]
+    ls = p.op("log_softmax", logits)
+    return p.scale(p.reduce("reduce_sum", p.mul(onehot, ls), (0, 1), keepdims=False), -1.0 / bsz)
+
+
+def emit_signal(p: Program, spec: ModelSpec) -> str:
+    """t0 for every class: act(LayerNorm(W_Sᵀ + b_S)) reshaped to (C, *block input shape)."""
+    t = p.add(p.transpose("signal.weight"), "signal.bias")
+    t = layer_norm(p, t, 1e-5)
+    if spec.signal.activation == "relu":
+        t = p.op("relu", t)
+    return p.reshape(t, (spec.num_classes, *spec.block_input_shape()))
+
+
+# ------------------------------------------------------------------------------------------ optimizers
+def optimizer_states(spec: ModelSpec, params: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, int]]:
+    """(name, initial value, layer) of every optimizer state, in forward order."""
+    o = spec.rule.optimizer
+    out: list[tuple[str, np.ndarray, int]] = []
+    layers_done: set[int] = set()
+    for name, arr in params.items():
+        layer = spec.param_layer_index(name)
+        if layer == 0 and spec.signal.kind == "fixed":
+            continue
+        if o.name == "adam":
+            if layer not in layers_done:
+                out.append((f"opt.{layer}.step", np.zeros((), np.float32), layer))
+                layers_done.add(layer)
+            out.append((f"opt.{name}.m", np.zeros_like(arr), layer))
+            out.append((f"opt.{name}.v", np.zeros_like(arr), layer))
+        elif o.momentum:
+            out.append((f"opt.{name}.m", np.zeros_like(arr), layer))
+    return out
+
+
+def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str], lr: str) -> None:
+    o = spec.rule.optimizer
+    if o.name == "adam":
+        step = p.add(f"opt.{layer}.step", p.const(np.float32(1.0)))
+        p.update_state(f"opt.{layer}.step", step)
+        c1 = p.sub(p.const(np.float32(1.0)), p.op("exp", p.scale(step, math.log(o.betas[0]))))
+        c2 = p.sub(p.const(np.float32(1.0)), p.op("exp", p.scale(step, math.log(o.betas[1]))))
+    for name, g in grads.items():
+        if o.weight_decay:
+            g = p.add(g, p.scale(name, o.weight_decay))
+        if o.name == "adam":
+            m = p.add(p.scale(f"opt.{name}.m", o.betas[0]), p.scale(g, 1.0 - o.betas[0]))
+            v = p.add(p.scale(f"opt.{name}.v", o.betas[1]), p.scale(p.mul(g, g), 1.0 - o.betas[1]))
+            p.update_state(f"opt.{name}.m", m)
+            p.update_state(f"opt.{name}.v", v)
+            denom = p.add(p.op("sqrt", p.div(v, c2)), p.const(np.float32(o.eps)))
+            delta = p.div(p.div(m, c1), denom)
+        elif o.momentum:
+            m = p.add(p.scale(f"opt.{name}.m", o.momentum), g)
+            p.update_state(f"opt.{name}.m", m)
+            delta = m
+        else:
+            delta = g
+        p.update_state(name, p.sub(name, p.mul(delta, lr)))
+
+
+# ------------------------------------------------------------------------------------------ programs
+def _declare_params(p: Program, spec: ModelSpec, params: dict[str, np.ndarray], include_signal: bool) -> None:
+    for name in spec.param_shapes():
+        if name.startswith("signal.") and not include_signal:
+            continue
+        p.state(name, params[name], spec.param_layer_index(name))
+
+
+def lower_inference(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> Program:
+    """x (B,…) → ``logits`` (B, C) with the current parameters (states, read-only)."""
+    _check_supported(spec)
+    p = Program("inference")
+    x = p.input("x", (batch, *spec.input_shape))
+    _declare_params(p, spec, params, include_signal=False)
+    h = x
+    for i in range(len(spec.blocks)):
+        h = emit_block(p, spec, i, h)
+    p.output("logits", emit_head(p, h))
+    return p
+
+
+def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> Program:
+    """The whole SP update step (see module docstring). Outputs ``loss_k`` per layer k."""
+    _check_supported(spec)
+    p = Program("sp_update")
+    x = p.input("x", (batch, *spec.input_shape))
+    y = p.input("y", (batch,), I32)
+    lr = p.input("lr", ())
+    _declare_params(p, spec, params, include_signal=True)
+    for name, init, layer in optimizer_states(spec, params):
+        p.state(name, init, layer)
+    onehot = p.op("onehot", y, depth=spec.num_classes)
+    shapes = spec.param_shapes()
+
+    t = emit_signal(p, spec)
+    if spec.signal.kind == "learned":
+        l0 = emit_sp_loss(p, spec, x, t, onehot)
+        p.output("loss_0", l0)
+        names = [n for n in shapes if n.startswith("signal.")]
+        emit_optimizer(p, spec, 0, grad(p, l0, names), lr)
+    h = x
+    for i in range(len(spec.blocks)):
+        h_new = emit_block(p, spec, i, h)
+        t_new = emit_block(p, spec, i, t)
+        li = emit_sp_loss(p, spec, h_new, t_new, onehot)
+        p.output(f"loss_{i + 1}", li)
+        names = [n for n in shapes if n.startswith(f"blocks.{i}.")]
+        emit_optimizer(p, spec, i + 1, grad(p, li, names), lr)
+        h, t = h_new, t_new
+    head_layer = len(spec.blocks) + 1
+    lo = emit_ce(p, emit_head(p, h), onehot)
+    p.output(f"loss_{head_layer}", lo)
+    emit_optimizer(p, spec, head_layer, grad(p, lo, [n for n in shapes if n.startswith("head.")]), lr)
+    return p

@@ -1,0 +1,3 @@
+from edgesp.cli import main
+
+raise SystemExit(main())

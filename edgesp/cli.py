@@ -1,0 +1,326 @@
+"""``edgesp`` command line: train, evaluate, targets, compile, simulate, profile, demo.
+
+Every user error is reported as one line ``error: <problem>: <fix>`` on stderr with exit code 2
+(no traceback); Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgesp.errors import DataError, EdgespError, SpecError
+
+
+# ---------------------------------------------------------------------------- shared helpers
+def _write_json(path: str | Path, obj: Any) -> None:
+    from edgesp.atomic import write_text
+
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from edgesp.presets import PRESETS
+    from edgesp.spec import OPTIMIZERS, RULES, SP_LOSSES
+
+    g = p.add_argument_group("model and rule")
+    g.add_argument("--model", default="mlp", help=f"preset: {', '.join(PRESETS)} (default mlp)")
+    g.add_argument("--rule", default="sigprop", help=f"learning rule: {', '.join(RULES)} (default sigprop)")
+    g.add_argument("--width", type=int, default=128, help="hidden width of mlp/snn (default 128)")
+    g.add_argument("--depth", type=int, default=2, help="number of blocks/stages (default 2)")
+    g.add_argument("--channels", type=int, default=16, help="first conv stage channels (default 16)")
+    g.add_argument("--loss", default="v9", help=f"sigprop local loss: {', '.join(SP_LOSSES)} (default v9)")
+    g.add_argument("--temperature", type=float, default=0.1, help="sigprop logit temperature (default 0.1)")
+    g.add_argument("--signal", default="learned", help="signal generator: learned or fixed (default learned)")
+    g.add_argument("--optimizer", default="adam", help=f"{', '.join(OPTIMIZERS)} (default adam)")
+    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--time-steps", type=int, default=None, help="spiking models: time steps per sample")
+    g.add_argument("--encoding", default=None, help="spiking models: direct, rate or sequence")
+    g.add_argument("--readout", default="membrane", help="spiking models: membrane or spike_count")
+
+
+def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
+    from edgesp.presets import build_spec
+    from edgesp.spec import OptimizerSpec, RuleSpec, SignalSpec, TemporalSpec
+
+    rule = RuleSpec(name=args.rule, loss=args.loss, temperature=args.temperature,
+                    optimizer=OptimizerSpec(name=args.optimizer, lr=args.lr, momentum=args.momentum))
+    temporal = None
+    if args.model == "snn":
+        encoding = args.encoding or ("sequence" if data.sequence else "rate")
+        steps = args.time_steps or (data.input_shape[-1] if encoding == "sequence" else 10)
+        if encoding == "sequence" and steps != data.input_shape[-1]:
+            raise SpecError(f"a sequence input of length {data.input_shape[-1]} needs --time-steps "
+                            f"{data.input_shape[-1]} (got {steps})")
+        temporal = TemporalSpec(time_steps=steps, encoding=encoding, readout=args.readout, seed=args.seed)
+    elif args.time_steps or args.encoding:
+        raise SpecError("--time-steps/--encoding apply to spiking models only: add --model snn")
+    shape = data.input_shape
+    if args.model == "cnn1d" and len(shape) > 2:
+        import math
+
+        shape = (1, math.prod(shape))
+    return build_spec(args.model, shape, data.num_classes, width=args.width, depth=args.depth,
+                      channels=args.channels, rule=rule, signal=SignalSpec(kind=args.signal), temporal=temporal)
+
+
+def _check_positive(name: str, v: int) -> None:
+    if v < 1:
+        raise SpecError(f"--{name} must be >= 1, got {v}")
+
+
+# ---------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from edgesp.checkpoint import save_checkpoint
+    from edgesp.data import load_dataset
+    from edgesp.functional import init_params
+    from edgesp.rules import make_trainer
+    from edgesp.train import fit, plot_curve
+
+    _check_positive("epochs", args.epochs)
+    _check_positive("batch", args.batch)
+    torch.manual_seed(args.seed)
+    data = load_dataset(args.data, seed=args.seed)
+    spec = _spec_from_args(args, data)
+    params = init_params(spec, args.seed)
+    trainer = make_trainer(spec, params, args.seed)
+    t0 = time.perf_counter()
+    hist = fit(trainer, data, spec.input_shape, args.epochs, args.batch, args.seed, progress=not args.quiet,
+               max_train=args.max_train)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "data": args.data, "model": args.model, "rule": args.rule, "epochs": args.epochs, "batch": args.batch,
+        "seed": args.seed, "num_params": spec.num_params(),
+        "train_accuracy": hist.train_accuracy[-1], "test_accuracy": hist.test_accuracy[-1],
+        "seconds": time.perf_counter() - t0, "history": hist.to_dict(),
+    }
+    save_checkpoint(out / "model.safetensors", spec, trainer.params(), extra={"metrics": {
+        k: metrics[k] for k in ("data", "train_accuracy", "test_accuracy", "epochs")}})
+    _write_json(out / "metrics.json", metrics)
+    plot_curve(out / "learning_curve.png", hist.epochs,
+               {"train accuracy": hist.train_accuracy, "test accuracy": hist.test_accuracy},
+               "epoch", f"{args.rule} · {spec.name} · {args.data}")
+    print(f"{args.rule} on {args.data}: train accuracy {hist.train_accuracy[-1]:.4f}, "
+          f"test accuracy {hist.test_accuracy[-1]:.4f}  ->  {out}/model.safetensors, metrics.json, "
+          "learning_curve.png")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from edgesp.checkpoint import load_checkpoint
+    from edgesp.data import adapt_inputs, load_dataset
+    from edgesp.rules import make_trainer
+    from edgesp.train import accuracy
+
+    spec, params, _ = load_checkpoint(args.checkpoint)
+    data = load_dataset(args.data, seed=args.seed)
+    if data.num_classes > spec.num_classes:
+        raise DataError(f"{args.data} has {data.num_classes} classes but the model predicts {spec.num_classes}")
+    trainer = make_trainer(spec, params, args.seed)
+    x = adapt_inputs(data.x_test, spec.input_shape)
+    res = {"data": args.data, "checkpoint": str(args.checkpoint), "test_accuracy": accuracy(trainer, x, data.y_test),
+           "n_test": int(len(x))}
+    print(f"test accuracy {res['test_accuracy']:.4f} on {res['n_test']} samples of {args.data}")
+    if args.json:
+        _write_json(args.json, res)
+    return 0
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from targets import builtin_targets
+
+    ts = builtin_targets()
+    if args.json:
+        print(json.dumps({k: t.to_dict() for k, t in ts.items()}, indent=2))
+        return 0
+    print(f"{'target':<18}{'runtime':<13}{'precision':<12}{'memory budget':>16}  description")
+    for t in ts.values():
+        budget = f"{t.memory_budget_bytes:,} B" if t.memory_budget_bytes else "unlimited"
+        print(f"{t.name:<18}{t.runtime:<13}{t.precision:<12}{budget:>16}  {t.description}")
+    return 0
+
+
+def _load_model_for_compile(args: argparse.Namespace) -> tuple[Any, Any]:
+    from edgesp.checkpoint import load_checkpoint
+    from edgesp.data import load_dataset
+    from edgesp.functional import init_params
+
+    if args.fresh:
+        if args.checkpoint:
+            raise SpecError("give either a CHECKPOINT or --fresh, not both")
+        data = load_dataset(args.data, seed=args.seed)
+        spec = _spec_from_args(args, data)
+        return spec, init_params(spec, args.seed)
+    if not args.checkpoint:
+        raise SpecError("compile needs a CHECKPOINT (from 'edgesp train') or --fresh --data D --model M --rule R")
+    spec, params, _ = load_checkpoint(args.checkpoint)
+    return spec, params
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from compilers import compile_model
+    from targets import load_target
+
+    target = load_target(args.target)
+    spec, params = _load_model_for_compile(args)
+    _check_positive("batch", args.batch)
+    manifest = compile_model(spec, params, target, Path(args.out), batch=args.batch)
+    mem = manifest.get("planned_memory", {})
+    print(f"compiled {spec.name} for {target.name} ({target.runtime}) -> {args.out}: "
+          + ", ".join(f"{k}={v}" for k, v in manifest["artifacts"].items())
+          + (f"; planned update-step peak {mem.get('update_step_peak_bytes', 0):,} B" if mem else ""))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from edgesp.data import load_dataset
+    from firmware_sim import read_manifest, simulator_module
+
+    manifest = read_manifest(args.build)
+    sim = simulator_module(manifest["runtime"])
+    _check_positive("steps", args.steps)
+    data = load_dataset(args.data, seed=args.seed)
+    res = sim.simulate(Path(args.build), data, steps=args.steps, batch=args.batch, seed=args.seed,
+                       out_png=Path(args.png) if args.png else Path(args.build) / "simulate_curve.png",
+                       progress=not args.quiet, continual=args.continual, lr=args.lr)
+    print(f"on-device learning ({manifest['runtime']}): accuracy {res['accuracy_before']:.4f} -> "
+          f"{res['accuracy_after']:.4f} after {res['steps']} steps, {res['samples_per_second']:.0f} samples/s")
+    if res.get("continual"):
+        for stage in res["continual"]["stages"]:
+            print(f"  stage {stage['stage']} classes {stage['classes']}: accuracy on classes seen so far "
+                  f"{stage['accuracy_seen']:.4f}, on first-stage classes {stage['accuracy_first']:.4f}")
+    if args.json:
+        _write_json(args.json, res)
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from firmware_sim import read_manifest, simulator_module
+
+    manifest = read_manifest(args.build)
+    sim = simulator_module(manifest["runtime"])
+    res = sim.profile(Path(args.build), batch=args.batch)
+    print(f"memory profile ({manifest['runtime']}, batch {res.get('batch')}):")
+    for key in ("inference", "update_step", "bp_baseline"):
+        if key in res:
+            r = res[key]
+            parts = [f"{k}={v:,}" for k, v in r.items() if isinstance(v, int)]
+            print(f"  {key:<12} " + "  ".join(parts))
+    if args.json:
+        _write_json(args.json, res)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgesp.demo import run_demo
+
+    return run_demo(Path(args.out), target=args.target, quick=args.quick)
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgesp", description="Forward-only learning (Signal Propagation) "
+                                "for edge CPUs and neuromorphic chips.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model on a dataset and write a checkpoint + metrics")
+    t.add_argument("--data", default="digits", help="digits, mnist1d, mnist1d-seq, idx:DIR or npz:FILE")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-train", type=int, default=None, help="use only the first N training samples")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_args(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="test accuracy of a checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", default="digits")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", default=None)
+    e.set_defaults(func=cmd_evaluate)
+
+    g = sub.add_parser("targets", help="list the built-in targets and their budgets")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_targets)
+
+    c = sub.add_parser("compile", help="compile a checkpoint (or --fresh model) for a target")
+    c.add_argument("checkpoint", nargs="?", default=None)
+    c.add_argument("--target", required=True, help="built-in target name (see 'edgesp targets') or a .toml file")
+    c.add_argument("--out", required=True, help="build folder")
+    c.add_argument("--batch", type=int, default=32, help="on-device batch size (fixed in the artifact)")
+    c.add_argument("--fresh", action="store_true", help="compile an untrained model built from --data/--model")
+    c.add_argument("--data", default="digits")
+    c.add_argument("--seed", type=int, default=0)
+    _add_model_args(c)
+    c.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("simulate", help="on-device learning: stream samples through the compiled update step")
+    s.add_argument("build")
+    s.add_argument("--data", default="digits")
+    s.add_argument("--steps", type=int, default=200, help="update steps (batches)")
+    s.add_argument("--batch", type=int, default=None, help="must equal the compiled batch (default: it)")
+    s.add_argument("--lr", type=float, default=None, help="on-device learning rate (default: the spec's)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--continual", action="store_true", help="classes arrive in stages; report what is kept")
+    s.add_argument("--json", default=None)
+    s.add_argument("--png", default=None, help="learning-curve PNG (default BUILD/simulate_curve.png)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_simulate)
+
+    m = sub.add_parser("profile", help="measure and plan memory of inference and the update step")
+    m.add_argument("build")
+    m.add_argument("--batch", type=int, default=None)
+    m.add_argument("--json", default=None)
+    m.set_defaults(func=cmd_profile)
+
+    d = sub.add_parser("demo", help="train -> compile -> simulate -> profile on the embedded digits set")
+    d.add_argument("--out", default="build/demo")
+    d.add_argument("--target", default="edge-cpu")
+    d.add_argument("--quick", action="store_true", help="fewer epochs/steps (for tests)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except EdgespError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Signal Propagation for continuous networks (torch reference trainer).
+
+One training step on a batch (x, y):
+
+1. Signal: for the distinct classes U of the batch (``classes``, ``inv`` with y = classes[inv]),
+   t0 = act(LayerNorm(W_S·onehot(c) + b_S)) reshaped to the block input shape (U rows, not B).
+   If the signal is ``learned``, L_0 = sp_loss(x, t0) updates W_S, b_S (the sample stream x has no
+   parameters at layer 0).
+2. For each block i: h_i = f_i(h_{i−1}.detach()), t_i = f_i(t_{i−1}.detach()) with the same weights;
+   L_i = sp_loss(h_i, t_i); θ_i ← opt_i(θ_i, ∂L_i/∂θ_i). The gradient crosses no block boundary.
+3. Head: logits = W_o·h_N.detach() + b_o, L_out = CE(logits, y), its own optimizer.
+
+Prediction uses blocks + head only (no target). Because a sample's target depends only on its class,
+computing the target stream for the U distinct classes and indexing with ``inv`` gives exactly the same
+losses and gradients as the full B-row target stream (``dedup=False`` computes the latter, for tests).
+Dropout acts on the sample stream only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgesp.functional import block_forward, head_forward, predict_logits, signal_forward, to_torch
+from edgesp.losses import sp_loss
+from edgesp.rules.optim import make_optimizer
+from edgesp.spec import ModelSpec
+
+
+class SigpropTrainer:
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0, dedup: bool = True):
+        self.spec = spec
+        self.dedup = dedup
+        self.p = to_torch(params, requires_grad=True)
+        self.generator = torch.Generator().manual_seed(seed)
+        opt = spec.rule.optimizer
+        self.optims: dict[int, torch.optim.Optimizer] = {}
+        groups: dict[int, list[torch.Tensor]] = {}
+        for name, t in self.p.items():
+            layer = spec.param_layer_index(name)
+            if layer == 0 and spec.signal.kind == "fixed":
+                t.requires_grad_(False)
+                continue
+            groups.setdefault(layer, []).append(t)
+        for layer, ts in groups.items():
+            self.optims[layer] = make_optimizer(opt, ts)
+
+    # ------------------------------------------------------------------ helpers
+    def _targets(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of the target stream and the index of each sample's row."""
+        if self.spec.rule.loss == "v1":  # direct label needs every class's target
+            return torch.arange(self.spec.num_classes), y
+        if not self.dedup:
+            return y, torch.arange(len(y))
+        classes, inv = torch.unique(y, return_inverse=True)
+        return classes, inv
+
+    def _loss(self, h: torch.Tensor, t: torch.Tensor, inv: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
+              t_prev: torch.Tensor | None) -> torch.Tensor:
+        r = self.spec.rule
+        return sp_loss(r.loss, h, t, inv, y, rows, temperature=r.temperature, topk=r.topk, t_prev_cls=t_prev,
+                       generator=self.generator)
+
+    def _update(self, layer: int, loss: torch.Tensor) -> None:
+        opt = self.optims.get(layer)
+        if opt is None:
+            return
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    # ------------------------------------------------------------------ contract
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        spec = self.spec
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        yt = torch.as_tensor(y, dtype=torch.long)
+        rows, inv = self._targets(yt)
+        losses: dict[str, float] = {}
+
+        t = signal_forward(spec, rows, self.p)
+        t_prev = F.one_hot(rows, spec.num_classes).float()
+        if spec.signal.kind == "learned":
+            l0 = self._loss(xt, t, inv, yt, rows, t_prev)
+            self._update(0, l0)
+            losses["loss_0"] = float(l0.detach())
+        h, t = xt, t.detach()
+        for i in range(len(spec.blocks)):
+            h_new = block_forward(spec, i, h, self.p, train=True, generator=self.generator)
+            t_new = block_forward(spec, i, t, self.p, train=True, sample_stream=False)
+            li = self._loss(h_new, t_new, inv, yt, rows, t)
+            self._update(i + 1, li)
+            losses[f"loss_{i + 1}"] = float(li.detach())
+            h, t = h_new.detach(), t_new.detach()
+        logits = head_forward(spec, h, self.p)
+        lo = F.cross_entropy(logits, yt)
+        self._update(len(spec.blocks) + 1, lo)
+        losses[f"loss_{len(spec.blocks) + 1}"] = float(lo.detach())
+        return losses
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return predict_logits(self.spec, torch.as_tensor(x, dtype=torch.float32), self.p).numpy()
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().numpy().copy() for k, v in self.p.items()}
+
+
+def make(spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0) -> SigpropTrainer:
+    return SigpropTrainer(spec, params, seed)

@@ -1,0 +1,266 @@
+"""Learning rules for spiking / temporal models (``make(spec, params, seed)``; contract in
+:mod:`edgesp.rules`). Network stepping is :mod:`edgesp.snn`, neuron semantics :mod:`edgesp.spiking`.
+
+Notation per block i and step t: s_in[t] the block's input (encoded sample, or spikes of block i−1, detached),
+a[t] = W s_in[t] + b, LIF: u[t] = (1−du) u[t−1] + a[t], v[t] = (1−dv) v[t−1] + u[t] + bias (pre-reset
+membrane), s[t] = S(v[t]) = 1[v[t] > θ]. Sample stream h and target stream t pass the *same* W, each with its
+own neuron state. Target stream input of block 0: t0 = signal_forward(y) as a direct current every step
+(:mod:`edgesp.encoding`); when the per-step input has fewer features than classes (1-channel sequences) the
+target enters at the first hidden layer instead: a^t_0[t] = relu(LN(P onehot(y))) with P (H_0×C) fixed,
+N(0,1), seeded by ``temporal.seed`` (the SP tutorial's "signal into the first hidden layer" option).
+
+- **sp-voltage**: L_t = Σ_i sp_loss(v^h_i[t], v^t_i[t]) (``spec.rule.loss``, classes as positives). The
+  previous state is detached, so ∂v[t]/∂W = ∂u[t]/∂W = s_in[t] (∂v[t]/∂b = 1): ΔW ∝ −Σ_t (∂L_t/∂v[t]) s_in[t]ᵀ.
+  S is never differentiated (the spike function's backward raises). Gradients of the T steps are
+  accumulated (L = (1/T) Σ_t L_t) and applied once per batch.
+- **sp-surrogate**: as sp-voltage with the loss on f(v) = σ(k(v − θ)) (k = ``surrogate_slope``, default 5):
+  the learning signal is ∂L/∂f · f'(v) · s_in[t]; it never passes through S.
+- **sp-online**: the target enters with the input at every step; every ``update_every`` = k steps (default 1)
+  each layer applies the update from the loss of the last k steps (``online_loss`` 'voltage' (default) or
+  'surrogate'), and the head its CE on the *current* readout. The step reads only the current input and
+  target and the neuron state (u, v, the readout trace); nothing of past steps is stored.
+- **Head** (all SP rules): CE on the readout logits (``edgesp.snn``) with the readout trace detached
+  (local); sp-voltage/sp-surrogate use the final readout (step T).
+- **bptt**: CE on the final readout, autograd through all T steps and all layers, spike S with a sigmoid
+  surrogate derivative (``spike`` = 'surrogate' (default) or 'smooth' (σ(k(v−θ)) forward too)).
+- **rtrl**: the same gradient as bptt computed forward in time (:mod:`edgesp.rtrl`); memory B·S·P floats
+  (S state size, P block parameters), refused above ``rtrl_max_mib`` (default 2048).
+
+Rule parameters (``spec.rule.params``): surrogate_slope, update_every, online_loss, spike, rtrl_max_mib.
+The signal generator (``spec.signal.kind='learned'``) is trained by block 0's SP loss; bptt/rtrl leave it.
+Optimizers: one per layer (signal, each block, head) from ``spec.rule.optimizer``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgesp.encoding import Encoder, num_steps, target_current
+from edgesp.errors import SpecError
+from edgesp.functional import Params, layer_norm, signal_forward
+from edgesp.losses import sp_loss
+from edgesp.rtrl import bptt_loss, rtrl_bytes, rtrl_loss_and_grads
+from edgesp.snn import BlockState, Readout, block_step, empty_readout, readout_decay, run
+from edgesp.spec import LIF, ModelSpec, OptimizerSpec
+from edgesp.spiking import SpikeFn, smooth_spike, strict_spike, surrogate_spike
+
+_KNOWN_PARAMS = {"surrogate_slope", "update_every", "online_loss", "spike", "rtrl_max_mib"}
+
+
+def _make_optimizer(opt: OptimizerSpec, tensors: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """SGD: m ← μ m + g + λ W; W ← W − lr m.  Adam: standard, bias-corrected, L2 weight decay λ."""
+    if opt.name == "sgd":
+        return torch.optim.SGD(tensors, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    return torch.optim.Adam(tensors, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+
+
+def _threshold(spec: ModelSpec, i: int) -> float:
+    lifs = [la for la in spec.blocks[i] if isinstance(la, LIF)]
+    return lifs[-1].threshold if lifs else 0.0
+
+
+class _SpikingTrainer:
+    """Shared parts: parameters as torch leaves, per-layer optimizers, seeded generators, inference."""
+
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int) -> None:
+        if spec.temporal is None:
+            raise SpecError(f"rule {spec.rule.name!r} needs a spiking model (--model snn)")
+        unknown = set(spec.rule.params) - _KNOWN_PARAMS
+        if unknown:
+            raise SpecError(f"unknown rule parameters {sorted(unknown)} for {spec.rule.name}; "
+                            f"known: {', '.join(sorted(_KNOWN_PARAMS))}")
+        self.spec = spec
+        self.rp: dict[str, Any] = dict(spec.rule.params)
+        self.p: Params = {k: torch.tensor(np.asarray(v, np.float32), requires_grad=True) for k, v in params.items()}
+        self.T = num_steps(spec)
+        self.decay = readout_decay(spec)
+        self.gen = torch.Generator().manual_seed(spec.temporal.seed * 1_000_003 + seed)  # training rate code
+        self.loss_gen = torch.Generator().manual_seed(seed + 17)  # v14's random positives
+        groups: dict[int, list[torch.Tensor]] = {}
+        for name, t in self.p.items():
+            groups.setdefault(spec.param_layer_index(name), []).append(t)
+        self.opts = {i: _make_optimizer(spec.rule.optimizer, ts) for i, ts in sorted(groups.items())}
+
+    # -- contract
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = run(self.spec, torch.as_tensor(np.asarray(x, np.float32)), self.p)
+        return logits.numpy()
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().numpy().copy() for k, v in self.p.items()}
+
+    # -- helpers
+    def _zero(self) -> None:
+        for o in self.opts.values():
+            o.zero_grad(set_to_none=True)
+
+    def _step(self) -> None:
+        for o in self.opts.values():
+            o.step()
+
+    def _inputs(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.as_tensor(np.asarray(x, np.float32)), torch.as_tensor(np.asarray(y)).long()
+
+
+class SPTrainer(_SpikingTrainer):
+    """sp-voltage, sp-surrogate (per-batch update) and sp-online (update every k steps); see module doc."""
+
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int) -> None:
+        super().__init__(spec, params, seed)
+        name = spec.rule.name
+        self.online = name == "sp-online"
+        mode = self.rp.get("online_loss", "voltage") if self.online else name.removeprefix("sp-")
+        if mode not in ("voltage", "surrogate"):
+            raise SpecError(f"online_loss must be 'voltage' or 'surrogate', got {mode!r}")
+        self.mode = mode
+        self.slope = float(self.rp.get("surrogate_slope", 5.0))
+        self.every = int(self.rp.get("update_every", 1))
+        if self.every < 1:
+            raise SpecError(f"update_every must be >= 1, got {self.every}")
+        self.spike: SpikeFn = strict_spike
+        self.hidden_signal: torch.Tensor | None = None
+        if spec.signal_dim < spec.num_classes:
+            h0 = spec.blocks[0][0].param_shapes()["weight"][0]
+            g = torch.Generator().manual_seed(spec.temporal.seed + 4242)  # type: ignore[union-attr]
+            proj = torch.randn((spec.num_classes, h0), generator=g)
+            t = layer_norm(proj, 1e-5)
+            self.hidden_signal = F.relu(t) if spec.signal.activation == "relu" else t
+
+    # -- the per-step pieces (public so tests can drive a step by itself)
+    def begin(self, batch: int) -> None:
+        """Fresh neuron state for a batch of sequences (sample stream and target stream)."""
+        self.h_state = [BlockState() for _ in self.spec.blocks]
+        self.t_state = [BlockState() for _ in self.spec.blocks]
+        self.readout: Readout = empty_readout(self.spec, batch, torch.zeros(()))
+        self.t = 0
+
+    def _target0(self, classes: torch.Tensor) -> torch.Tensor | None:
+        if self.hidden_signal is not None:
+            return None
+        t0 = signal_forward(self.spec, classes, self.p)
+        return t0 if self.spec.signal.kind == "learned" else t0.detach()
+
+    def _z(self, v: torch.Tensor, i: int) -> torch.Tensor:
+        if self.mode == "voltage":
+            return v
+        return torch.sigmoid(self.slope * (v - _threshold(self.spec, i)))
+
+    def step_loss(self, x_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One time step of both streams through every block; returns Σ_i L_i[t] (graph per block, inputs
+        and previous state detached) and advances the neuron state and the readout trace."""
+        spec, r = self.spec, self.spec.rule
+        classes, inv = torch.unique(y, return_inverse=True)
+        t0 = self._target0(classes)
+        h_in = x_t.detach()
+        t_in = None if t0 is None else target_current(t0, self.t)
+        total = x_t.new_zeros(())
+        for i in range(len(spec.blocks)):
+            cur = None
+            if i == 0 and t_in is None:
+                assert self.hidden_signal is not None
+                cur = self.hidden_signal[classes]
+            s_h, v_h, st_h = block_step(spec, i, h_in, self.p, self.h_state[i].detached(), self.spike)
+            s_t, v_t, st_t = block_step(spec, i, t_in, self.p, self.t_state[i].detached(), self.spike, current=cur)
+            t_prev = None if t_in is None else t_in.detach()
+            total = total + sp_loss(r.loss, self._z(v_h, i), self._z(v_t, i), inv, y, classes,
+                                    temperature=r.temperature, topk=r.topk, t_prev_cls=t_prev,
+                                    generator=self.loss_gen)
+            self.h_state[i], self.t_state[i] = st_h.detached(), st_t.detached()
+            h_in, t_in = s_h.detach(), s_t.detach()
+        self.readout = self.readout.step(h_in, self.decay)
+        self.t += 1
+        return total
+
+    def head_loss(self, y: torch.Tensor) -> torch.Tensor:
+        """CE of the head on the current readout (its input detached: a local update)."""
+        feats = self.readout.features(self.spec).detach()
+        return F.cross_entropy(self.readout.logits(self.spec, self.p, feats), y)
+
+    def online_step(self, x_t: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """sp-online, one step: losses of this step, backward, and (every k steps) an update of every layer."""
+        sp = self.step_loss(x_t, y)
+        ce = self.head_loss(y)
+        ((sp + ce) / self.every).backward()
+        if self.t % self.every == 0 or self.t == self.T:
+            self._step()
+            self._zero()
+        return float(sp), float(ce)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        xt, yt = self._inputs(x, y)
+        enc = Encoder(self.spec, xt, self.gen)
+        self.begin(xt.shape[0])
+        self._zero()
+        sp_sum = ce_sum = 0.0
+        for t in range(self.T):
+            if self.online:
+                sp, ce = self.online_step(enc.step(t), yt)
+                sp_sum, ce_sum = sp_sum + sp, ce_sum + ce
+            else:
+                loss = self.step_loss(enc.step(t), yt)
+                (loss / self.T).backward()
+                sp_sum += float(loss)
+        if not self.online:
+            ce = self.head_loss(yt)
+            ce.backward()
+            ce_sum = float(ce) * self.T
+            self._step()
+        self._zero()
+        return {"sp_loss": sp_sum / self.T, "head_ce": ce_sum / self.T}
+
+
+class BPTTTrainer(_SpikingTrainer):
+    """Surrogate-gradient BPTT (autograd over all T steps) or RTRL (forward-mode, same gradient)."""
+
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int) -> None:
+        super().__init__(spec, params, seed)
+        kind = self.rp.get("spike", "surrogate")
+        slope = float(self.rp.get("surrogate_slope", 5.0))
+        if kind == "surrogate":
+            self.spike = surrogate_spike(slope)
+        elif kind == "smooth":
+            self.spike = smooth_spike(slope)
+        else:
+            raise SpecError(f"spike must be 'surrogate' or 'smooth', got {kind!r}")
+        self.smooth = kind == "smooth"
+        self.rtrl = spec.rule.name == "rtrl"
+        self.max_mib = float(self.rp.get("rtrl_max_mib", 2048))
+        self.last_sensitivity_bytes = 0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            spike = self.spike if self.smooth else None  # surrogate forward == hard threshold
+            logits = run(self.spec, torch.as_tensor(np.asarray(x, np.float32)), self.p, spike)
+        return logits.numpy()
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        xt, yt = self._inputs(x, y)
+        self._zero()
+        if self.rtrl:
+            need = 3 * rtrl_bytes(self.spec, self.p, xt.shape[0]) / 2**20
+            if need > self.max_mib:
+                raise SpecError(f"RTRL needs about {need:.0f} MiB for its sensitivity tensors (limit "
+                                f"{self.max_mib:.0f}): use a smaller --width/--depth or --batch-size")
+            loss, _, grads, nbytes = rtrl_loss_and_grads(self.spec, xt, yt, self.p, self.spike, self.gen)
+            self.last_sensitivity_bytes = nbytes
+            for k, g in grads.items():
+                self.p[k].grad = g.detach().clone()
+        else:
+            loss, _ = bptt_loss(self.spec, xt, yt, self.p, self.spike, self.gen)
+            loss.backward()
+        self._step()
+        self._zero()
+        return {"ce": float(loss)}
+
+
+def make(spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0) -> SPTrainer | BPTTTrainer:
+    if spec.rule.name in ("sp-voltage", "sp-surrogate", "sp-online"):
+        return SPTrainer(spec, params, seed)
+    if spec.rule.name in ("bptt", "rtrl"):
+        return BPTTTrainer(spec, params, seed)
+    raise SpecError(f"rule {spec.rule.name!r} is not a spiking rule")

@@ -1,0 +1,96 @@
+"""The training loop shared by every rule: epochs of shuffled mini-batches, a progress bar
+(loss, accuracy, samples/s, ETA), evaluation after each epoch, and the learning-curve plot."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesp.data import Dataset, adapt_inputs
+from edgesp.rules import Trainer
+
+
+@dataclass
+class History:
+    epochs: list[int] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def accuracy(trainer: Trainer, x: np.ndarray, y: np.ndarray, batch: int = 512) -> float:
+    correct = 0
+    for i in range(0, len(x), batch):
+        logits = trainer.predict(x[i:i + batch])
+        correct += int((np.argmax(logits, axis=1) == y[i:i + batch]).sum())
+    return correct / max(len(x), 1)
+
+
+def fit(trainer: Trainer, data: Dataset, input_shape: tuple[int, ...], epochs: int, batch: int = 32,
+        seed: int = 0, progress: bool = True, max_train: int | None = None) -> History:
+    from tqdm import tqdm
+
+    xtr = adapt_inputs(data.x_train, input_shape)
+    xte = adapt_inputs(data.x_test, input_shape)
+    ytr, yte = data.y_train, data.y_test
+    if max_train:
+        xtr, ytr = xtr[:max_train], ytr[:max_train]
+    rng = np.random.default_rng(seed)
+    hist = History()
+    n_batches = (len(xtr) + batch - 1) // batch
+    bar = tqdm(total=epochs * n_batches, disable=not progress, unit="batch", dynamic_ncols=True,
+               desc="train")
+    try:
+        for ep in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            order = rng.permutation(len(xtr))
+            losses = []
+            for b in range(n_batches):
+                idx = order[b * batch:(b + 1) * batch]
+                out = trainer.train_step(xtr[idx], ytr[idx])
+                losses.append(sum(out.values()))
+                bar.update(1)
+                if b % 10 == 0:
+                    bar.set_postfix(epoch=ep, loss=f"{np.mean(losses[-10:]):.3f}")
+            dt = time.perf_counter() - t0
+            hist.epochs.append(ep)
+            hist.loss.append(float(np.mean(losses)))
+            hist.seconds.append(dt)
+            hist.train_accuracy.append(accuracy(trainer, xtr, ytr))
+            hist.test_accuracy.append(accuracy(trainer, xte, yte))
+            bar.set_postfix(epoch=ep, loss=f"{hist.loss[-1]:.3f}", train=f"{hist.train_accuracy[-1]:.3f}",
+                            test=f"{hist.test_accuracy[-1]:.3f}", rate=f"{len(xtr) / dt:.0f}/s")
+    finally:
+        bar.close()
+    return hist
+
+
+def plot_curve(path: str | Path, xs: list[float], series: dict[str, list[float]], xlabel: str, title: str) -> None:
+    """Write a line plot atomically (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgesp.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, ys in series.items():
+        ax.plot(xs[:len(ys)], ys, marker="o" if len(xs) < 30 else None, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy" if all("acc" in k for k in series) else "value")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
