@@ -1,0 +1,107 @@
+"""Lava backend: lower a spiking SP model (preset ``snn``: (Linear → LIF) × depth → Linear head) to a network of
+Lava processes that learns on-chip with the SP-voltage rule (see :mod:`compilers.lava.rule`).
+
+``compile_model`` checks the spec, lowers the weights (fixed_pt: Loihi quantisation with its error reported),
+maps layers to cores and checks the target's per-core limits (:mod:`compilers.lava.plan`), and writes:
+
+- ``network.npz`` (artifact ``inference``): weights, biases, the target-signal table — numpy arrays, no pickles;
+- ``learning.json`` (artifact ``update``): the on-chip rule (loss, learning rates, fixed-point shifts);
+- ``manifest.json``: target, runtime "lava", artifacts, parameters, spec, batch, planned_memory, cores_used,
+  quantisation, network (the scalar description :class:`NetDesc` is rebuilt from).
+
+Lava processes cannot be serialised: :mod:`compilers.lava.network` builds them from these files at simulate
+time. This module does not import Lava, so compiling works without the runtime.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compilers.lava import rule
+from compilers.lava.plan import plan
+from compilers.lava.quant import lower
+from edgesp.atomic import write_bytes, write_text
+from edgesp.errors import CompileError, TargetError
+from edgesp.spec import ModelSpec
+from targets import Target
+
+PRECISIONS = ("floating_pt", "fixed_pt")
+INFERENCE_FILE = "network.npz"
+UPDATE_FILE = "learning.json"
+
+
+def _check_params(spec: ModelSpec, params: dict[str, np.ndarray]) -> None:
+    for name, shape in spec.param_shapes().items():
+        if name not in params:
+            raise CompileError(f"weights lack {name!r}: use a checkpoint of this model or --fresh")
+        if tuple(np.shape(params[name])) != tuple(shape):
+            raise CompileError(f"weight {name!r} has shape {tuple(np.shape(params[name]))}, the spec needs {shape}")
+
+
+def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path,
+                  batch: int = 1) -> dict[str, Any]:
+    if target.runtime != "lava":
+        raise TargetError(f"target {target.name!r} runs {target.runtime}, not lava")
+    if target.precision not in PRECISIONS:
+        raise TargetError(f"target {target.name!r}: lava precision must be one of {', '.join(PRECISIONS)}, "
+                          f"got {target.precision!r}")
+    _check_params(spec, params)
+    desc, qreport = lower(spec, params, target.precision)
+    mapping = plan(desc, target)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **desc.arrays())
+    write_bytes(out_dir / INFERENCE_FILE, buf.getvalue())
+    learning = {
+        "rule": "sp-voltage (on-chip, online, batch 1)",
+        "loss": desc.loss, "temperature": desc.temperature, "lr": desc.lr, "lr_head": desc.lr_head,
+        "update": "W -= lr * sum_r delta[r]^T s_in[r]; b -= lr * sum_r delta[r] (third factor delta = dL/dv)",
+        "head": "per-step cross-entropy on z_t = W s_in + b",
+        "fixed_pt": ({"lr_shift": rule.lr_shift(desc.lr), "delta_bits": rule.DELTA_BITS,
+                      "delta_frac_bits": rule.DELTA_FRAC, "rounding": "stochastic"} if desc.fixed else None),
+    }
+    write_text(out_dir / UPDATE_FILE, json.dumps(learning, indent=2))
+    n_layers = len(desc.layers)
+    parameters = []
+    for name, shape in spec.param_shapes().items():
+        layer = spec.param_layer_index(name)
+        on_chip = layer >= 1
+        var = f"dense{layer - 1}.{'weights' if name.endswith('weight') else 'bias'}" if on_chip else None
+        parameters.append({"name": name, "layer": layer, "shape": list(shape), "update_output": var,
+                           "on_chip": on_chip})
+    manifest = {
+        "target": target.name,
+        "target_spec": target.to_dict(),
+        "runtime": "lava",
+        "precision": target.precision,
+        "artifacts": {"inference": INFERENCE_FILE, "update": UPDATE_FILE},
+        "parameters": parameters,
+        "spec": spec.to_dict(),
+        "batch": 1,
+        "requested_batch": batch,
+        "planned_memory": mapping["planned_memory"],
+        "cores_used": mapping["cores_used"],
+        "cores_available": mapping["cores_available"],
+        "core_map": [{k: d[k] for k in ("layer", "kind", "n_in", "n_out", "rows", "cores")}
+                     for d in mapping["layers"]],
+        "quantisation": qreport or None,
+        "network": desc.scalars(),
+        "notes": ("streams one sample at a time (T steps); signal generator is a fixed table on the host; "
+                  f"{n_layers - 1} SP blocks + readout"),
+    }
+    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, default=_json_default))
+    return manifest
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,91 @@
+"""Mapping of layers to neuromorphic cores, the fit check, and the planned memory.
+
+A layer (SPDense synapses + its compartments) is split over cores by output neurons. Each neuron has R
+compartments (1 sample stream + K target streams; the streams are assumed time-multiplexed through the
+core's single copy of the synaptic memory, so synapses are counted once and neuron state R times):
+
+    neurons per core  = min(neurons_per_core // R, synapses_per_core // (n_in + 1))     (+1: bias synapse)
+    cores(layer)      = ceil(n_out / neurons per core)
+    input axons/core  = R·n_in ≤ fan_in ;  output targets per neuron = cores of the next layer ≤ fan_out
+
+Memory: synapses (n_in + 1)·n_out × weight_bits; state per compartment u, v (24-bit each on Loihi, float64
+each in the floating_pt simulation); the learning engine's third factor δ per compartment (16-bit / float64).
+The readout (head) uses one row. The target-signal table and input injection run on the host/embedded CPUs
+and are not counted as neuromorphic cores.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from compilers.lava import rule
+from compilers.lava.network_desc import NetDesc
+from edgesp.errors import TargetError
+from targets import Target
+
+
+def _limit(nm: dict[str, Any], key: str) -> int | None:
+    v = nm.get(key)
+    return int(v) if v else None
+
+
+def plan(desc: NetDesc, target: Target) -> dict[str, Any]:
+    """Assign cores to every layer; raise a one-line TargetError when the model does not fit the target."""
+    nm = dict(target.neuromorphic)
+    npc, spc = _limit(nm, "neurons_per_core"), _limit(nm, "synapses_per_core")
+    fan_in, fan_out = _limit(nm, "fan_in"), _limit(nm, "fan_out")
+    max_cores = _limit(nm, "cores")
+    chips = int(nm.get("chips", 1) or 1)
+    fixed = desc.fixed
+    wbits = int(nm.get("weight_bits", 8)) if fixed else 32
+    state_bytes = 2 * rule.UV_BITS / 8 if fixed else 16.0
+    delta_bytes = rule.DELTA_BITS / 8 if fixed else 8.0
+    layers: list[dict[str, Any]] = []
+    next_core = 0
+    for i, la in enumerate(desc.layers):
+        rows = 1 if la.kind == "readout" else desc.rows
+        where = f"layer {i} ({la.kind}, {la.n_in}->{la.n_out}, {rows} streams)"
+        if fan_in is not None and rows * la.n_in > fan_in:
+            raise TargetError(f"{where} needs {rows * la.n_in} input axons per core > fan-in {fan_in} of "
+                              f"{target.name}: reduce the input size or --width")
+        per_core = la.n_out
+        if npc is not None:
+            per_core = min(per_core, npc // rows)
+        if spc is not None:
+            per_core = min(per_core, spc // (la.n_in + 1))
+        if per_core < 1:
+            raise TargetError(f"{where}: one neuron needs {la.n_in + 1} synapses and {rows} compartments, more "
+                              f"than a core of {target.name} holds ({spc} synapses, {npc} neurons): reduce --width")
+        n_cores = math.ceil(la.n_out / per_core)
+        cores = list(range(next_core, next_core + n_cores))
+        next_core += n_cores
+        per = []
+        for c in range(n_cores):
+            n = min(per_core, la.n_out - c * per_core)
+            syn = (la.n_in + 1) * n
+            per.append({"core": cores[c], "neurons": n, "compartments": n * rows, "synapses": syn,
+                        "synapse_bytes": math.ceil(syn * wbits / 8),
+                        "neuron_bytes": math.ceil(n * rows * (state_bytes + delta_bytes))})
+        layers.append({"layer": i, "kind": la.kind, "n_in": la.n_in, "n_out": la.n_out, "rows": rows,
+                       "cores": cores, "per_core": per})
+        la.cores = cores
+    for i in range(len(layers) - 1):
+        nxt = len(layers[i + 1]["cores"])
+        if fan_out is not None and nxt > fan_out:
+            raise TargetError(f"layer {i} fans out to {nxt} cores > fan-out {fan_out} of {target.name}: reduce --width")
+    if max_cores is not None and next_core > max_cores * chips:
+        sizes = ", ".join(f"layer {d['layer']} {d['n_in']}->{d['n_out']}×{d['rows']} streams: {len(d['cores'])}"
+                          for d in layers)
+        raise TargetError(f"model needs {next_core} cores but {target.name} has {max_cores * chips} "
+                          f"({sizes}): reduce --width/--depth")
+    cores = [pc for d in layers for pc in d["per_core"]]
+    syn_b = sum(c["synapse_bytes"] for c in cores)
+    neu_b = sum(c["neuron_bytes"] for c in cores)
+    return {
+        "cores_used": next_core,
+        "cores_available": max_cores * chips if max_cores else None,
+        "layers": layers,
+        "planned_memory": {"synapse_bytes": syn_b, "neuron_bytes": neu_b, "total_bytes": syn_b + neu_b,
+                           "weight_bits": wbits, "per_core": cores},
+    }

@@ -1,0 +1,132 @@
+"""ONNX backend: ``compile_model`` writes ``inference.onnx``, ``update.onnx`` and ``manifest.json``.
+
+* ``inference.onnx``: (x (B,…), parameters) → logits.
+* ``update.onnx``: (x, y int32, lr, every parameter and optimizer state) → (loss_0…loss_{N+1},
+  ``<state>__new``): the whole SP step, forward-only (checked on the graph at every compile).
+* ``initial_state.npz``: initial parameters and optimizer state (load with ``allow_pickle=False``).
+* the fit check: planned update-step peak (weights + optimizer state + live activations) against the
+  target's memory budget, artifact sizes against its storage budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from compilers.forward_only import check_onnx, check_program
+from compilers.ir import Program
+from compilers.lower import lower_inference, lower_update
+from compilers.memory_plan import plan
+from compilers.onnx_emit import IR_VERSION, NEW_SUFFIX, OPSET, initial_state, to_onnx
+from edgesp.atomic import write_bytes, write_text
+from edgesp.errors import CompileError, TargetError
+from edgesp.spec import ModelSpec
+from targets import Target
+
+
+def manifest_parameters(spec: ModelSpec, program: Program) -> list[dict[str, Any]]:
+    """Forward-ordered parameter/optimizer-state layout of an update program."""
+    out = []
+    for s in program.states:
+        name = s.value.name
+        out.append({
+            "name": name,
+            "layer": s.layer,
+            "shape": list(s.value.shape),
+            "kind": "optimizer_state" if name.startswith("opt.") else "parameter",
+            "update_output": name + NEW_SUFFIX if name in program.state_updates else None,
+        })
+    out.sort(key=lambda d: (d["layer"], d["kind"] != "parameter"))
+    return out
+
+
+def check_fit(target: Target, planned_peak: int, storage: int, what: str = "update step") -> None:
+    if target.memory_budget_bytes is not None and planned_peak > target.memory_budget_bytes:
+        raise TargetError(
+            f"model does not fit {target.name}: the {what} needs {planned_peak:,} B (weights + optimizer state + "
+            f"activations) but the budget is {target.memory_budget_bytes:,} B; use a smaller model or batch"
+        )
+    if target.storage_budget_bytes is not None and storage > target.storage_budget_bytes:
+        raise TargetError(f"artifacts of {storage:,} B exceed {target.name}'s storage budget of "
+                          f"{target.storage_budget_bytes:,} B; use a smaller model")
+
+
+def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path,
+                  batch: int) -> dict[str, Any]:
+    if target.runtime != "onnxruntime":
+        raise CompileError(f"target {target.name} runs {target.runtime}, not onnxruntime")
+    if target.precision != "fp32":
+        raise TargetError(f"the ONNX backend emits fp32; target {target.name} asks for {target.precision}")
+    update_prog = lower_update(spec, params, batch)
+    check_program(update_prog)
+    infer_prog = lower_inference(spec, params, batch)
+    update_model = to_onnx(update_prog, doc=f"edgesp SP update step for {spec.name}")
+    infer_model = to_onnx(infer_prog, doc=f"edgesp inference for {spec.name}")
+    for m in (update_model, infer_model):
+        try:
+            onnx.checker.check_model(m, full_check=True)
+        except onnx.checker.ValidationError as e:  # a compiler bug, but never write a broken artifact
+            raise CompileError(f"generated ONNX graph failed the checker: {str(e).splitlines()[0]}") from None
+    params_layout = manifest_parameters(spec, update_prog)
+    check_onnx(update_model, params_layout)
+
+    update_bytes = update_model.SerializeToString()
+    infer_bytes = infer_model.SerializeToString()
+    state_bytes = _npz_bytes(initial_state(update_prog))
+    update_plan, infer_plan = plan(update_model), plan(infer_model)
+    check_fit(target, update_plan["peak_bytes"], len(update_bytes) + len(infer_bytes) + len(state_bytes))
+
+    largest_layer = _largest_layer_working_set(spec, batch)
+    manifest = {
+        "format": "edgesp-build", "format_version": 1,
+        "target": target.name, "target_description": target.to_dict(), "runtime": "onnxruntime",
+        "batch": batch, "opset": OPSET, "ir_version": IR_VERSION,
+        "artifacts": {"inference": "inference.onnx", "update": "update.onnx", "state": "initial_state.npz"},
+        "hashes": {"inference.onnx": hashlib.sha256(infer_bytes).hexdigest(),
+                   "update.onnx": hashlib.sha256(update_bytes).hexdigest(),
+                   "initial_state.npz": hashlib.sha256(state_bytes).hexdigest()},
+        "inputs": {"update": [v.name for v in update_prog.inputs], "inference": ["x"]},
+        "outputs": {"update": list(update_prog.outputs), "inference": ["logits"]},
+        "parameters": params_layout,
+        "learning_rate": spec.rule.optimizer.lr,
+        "planned_memory": {
+            "update_step_peak_bytes": update_plan["peak_bytes"],
+            "update_step": update_plan, "inference": infer_plan,
+            "largest_layer_working_set_bytes": largest_layer,
+        },
+        "spec": spec.to_dict(),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes(out_dir / "update.onnx", update_bytes)
+    write_bytes(out_dir / "inference.onnx", infer_bytes)
+    write_bytes(out_dir / "initial_state.npz", state_bytes)
+    import json
+
+    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # last: marks a complete build
+    return manifest
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _largest_layer_working_set(spec: ModelSpec, batch: int) -> int:
+    """Bytes of the largest single block's input + output activations for both streams (B + C rows)."""
+    rows = batch + spec.num_classes
+    shapes = spec.shapes()
+    prev = spec.block_input_shape()
+    best = 0
+    for per in shapes[:-1]:
+        act = max([math.prod(prev)] + [math.prod(s) for s in per])
+        best = max(best, 4 * rows * (math.prod(prev) + act))
+        prev = per[-1]
+    return best

@@ -1,0 +1,147 @@
+"""Emit an IR :class:`~compilers.ir.Program` as a single-file ONNX model (opset 18, IR 10).
+
+Graph inputs: the program inputs, then every state (parameters and optimizer state; their initial values
+are written beside the model by the backend, see :func:`initial_state`). Graph outputs: the program outputs, then ``<state>__new`` for each
+state update. Matmuls against a transposed operand become one ``Gemm`` (transA/transB), so no
+weight-sized transpose is materialised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from compilers.ir import I32, Op, Program
+
+OPSET = 18
+IR_VERSION = 10
+NEW_SUFFIX = "__new"
+
+_SIMPLE = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "relu": "Relu", "tanh": "Tanh",
+           "exp": "Exp", "log": "Log", "sqrt": "Sqrt"}
+_REDUCE = {"reduce_sum": "ReduceSum", "reduce_mean": "ReduceMean", "reduce_max": "ReduceMax"}
+
+
+def _dtype(d: str) -> int:
+    return TensorProto.INT32 if d == I32 else TensorProto.FLOAT
+
+
+class _Emitter:
+    def __init__(self, program: Program):
+        self.p = program
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.n = 0
+        producers = {op.output: op for op in program.ops}
+        self.producer = producers
+        uses: dict[str, int] = {}
+        for op in program.ops:
+            for i in op.inputs:
+                uses[i] = uses.get(i, 0) + 1
+        for v in list(program.outputs.values()) + list(program.state_updates.values()):
+            uses[v] = uses.get(v, 0) + 1
+        self.uses = uses
+        self.skipped: set[str] = set()
+
+    def const(self, arr: np.ndarray, hint: str) -> str:
+        self.n += 1
+        name = f"{hint}_k{self.n}"
+        self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def node(self, op_type: str, inputs: list[str], outputs: list[str], **attrs) -> None:
+        self.n += 1
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=f"{op_type}_{self.n}", **attrs))
+
+    def _transposed_2d(self, name: str) -> str | None:
+        """If ``name`` is a 2-D transpose used only once, return its input (to fold into Gemm)."""
+        op = self.producer.get(name)
+        if op and op.kind == "transpose" and op.attr("perm") == (1, 0) and self.uses.get(name, 0) == 1:
+            return op.inputs[0]
+        return None
+
+    def emit(self, op: Op) -> None:
+        k, ins, out = op.kind, list(op.inputs), op.output
+        if out in self.skipped:
+            return
+        if k in _SIMPLE:
+            self.node(_SIMPLE[k], ins, [out])
+        elif k == "matmul":
+            a, b = ins
+            ta, tb = self._transposed_2d(a), self._transposed_2d(b)
+            if ta or tb:
+                self.node("Gemm", [ta or a, tb or b], [out], transA=int(bool(ta)), transB=int(bool(tb)))
+            else:
+                self.node("MatMul", ins, [out])
+        elif k == "leaky_relu":
+            self.node("LeakyRelu", ins, [out], alpha=float(op.attr("alpha")))
+        elif k in ("greater", "equal"):
+            self.node("Greater" if k == "greater" else "Equal", ins, [out + "_b"])
+            self.node("Cast", [out + "_b"], [out], to=TensorProto.FLOAT)
+        elif k == "softmax":
+            self.node("Softmax", ins, [out], axis=-1)
+        elif k == "log_softmax":
+            self.node("LogSoftmax", ins, [out], axis=-1)
+        elif k == "transpose":
+            self.node("Transpose", ins, [out], perm=list(op.attr("perm")))
+        elif k == "reshape":
+            shape = self.const(np.asarray(op.attr("shape"), np.int64), "shape")
+            self.node("Reshape", [ins[0], shape], [out])
+        elif k == "broadcast_to":
+            shape = self.const(np.asarray(op.attr("shape"), np.int64), "shape")
+            self.node("Expand", [ins[0], shape], [out])
+        elif k in _REDUCE:
+            axes = self.const(np.asarray(op.attr("axes"), np.int64), "axes")
+            self.node(_REDUCE[k], [ins[0], axes], [out], keepdims=int(op.attr("keepdims")))
+        elif k == "onehot":
+            # onehot(y)[b, c] = 1[y_b == c]: Reshape + Equal + Cast (ORT's CPU OneHot lacks int32 indices)
+            n = self.p.shape(ins[0])[0]
+            shape = self.const(np.asarray([n, 1], np.int64), "shape")
+            classes = self.const(np.arange(op.attr("depth"), dtype=np.int32)[None, :], "classes")
+            self.node("Reshape", [ins[0], shape], [out + "_col"])
+            self.node("Equal", [out + "_col", classes], [out + "_b"])
+            self.node("Cast", [out + "_b"], [out], to=TensorProto.FLOAT)
+        elif k == "gather":
+            self.node("Gather", ins, [out], axis=int(op.attr("axis")))
+        elif k == "pad":
+            pads = op.attr("pads")
+            flat = [b for b, _ in pads] + [a for _, a in pads]
+            self.node("Pad", [ins[0], self.const(np.asarray(flat, np.int64), "pads")], [out], mode="constant")
+        else:
+            raise ValueError(f"no ONNX lowering for {k}")
+
+
+def to_onnx(program: Program, doc: str = "") -> onnx.ModelProto:
+    e = _Emitter(program)
+    # transposes folded into Gemm need not be emitted
+    for op in program.ops:
+        if op.kind == "matmul":
+            for i in op.inputs:
+                if e._transposed_2d(i):
+                    e.skipped.add(i)
+    for op in program.ops:
+        e.emit(op)
+    inits = list(e.inits)
+    for name, arr in program.consts.items():
+        inits.append(numpy_helper.from_array(arr, name))
+    inputs = [helper.make_tensor_value_info(v.name, _dtype(v.dtype), list(v.shape)) for v in program.inputs]
+    for s in program.states:
+        inputs.append(helper.make_tensor_value_info(s.value.name, TensorProto.FLOAT, list(s.value.shape)))
+    outputs = []
+    for name, value in program.outputs.items():
+        e.node("Identity", [value], [name])
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(program.shape(value))))
+    for state, value in program.state_updates.items():
+        e.node("Identity", [value], [state + NEW_SUFFIX])
+        outputs.append(helper.make_tensor_value_info(state + NEW_SUFFIX, TensorProto.FLOAT,
+                                                     list(program.shape(value))))
+    graph = helper.make_graph(e.nodes, program.name, inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgesp",
+                              doc_string=doc)
+    model.ir_version = IR_VERSION
+    return model
+
+
+def initial_state(program: Program) -> dict[str, np.ndarray]:
+    return {s.value.name: np.asarray(s.init, np.float32).reshape(s.value.shape) for s in program.states}
