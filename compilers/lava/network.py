@@ -11,13 +11,14 @@ The session streams all N samples (T steps each) through one network in as many 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 
 from compilers.lava.network_desc import NetDesc
 from compilers.lava.reference import input_frac, quantise_inputs
-from edgesp.errors import RuntimeMissingError
+from edgesp.errors import CompileError, RuntimeMissingError
 
 
 def import_lava() -> dict[str, Any]:
@@ -59,7 +60,7 @@ class LavaSession:
         self.n = len(labels)
         T, R = desc.time_steps, desc.rows
         self.source = P.SPSource(inputs=inputs, labels=labels, table=desc.table, rows=R, loss=desc.loss,
-                                 time_steps=T, encoding=desc.encoding, seed=desc.encoding_seed)
+                                 time_steps=T, encoding=desc.encoding, seed=desc.encoding_seed, name="source")
         self.denses, self.lifs, self.readout = [], [], None
         prev = self.source.s_out
         g_in = input_frac(desc) if desc.fixed else 0
@@ -98,15 +99,34 @@ class LavaSession:
             return
         t0 = time.perf_counter()
         self.started = True
-        self.source.run(condition=self._RunSteps(num_steps=steps), run_cfg=self.cfg)
+        with warnings.catch_warnings():
+            # Lava's model search imports every sibling module and warns about ones it cannot import
+            warnings.filterwarnings("ignore", message="Cannot import module", category=UserWarning)
+            self.source.run(condition=self._RunSteps(num_steps=steps), run_cfg=self.cfg)
         dt = time.perf_counter() - t0
         if self.steps_done == 0:
             self.first_run_seconds = dt
         self.run_seconds += dt
         self.steps_done += steps
+        self.check_errors()
+
+    def processes(self) -> list[Any]:
+        return [self.source, *self.denses, *self.lifs, self.readout]
+
+    def check_errors(self) -> None:
+        """Raise if a process model failed during the last run (its traceback went to stderr)."""
+        for proc in self.processes():
+            step = int(np.asarray(proc.error.get()).ravel()[0])
+            if step:
+                raise CompileError(f"Lava process {proc.name} failed at time step {step} (traceback above): "
+                                   "the runtime was stopped; check the build and the data")
 
     def run_all(self, chunk: int | None = None, callback: Any = None) -> None:
+        """Run to the end in calls of ``chunk`` steps; the first call is one step, so ``first_run_seconds``
+        is the compile + start-up cost alone."""
         chunk = chunk or self.total_steps
+        if self.steps_done == 0:
+            self.run(1)
         while self.steps_done < self.total_steps:
             self.run(chunk)
             if callback is not None:

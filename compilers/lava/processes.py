@@ -16,6 +16,8 @@ The arithmetic is in :mod:`compilers.lava.rule`; :mod:`compilers.lava.reference`
 
 from __future__ import annotations
 
+import traceback
+
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
@@ -34,6 +36,17 @@ FLOAT_PORT = LavaPyType(PyOutPort.VEC_DENSE, float)
 FLOAT_IN = LavaPyType(PyInPort.VEC_DENSE, float)
 INT_PORT = LavaPyType(PyOutPort.VEC_DENSE, np.int64, precision=24)
 INT_IN = LavaPyType(PyInPort.VEC_DENSE, np.int64, precision=24)
+
+
+class _Guarded(PyLoihiProcessModel):
+    """Computation errors must not hang the run: Lava 0.10 waits forever for the other workers, which block on
+    their ports. A failing model prints its traceback, sets ``error`` to the time step, and from then on keeps
+    exchanging zero messages so the run completes; the host checks ``error`` after every run call."""
+
+    def _fail(self) -> None:
+        traceback.print_exc()
+        if self.error[0] == 0:
+            self.error[0] = self.time_step
 
 
 def _window(time_step: int, delay: int, T: int, n: int) -> tuple[int, int]:
@@ -57,6 +70,7 @@ class SPSource(AbstractProcess):
         self.labels = Var(shape=labels.shape, init=labels)
         self.table = Var(shape=table.shape, init=table)
         self.s_out = OutPort(shape=(rows, inputs.shape[1]))
+        self.error = Var(shape=(1,), init=0)
 
 
 class SPDense(AbstractProcess):
@@ -77,6 +91,7 @@ class SPDense(AbstractProcess):
         self.learn = Var(shape=learn.shape, init=learn)
         self.s_prev = Var(shape=(rows, n_in), init=0)
         self.a_buff = Var(shape=(rows, n_out), init=0)
+        self.error = Var(shape=(1,), init=0)
 
 
 class SPLIF(AbstractProcess):
@@ -101,6 +116,7 @@ class SPLIF(AbstractProcess):
         self.learn = Var(shape=learn.shape, init=learn)
         self.trace_v = Var(shape=(max(trace, 1), rows, n), init=0)
         self.trace_s = Var(shape=(max(trace, 1), rows, n), init=0)
+        self.error = Var(shape=(1,), init=0)
 
 
 class SPReadout(AbstractProcess):
@@ -116,23 +132,32 @@ class SPReadout(AbstractProcess):
         self.labels = Var(shape=labels.shape, init=labels)
         self.learn = Var(shape=learn.shape, init=learn)
         self.logits = Var(shape=(labels.shape[0], num_classes), init=0)
+        self.error = Var(shape=(1,), init=0)
 
 
 # --------------------------------------------------------------------------- source models
-class _SourceModel(PyLoihiProcessModel):
+class _SourceModel(_Guarded):
     fixed = False
 
     def run_spk(self) -> None:
+        out = np.zeros(self.s_out.shape)
+        if self.error[0] == 0:
+            try:
+                out = self._payload()
+            except Exception:
+                self._fail()
+        self.s_out.send(out)
+
+    def _payload(self) -> np.ndarray:
         p = self.proc_params
         n_idx, k = _window(self.time_step, 0, p["time_steps"], self.inputs.shape[0])
         if n_idx < 0:
-            self.s_out.send(np.zeros(self.s_out.shape))
-            return
+            return np.zeros(self.s_out.shape)
         y = int(self.labels[n_idx])
         x = self.inputs[n_idx][:, k % self.inputs.shape[2]]
         tgt = self.table if p["loss"] == "v1" else self.table[[y]]
         rows = np.concatenate([x[None, :], tgt], 0)
-        self.s_out.send(encode(rows, p["encoding"], p["seed"], n_idx, k, self.fixed))
+        return encode(rows, p["encoding"], p["seed"], n_idx, k, self.fixed)
 
 
 @implements(proc=SPSource, protocol=LoihiProtocol)
@@ -143,6 +168,7 @@ class PySPSourceFloat(_SourceModel):
     inputs: np.ndarray = LavaPyType(np.ndarray, float)
     labels: np.ndarray = LavaPyType(np.ndarray, int)
     table: np.ndarray = LavaPyType(np.ndarray, float)
+    error: np.ndarray = LavaPyType(np.ndarray, int)
 
 
 @implements(proc=SPSource, protocol=LoihiProtocol)
@@ -154,13 +180,14 @@ class PySPSourceFixed(_SourceModel):
     inputs: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=16)
     labels: np.ndarray = LavaPyType(np.ndarray, int)
     table: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=16)
+    error: np.ndarray = LavaPyType(np.ndarray, int)
 
 
 # --------------------------------------------------------------------------- dense models
 @implements(proc=SPDense, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PySPDenseFloat(PyLoihiProcessModel):
+class PySPDenseFloat(_Guarded):
     s_in: PyInPort = FLOAT_IN
     a_out: PyOutPort = FLOAT_PORT
     err_in: PyInPort = FLOAT_IN
@@ -169,12 +196,21 @@ class PySPDenseFloat(PyLoihiProcessModel):
     learn: np.ndarray = LavaPyType(np.ndarray, bool)
     s_prev: np.ndarray = LavaPyType(np.ndarray, float)
     a_buff: np.ndarray = LavaPyType(np.ndarray, float)
+    error: np.ndarray = LavaPyType(np.ndarray, int)
 
     def run_spk(self) -> None:
-        p = self.proc_params
         self.a_out.send(self.a_buff)
         s = self.s_in.recv()
         err = self.err_in.recv()
+        if self.error[0] == 0:
+            try:
+                self._step(s, err)
+            except Exception:
+                self._fail()
+                self.a_buff[:] = 0
+
+    def _step(self, s: np.ndarray, err: np.ndarray) -> None:
+        p = self.proc_params
         n_idx, _ = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
         if n_idx >= 0 and self.learn[n_idx]:
             lr = p["lr"]
@@ -194,7 +230,7 @@ class PySPDenseFloat(PyLoihiProcessModel):
 @implements(proc=SPDense, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PySPDenseFixed(PyLoihiProcessModel):
+class PySPDenseFixed(_Guarded):
     """Bit-level: a = shift(Σ W_int s_int, e − g_in) + shift(b_int, e); integer update with stochastic rounding."""
 
     s_in: PyInPort = INT_IN
@@ -205,17 +241,26 @@ class PySPDenseFixed(PyLoihiProcessModel):
     learn: np.ndarray = LavaPyType(np.ndarray, bool)
     s_prev: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
     a_buff: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+    error: np.ndarray = LavaPyType(np.ndarray, int)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
         self.rng = np.random.default_rng([proc_params["seed"], proc_params["layer"]])
 
     def run_spk(self) -> None:
-        p = self.proc_params
-        e, g_in = p["weight_exp"], p["g_in"]
         self.a_out.send(self.a_buff)
         s = self.s_in.recv().astype(np.int64)
         err = self.err_in.recv().astype(np.int64)
+        if self.error[0] == 0:
+            try:
+                self._step(s, err)
+            except Exception:
+                self._fail()
+                self.a_buff[:] = 0
+
+    def _step(self, s: np.ndarray, err: np.ndarray) -> None:
+        p = self.proc_params
+        e, g_in = p["weight_exp"], p["g_in"]
         n_idx, _ = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
         if n_idx >= 0 and self.learn[n_idx]:
             rows = 1 if p["head"] else err.shape[0]
@@ -232,31 +277,37 @@ class PySPDenseFixed(PyLoihiProcessModel):
 
 
 # --------------------------------------------------------------------------- LIF models
-class _LIFBase(PyLoihiProcessModel):
+class _LIFBase(_Guarded):
     def _record(self, step: int, v: np.ndarray, s: np.ndarray) -> None:
         if step < self.proc_params["trace"]:
             self.trace_v[step] = v
             self.trace_s[step] = s
 
     def run_spk(self) -> None:
-        p = self.proc_params
         a = self.a_in.recv()
+        spikes, err = np.zeros(self.s_out.shape), np.zeros(self.err_out.shape)
+        if self.error[0] == 0:
+            try:
+                spikes, err = self._step(a, spikes, err)
+            except Exception:
+                self._fail()
+                spikes, err = np.zeros(self.s_out.shape), np.zeros(self.err_out.shape)
+        self.s_out.send(spikes)
+        self.err_out.send(err)
+
+    def _step(self, a: np.ndarray, spikes: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = self.proc_params
         n_idx, k = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
         if n_idx < 0:
-            zero = np.zeros(self.s_out.shape)
-            self.s_out.send(zero)
-            self.err_out.send(zero)
-            return
+            return spikes, err
         if k == 0:
             self.u[:] = 0
             self.v[:] = 0
         v_pre, spikes = self.dynamics(a)
         self._record(n_idx * p["time_steps"] + k, v_pre, spikes)
-        self.s_out.send(spikes)
         if self.learn[n_idx]:
-            self.err_out.send(self.delta(v_pre, int(self.labels[n_idx])))
-        else:
-            self.err_out.send(np.zeros(self.err_out.shape))
+            err = self.delta(v_pre, int(self.labels[n_idx]))
+        return spikes, err
 
 
 @implements(proc=SPLIF, protocol=LoihiProtocol)
@@ -272,6 +323,7 @@ class PySPLIFFloat(_LIFBase):
     learn: np.ndarray = LavaPyType(np.ndarray, bool)
     trace_v: np.ndarray = LavaPyType(np.ndarray, float)
     trace_s: np.ndarray = LavaPyType(np.ndarray, float)
+    error: np.ndarray = LavaPyType(np.ndarray, int)
 
     def dynamics(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = self.proc_params
@@ -305,6 +357,7 @@ class PySPLIFFixed(_LIFBase):
     learn: np.ndarray = LavaPyType(np.ndarray, bool)
     trace_v: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
     trace_s: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=1)
+    error: np.ndarray = LavaPyType(np.ndarray, int)
 
     def dynamics(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = self.proc_params
@@ -327,18 +380,26 @@ class PySPLIFFixed(_LIFBase):
 
 
 # --------------------------------------------------------------------------- readout models
-class _ReadoutBase(PyLoihiProcessModel):
+class _ReadoutBase(_Guarded):
     def run_spk(self) -> None:
-        p = self.proc_params
         a = self.a_in.recv()
-        n_idx, _ = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
         err = np.zeros(self.err_out.shape)
+        if self.error[0] == 0:
+            try:
+                self._step(a, err)
+            except Exception:
+                self._fail()
+                err = np.zeros(self.err_out.shape)
+        self.err_out.send(err)
+
+    def _step(self, a: np.ndarray, err: np.ndarray) -> None:
+        p = self.proc_params
+        n_idx, _ = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
         if n_idx >= 0:
             z = self.to_real(a[0])
             self.logits[n_idx] += z
             if self.learn[n_idx]:
                 err[0] = self.third_factor(rule.head_delta(z, int(self.labels[n_idx])))
-        self.err_out.send(err)
 
 
 @implements(proc=SPReadout, protocol=LoihiProtocol)
@@ -350,6 +411,7 @@ class PySPReadoutFloat(_ReadoutBase):
     labels: np.ndarray = LavaPyType(np.ndarray, int)
     learn: np.ndarray = LavaPyType(np.ndarray, bool)
     logits: np.ndarray = LavaPyType(np.ndarray, float)
+    error: np.ndarray = LavaPyType(np.ndarray, int)
 
     def to_real(self, a: np.ndarray) -> np.ndarray:
         return np.asarray(a, float)
@@ -367,6 +429,7 @@ class PySPReadoutFixed(_ReadoutBase):
     labels: np.ndarray = LavaPyType(np.ndarray, int)
     learn: np.ndarray = LavaPyType(np.ndarray, bool)
     logits: np.ndarray = LavaPyType(np.ndarray, float)
+    error: np.ndarray = LavaPyType(np.ndarray, int)
 
     def to_real(self, a: np.ndarray) -> np.ndarray:
         return np.asarray(a, np.int64) / float(2 ** rule.SIGMA)

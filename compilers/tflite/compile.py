@@ -12,32 +12,25 @@ initial states, float32, no pickles) and ``manifest.json``.
 
 from __future__ import annotations
 
-import importlib
+import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from compilers.forward_only import check_program
 from compilers.ir import Program
+from compilers.lower import lower_inference, lower_update
 from compilers.tflite.emit import ModelWriter
 from compilers.tflite.plan import plan_model
-from edgesp.atomic import atomic_path, write_bytes, write_text
+from edgesp.atomic import write_bytes, write_text
 from edgesp.errors import CompileError, TargetError
 from edgesp.spec import ModelSpec
 from targets import Target
 
 MODEL_FILE, STATE_FILE = "model.tflite", "state.npz"
-
-
-def _forward_only_check(program: Program) -> bool:
-    """Run the lead's forward-only checker when it exists; returns whether it ran."""
-    try:
-        mod = importlib.import_module("compilers.forward_only")
-    except ImportError:
-        return False
-    mod.check_program(program)
-    return True
 
 
 def build_model(update: Program, inference: Program) -> bytes:
@@ -56,12 +49,14 @@ def build_model(update: Program, inference: Program) -> bytes:
     return w.finish()
 
 
-def lower(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> tuple[Program, Program]:
-    try:
-        from compilers.lower import lower_inference, lower_update
-    except ImportError as e:
-        raise CompileError(f"the IR lowering (compilers.lower) is unavailable ({e})") from None
-    return lower_update(spec, params, batch), lower_inference(spec, params, batch)
+def manifest_parameters(update: Program) -> list[dict[str, Any]]:
+    """Every state (parameters, then optimizer state, per layer in forward order). ``update_output`` is
+    the key of the ``get`` signature output holding the state's current value (the state's own name)."""
+    out = [{"name": s.value.name, "layer": s.layer, "shape": list(s.value.shape),
+            "kind": "optimizer_state" if s.value.name.startswith("opt.") else "parameter",
+            "update_output": s.value.name} for s in update.states]
+    out.sort(key=lambda d: (d["layer"], d["kind"] != "parameter"))
+    return out
 
 
 def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path,
@@ -72,45 +67,45 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target
     if target.precision != "fp32":
         raise TargetError(f"target {target.name!r} asks for {target.precision}; the TFLite backend emits "
                           "fp32 only")
-    update, inference = lower(spec, params, batch)
-    checked = _forward_only_check(update)
+    update = lower_update(spec, params, batch)
+    check_program(update)  # raises ForwardOnlyError if any layer's update reads a later layer
+    inference = lower_inference(spec, params, batch)
     data = build_model(update, inference)
     plan = plan_model(data)
     peak = max(plan["step"]["planned_peak_bytes"], plan["infer"]["planned_peak_bytes"])
     if target.memory_budget_bytes is not None and peak > target.memory_budget_bytes:
-        raise TargetError(f"the model needs {peak} bytes of RAM (update step, planned) but target "
-                          f"{target.name!r} "
-                          f"has {target.memory_budget_bytes}: use a smaller model or batch")
-    init = {s.value.name: np.asarray(s.init, np.float32) for s in update.states}
-    storage = len(data) + sum(a.nbytes for a in init.values())
+        raise TargetError(f"model does not fit {target.name}: the update step needs {peak:,} B (weights + "
+                          f"optimizer state + activations, planned) but the budget is "
+                          f"{target.memory_budget_bytes:,} B; use a smaller model or batch")
+    buf = io.BytesIO()
+    np.savez(buf, **{s.value.name: np.asarray(s.init, np.float32) for s in update.states})
+    state = buf.getvalue()
+    storage = len(data) + len(state)
     if target.storage_budget_bytes is not None and storage > target.storage_budget_bytes:
-        raise TargetError(f"the artifacts take {storage} bytes but target {target.name!r} has "
-                          f"{target.storage_budget_bytes} bytes of storage: use a smaller model")
+        raise TargetError(f"artifacts of {storage:,} B exceed {target.name}'s storage budget of "
+                          f"{target.storage_budget_bytes:,} B; use a smaller model")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bytes(out_dir / MODEL_FILE, data)
-    with atomic_path(out_dir / STATE_FILE) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **init)
-    layer = {s.value.name: s.layer for s in update.states}
-    names = [n for n in spec.param_shapes() if n in params]
-    parameters = [{"name": n, "layer": layer.get(n, spec.param_layer_index(n)),
-                   "shape": list(np.shape(params[n])), "update_output": n} for n in names]
+    write_bytes(out_dir / STATE_FILE, state)
     manifest = {
-        "target": target.name, "runtime": "tflite",
-        "artifacts": {"inference": MODEL_FILE, "update": MODEL_FILE, "state": STATE_FILE,
-                      "signatures": {"init": "init", "update": "step", "get": "get", "inference": "infer"}},
-        "parameters": parameters,
-        "states": [{"name": s.value.name, "layer": s.layer, "shape": list(s.value.shape)}
-                   for s in update.states],
-        "inputs": {v.name: {"shape": list(v.shape), "dtype": v.dtype} for v in update.inputs},
-        "losses": list(update.outputs),
-        "lr": float(spec.rule.optimizer.lr),
-        "spec": spec.to_dict(), "batch": int(batch),
-        "planned_memory": {"inference": plan["infer"], "update": plan["step"],
-                           "model_file_bytes": len(data), "state_file_bytes": int(storage - len(data))},
-        "forward_only_checked": checked,
-        "target_spec": target.to_dict(),
+        "format": "edgesp-build", "format_version": 1,
+        "target": target.name, "target_description": target.to_dict(), "runtime": "tflite",
+        "batch": int(batch),
+        "artifacts": {"inference": MODEL_FILE, "update": MODEL_FILE, "state": STATE_FILE},
+        "signatures": {"init": "init", "update": "step", "get": "get", "inference": "infer"},
+        "hashes": {MODEL_FILE: hashlib.sha256(data).hexdigest(),
+                   STATE_FILE: hashlib.sha256(state).hexdigest()},
+        "inputs": {"update": [v.name for v in update.inputs],
+                   "inference": [v.name for v in inference.inputs]},
+        "outputs": {"update": list(update.outputs), "inference": list(inference.outputs)},
+        "parameters": manifest_parameters(update),
+        "learning_rate": float(spec.rule.optimizer.lr),
+        "planned_memory": {"update_step_peak_bytes": plan["step"]["planned_peak_bytes"],
+                           "update_step": plan["step"], "inference": plan["infer"],
+                           "model_file_bytes": len(data), "state_file_bytes": len(state)},
+        "forward_only_checked": True,
+        "spec": spec.to_dict(),
     }
-    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))
+    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # last: a complete build
     return manifest

@@ -140,6 +140,7 @@ class SPTrainer(_SpikingTrainer):
         self.t = 0
 
     def _target0(self, classes: torch.Tensor) -> torch.Tensor | None:
+        """Block-0 target input for the given class ids, or None when the target enters the first hidden layer."""
         if self.hidden_signal is not None:
             return None
         t0 = signal_forward(self.spec, classes, self.p)
@@ -152,22 +153,22 @@ class SPTrainer(_SpikingTrainer):
 
     def step_loss(self, x_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One time step of both streams through every block; returns Σ_i L_i[t] (graph per block, inputs
-        and previous state detached) and advances the neuron state and the readout trace."""
+        and previous state detached) and advances the neuron state and the readout trace. The target
+        stream holds one row per class (C rows, by class id), so labels may change from step to step; the
+        loss uses the rows of the classes present (de-duplicated targets)."""
         spec, r = self.spec, self.spec.rule
         classes, inv = torch.unique(y, return_inverse=True)
-        t0 = self._target0(classes)
+        all_classes = torch.arange(spec.num_classes)
+        t0 = self._target0(all_classes)
         h_in = x_t.detach()
         t_in = None if t0 is None else target_current(t0, self.t)
         total = x_t.new_zeros(())
         for i in range(len(spec.blocks)):
-            cur = None
-            if i == 0 and t_in is None:
-                assert self.hidden_signal is not None
-                cur = self.hidden_signal[classes]
+            cur = self.hidden_signal if i == 0 and t_in is None else None
             s_h, v_h, st_h = block_step(spec, i, h_in, self.p, self.h_state[i].detached(), self.spike)
             s_t, v_t, st_t = block_step(spec, i, t_in, self.p, self.t_state[i].detached(), self.spike, current=cur)
-            t_prev = None if t_in is None else t_in.detach()
-            total = total + sp_loss(r.loss, self._z(v_h, i), self._z(v_t, i), inv, y, classes,
+            t_prev = None if t_in is None else t_in.detach()[classes]
+            total = total + sp_loss(r.loss, self._z(v_h, i), self._z(v_t, i)[classes], inv, y, classes,
                                     temperature=r.temperature, topk=r.topk, t_prev_cls=t_prev,
                                     generator=self.loss_gen)
             self.h_state[i], self.t_state[i] = st_h.detached(), st_t.detached()

@@ -1,0 +1,220 @@
+"""Temporal / spiking benchmark: accuracy of the spiking rules, and training memory and time as T grows.
+
+Part 1 (accuracy): digits rate-coded (T steps) and MNIST-1D fed as a length-40 sequence, for sp-voltage,
+sp-surrogate, sp-online, BPTT (surrogate gradient) and RTRL (small network), plus recurrent variants of the
+BPTT/RTRL baselines ("+rec": a recurrent weight R on the hidden layer). Part 2 (cost): peak training memory
+(process VmHWM − VmRSS just before the step, in a fresh subprocess per point, after a warm-up step at T=2)
+and time per sample of one training step of batch 32 on rate-coded digits-shaped input, for
+T = 10, 40, 100, 400, 1000. Writes bench/results/temporal.json and bench/results/temporal.png.
+
+    .venv/bin/python bench/temporal.py            # default, ≈ 10-15 min on 1 core
+    .venv/bin/python bench/temporal.py --quick    # smoke run (tiny epochs, T ≤ 100)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RULES = ("sp-voltage", "sp-surrogate", "sp-online", "bptt", "rtrl")
+
+
+def _spec(rule: str, input_shape, classes: int, width: int, depth: int, t: int, encoding: str, lr: float,
+          readout: str = "membrane"):
+    from edgesp.presets import build_spec
+    from edgesp.spec import OptimizerSpec, RuleSpec, TemporalSpec
+
+    return build_spec("snn", input_shape, classes, width=width, depth=depth,
+                      temporal=TemporalSpec(time_steps=t, encoding=encoding, readout=readout),
+                      rule=RuleSpec(name=rule, optimizer=OptimizerSpec(lr=lr)))
+
+
+def _trainer(spec, recurrent: bool, seed: int = 0):
+    from edgesp.functional import init_params
+    from edgesp.rtrl import add_recurrence
+    from edgesp.rules import make_trainer
+    from edgesp.rules.spiking_rules import BPTTTrainer
+
+    params = init_params(spec, seed)
+    if recurrent:  # research baseline: R is not part of the model spec, so no make_trainer / checkpoint
+        return BPTTTrainer(spec, add_recurrence(spec, params, seed), seed)
+    return make_trainer(spec, params, seed)
+
+
+def accuracy_run(ds, rule: str, width: int, depth: int, t: int, epochs: int, lr: float, recurrent: bool,
+                 limit: int | None) -> dict:
+    import torch
+
+    from edgesp.data import adapt_inputs
+
+    torch.manual_seed(0)
+    enc = "sequence" if ds.sequence else "rate"
+    spec = _spec(rule, ds.input_shape, ds.num_classes, width, depth, t, enc, lr)
+    tr = _trainer(spec, recurrent)
+    x = adapt_inputs(ds.x_train, spec.input_shape)
+    y = ds.y_train
+    if limit:
+        x, y = x[:limit], y[:limit]
+    xte = adapt_inputs(ds.x_test, spec.input_shape)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = rng.permutation(len(x))
+        for b in range(0, len(perm), 32):
+            idx = perm[b:b + 32]
+            tr.train_step(x[idx], y[idx])
+    train_s = time.perf_counter() - t0
+    acc = float((tr.predict(xte).argmax(1) == ds.y_test).mean())
+    from edgesp.encoding import num_steps
+
+    return {"dataset": ds.name, "rule": rule + ("+rec" if recurrent else ""), "width": width, "depth": depth,
+            "T": num_steps(spec), "epochs": epochs, "train_samples": len(x), "lr": lr,
+            "test_accuracy": acc, "train_seconds": round(train_s, 1)}
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
+
+def cost_point(rule: str, t: int, width: int, depth: int, batch: int) -> dict:
+    """One (rule, T) point, run inside a fresh process."""
+    import torch
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 64)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    warm = _trainer(_spec(rule, (64,), 10, width, depth, 2, "rate", 1e-3), False)
+    warm.train_step(x, y)
+    tr = _trainer(_spec(rule, (64,), 10, width, depth, t, "rate", 1e-3), False)
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    base = _status("VmRSS")
+    t0 = time.perf_counter()
+    tr.train_step(x, y)
+    dt = time.perf_counter() - t0
+    peak = _status("VmHWM")
+    out = {"rule": rule, "T": t, "width": width, "depth": depth, "batch": batch,
+           "peak_train_mib": round((peak - base) / 2**20, 2), "ms_per_sample": round(1e3 * dt / batch, 3)}
+    if rule == "rtrl":
+        out["sensitivity_mib"] = round(tr.last_sensitivity_bytes / 2**20, 2)
+    return out
+
+
+def run_cost(rule: str, t: int, width: int, depth: int, batch: int) -> dict:
+    cmd = [sys.executable, __file__, "--cost-point", rule, str(t), str(width), str(depth), str(batch)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"cost point {rule} T={t} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def plot(cost: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    series: dict[str, list[dict]] = {}
+    for r in cost:
+        series.setdefault(f"{r['rule']} ({r['depth']}×{r['width']})", []).append(r)
+    for label, rows in series.items():
+        rows = sorted(rows, key=lambda r: r["T"])
+        ts = [r["T"] for r in rows]
+        axes[0].plot(ts, [max(r["peak_train_mib"], 0.05) for r in rows], marker="o", label=label)
+        axes[1].plot(ts, [r["ms_per_sample"] for r in rows], marker="o", label=label)
+    for ax, name in zip(axes, ("peak training memory (MiB, RSS)", "time per sample (ms)"), strict=True):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("time steps T")
+        ax.set_ylabel(name)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Spiking training cost vs sequence length (batch 32, 1 thread)")
+    fig.tight_layout()
+    from edgesp.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "temporal.json"))
+    ap.add_argument("--cost-point", nargs=5, metavar=("RULE", "T", "WIDTH", "DEPTH", "BATCH"))
+    a = ap.parse_args()
+    if a.cost_point:
+        r, t, w, d, b = a.cost_point
+        print(json.dumps(cost_point(r, int(t), int(w), int(d), int(b))))
+        return
+    import torch
+
+    torch.set_num_threads(1)
+    from edgesp.atomic import write_text
+    from edgesp.data import load_dataset
+
+    results: dict = {"command": "python bench/temporal.py" + (" --quick" if a.quick else ""), "accuracy": [],
+                     "cost": [], "torch_threads": 1}
+    if not a.skip_accuracy:
+        ep = 1 if a.quick else None
+        plans = {
+            # dataset: (T, [(rule, width, depth, epochs, lr, recurrent, limit)])
+            "digits": (10, [("sp-voltage", 128, 2, 5, 3e-3, False, None),
+                            ("sp-surrogate", 128, 2, 5, 3e-3, False, None),
+                            ("sp-online", 128, 2, 5, 1e-3, False, None),
+                            ("bptt", 128, 2, 5, 3e-3, False, None),
+                            ("sp-voltage", 16, 1, 5, 3e-3, False, None),
+                            ("bptt", 16, 1, 5, 3e-3, False, None),
+                            ("rtrl", 16, 1, 5, 3e-3, False, None)]),
+            "mnist1d-seq": (40, [("sp-voltage", 64, 2, 3, 3e-3, False, None),
+                                 ("sp-surrogate", 64, 2, 3, 3e-3, False, None),
+                                 ("sp-online", 64, 2, 3, 1e-3, False, None),
+                                 ("bptt", 64, 2, 3, 3e-3, False, None),
+                                 ("bptt", 16, 1, 3, 3e-3, False, None),
+                                 ("bptt", 16, 1, 3, 3e-3, True, None),
+                                 ("rtrl", 16, 1, 3, 3e-3, False, None),
+                                 ("rtrl", 16, 1, 3, 3e-3, True, None)]),
+        }
+        for name, (t, rows) in plans.items():
+            ds = load_dataset(name)
+            for rule, w, d, epochs, lr, rec, limit in rows:
+                r = accuracy_run(ds, rule, w, d, t, ep or epochs, lr, rec, 512 if a.quick else limit)
+                results["accuracy"].append(r)
+                print(f"{r['dataset']:12s} {r['rule']:13s} {d}x{w:<4d} T={r['T']:<4d} ep={r['epochs']} "
+                      f"acc={r['test_accuracy']:.3f}  ({r['train_seconds']} s)", flush=True)
+    if not a.skip_cost:
+        ts = (10, 40, 100) if a.quick else (10, 40, 100, 400, 1000)
+        configs = [(r, 16, 1) for r in RULES] + [(r, 128, 2) for r in ("sp-voltage", "sp-online", "bptt")]
+        for rule, w, d in configs:
+            for t in ts:
+                r = run_cost(rule, t, w, d, 32)
+                results["cost"].append(r)
+                extra = f" J={r['sensitivity_mib']} MiB" if "sensitivity_mib" in r else ""
+                print(f"cost {rule:12s} {d}x{w:<4d} T={t:<5d} peak={r['peak_train_mib']:8.2f} MiB  "
+                      f"{r['ms_per_sample']:9.3f} ms/sample{extra}", flush=True)
+    out = Path(a.out)
+    write_text(out, json.dumps(results, indent=2))
+    if results["cost"]:
+        plot(results["cost"], out.with_suffix(".png"))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

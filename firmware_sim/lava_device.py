@@ -1,0 +1,236 @@
+"""On-device SP learning on Lava's simulation of a Loihi-style chip.
+
+``simulate`` builds the compiled process network once and streams one schedule of samples through it (T time
+steps each; one sample after another, no per-sample restarts): the test samples (learning off) for accuracy
+before, then the training samples (on-chip learning on) interleaved with short test evaluations for the
+learning curve, then the test samples again for accuracy after. ``steps`` counts training samples (each one
+is T time steps with an on-chip weight update at every step). The runtime is stopped in ``finally``.
+
+``profile`` reports the planned per-core synapse/neuron memory and measures the peak RSS of the runtime's
+worker processes for an inference run (learning off) and an update run (learning on).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compilers.lava.network import LavaSession, import_lava, prepare_inputs
+from compilers.lava.network_desc import NetDesc, load_netdesc
+from edgesp.atomic import atomic_path
+from edgesp.data import Dataset, adapt_inputs
+from edgesp.errors import DataError
+from edgesp.spec import ModelSpec
+from firmware_sim import read_manifest
+
+
+def _load(build_dir: Path) -> tuple[dict[str, Any], NetDesc, ModelSpec]:
+    manifest = read_manifest(build_dir)
+    if manifest["runtime"] != "lava":
+        raise DataError(f"{build_dir} was compiled for {manifest['runtime']}, not lava")
+    return manifest, load_netdesc(build_dir, manifest), ModelSpec.from_dict(manifest["spec"])
+
+
+def _schedule(ds: Dataset, spec: ModelSpec, n_train: int, eval_n: int, curve_points: int, curve_eval: int,
+              seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, int, int, int]]]:
+    """Concatenated stream (x, y, learn) and its segments (kind, start, stop, trained-so-far)."""
+    if ds.num_classes > spec.num_classes:
+        raise DataError(f"{ds.name} has {ds.num_classes} classes, the model {spec.num_classes}")
+    xtr = adapt_inputs(ds.x_train, spec.input_shape)
+    xte = adapt_inputs(ds.x_test, spec.input_shape)
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(len(xtr)) for _ in range(-(-n_train // len(xtr)))])[:n_train]
+    eval_n = min(eval_n, len(xte)) if eval_n > 0 else len(xte)
+    curve_eval = min(curve_eval, eval_n)
+    parts: list[tuple[np.ndarray, np.ndarray, bool, str, int]] = [(xte[:eval_n], ds.y_test[:eval_n], False,
+                                                                   "before", 0)]
+    bounds = np.linspace(0, n_train, curve_points + 1).astype(int)
+    for j in range(curve_points):
+        idx = order[bounds[j]:bounds[j + 1]]
+        parts.append((xtr[idx], ds.y_train[idx], True, "train", int(bounds[j + 1])))
+        if j < curve_points - 1:
+            parts.append((xte[:curve_eval], ds.y_test[:curve_eval], False, "curve", int(bounds[j + 1])))
+    parts.append((xte[:eval_n], ds.y_test[:eval_n], False, "after", n_train))
+    xs, ys, ls, segs, pos = [], [], [], [], 0
+    for x, y, learn, kind, trained in parts:
+        xs.append(x)
+        ys.append(y)
+        ls.append(np.full(len(y), learn))
+        segs.append((kind, pos, pos + len(y), trained))
+        pos += len(y)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ls), segs
+
+
+def simulate(build_dir: str | Path, dataset: Dataset, steps: int, batch: int | None = None, seed: int = 0,
+             out_png: str | Path | None = None, progress: bool = False, **options: Any) -> dict[str, Any]:
+    """Options: eval_samples (test samples for before/after, default all), curve_points (default 4),
+    curve_eval (test samples per intermediate point, default 100), chunk_samples (samples per Lava run call,
+    default 50), learning (default True; False streams the same schedule with the rule switched off)."""
+    build_dir = Path(build_dir)
+    manifest, desc, spec = _load(build_dir)
+    import_lava()
+    n_train = int(steps) if steps and steps > 0 else len(dataset.x_train)
+    x, y, learn, segs = _schedule(dataset, spec, n_train, int(options.get("eval_samples", 0)),
+                                  max(1, int(options.get("curve_points", 4))), int(options.get("curve_eval", 100)),
+                                  seed)
+    if not options.get("learning", True):
+        learn[:] = False
+    T = desc.time_steps
+    chunk = max(1, int(options.get("chunk_samples", 50))) * T
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(y), unit="sample", desc=f"lava {desc.precision}")
+    t_wall = time.perf_counter()
+    sess = LavaSession(desc, prepare_inputs(desc, x), y, learn, seed=seed)
+    try:
+        def tick(s: LavaSession) -> None:
+            if bar is not None:
+                bar.n = min(len(y), max(0, (s.steps_done - len(desc.layers)) // T))
+                bar.refresh()
+
+        sess.run_all(chunk, tick)
+        logits = sess.logits()
+        final = sess.weights()
+    finally:
+        sess.stop()
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t_wall
+    correct = logits.argmax(1) == y
+    acc = {}
+    curve = []
+    train_acc = []
+    for kind, a, b, trained in segs:
+        value = float(correct[a:b].mean()) if b > a else float("nan")
+        if kind in ("before", "after"):
+            acc[kind] = value
+        if kind in ("before", "curve", "after"):
+            curve.append({"train_samples": trained, "accuracy": value, "eval_samples": b - a})
+        if kind == "train":
+            train_acc.append({"train_samples": trained, "online_accuracy": value})
+    steady = max(sess.run_seconds - sess.first_run_seconds, 1e-9)  # excludes compile + start-up (first step)
+    steady_steps = sess.total_steps - 1
+    result = {
+        "accuracy_before": acc["before"],
+        "accuracy_after": acc["after"],
+        "steps": n_train,
+        "timesteps": sess.total_steps,
+        "time_steps_per_sample": T,
+        "samples_per_second": len(y) * steady_steps / sess.total_steps / steady,
+        "timesteps_per_second": steady_steps / steady,
+        "timesteps_per_second_incl_startup": sess.total_steps / sess.run_seconds,
+        "startup_seconds": sess.first_run_seconds,
+        "wall_seconds": wall,
+        "curve": curve,
+        "online_train_accuracy": train_acc,
+        "target": manifest["target"],
+        "precision": desc.precision,
+        "cores_used": manifest.get("cores_used"),
+        "learning": bool(options.get("learning", True)),
+        "weights_changed": bool(any(np.any(w != la.weight) for (w, _), la in zip(final, desc.layers))),
+        "eval_samples": segs[0][2] - segs[0][1],
+    }
+    if out_png is not None:
+        _plot(result, Path(out_png))
+        result["png"] = str(out_png)
+    return result
+
+
+def _plot(result: dict[str, Any], out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    c = result["curve"]
+    ax.plot([p["train_samples"] for p in c], [p["accuracy"] for p in c], "o-", label="test accuracy")
+    tr = result["online_train_accuracy"]
+    ax.plot([p["train_samples"] for p in tr], [p["online_accuracy"] for p in tr], "s--",
+            label="online train accuracy (during learning)")
+    ax.set_xlabel("training samples streamed (T time steps each)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"on-chip SP learning, Lava {result['precision']} ({result['target']})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- profile
+def _status_bytes(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _pss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _measure(desc: NetDesc, learn: bool, samples: int, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((samples, desc.input_dim)).astype(np.float32)
+    y = rng.integers(0, desc.num_classes, samples)
+    sess = LavaSession(desc, prepare_inputs(desc, x), y, np.full(samples, learn), seed=seed)
+    try:
+        sess.run_all()
+        pids = sess.worker_pids()
+        hwm = {p: _status_bytes(p, "VmHWM") for p in pids}
+        pss = sum(_pss_bytes(p) for p in pids)
+    finally:
+        sess.stop()
+    return {"measured_peak_bytes": int(sum(hwm.values())), "measured_pss_bytes": int(pss),
+            "worker_processes": len(pids), "largest_worker_peak_bytes": int(max(hwm.values(), default=0)),
+            "timesteps": sess.total_steps, "timesteps_per_second": sess.total_steps / sess.run_seconds}
+
+
+def profile(build_dir: str | Path, batch: int | None = None, **options: Any) -> dict[str, Any]:
+    """Options: samples (per measured run, default 20), seed."""
+    build_dir = Path(build_dir)
+    manifest, desc, _ = _load(build_dir)
+    import_lava()
+    samples = int(options.get("samples", 20))
+    seed = int(options.get("seed", 0))
+    pm = manifest["planned_memory"]
+    planned_inf = pm["synapse_bytes"] + pm["neuron_bytes"]
+    inference = _measure(desc, False, samples, seed)
+    update = _measure(desc, True, samples, seed)
+    inference["planned_peak_bytes"] = planned_inf
+    update["planned_peak_bytes"] = planned_inf
+    note = ("measured = sum of VmHWM of the Lava runtime's worker processes (one OS process per Lava process, "
+            "forked: shared pages are counted in each, so this is an upper bound; measured_pss_bytes is the "
+            "proportional share at the end of the run); planned = synapse + neuron memory on the chip's cores")
+    return {
+        "target": manifest["target"],
+        "precision": desc.precision,
+        "cores_used": manifest.get("cores_used"),
+        "per_core": pm["per_core"],
+        "planned_memory": pm,
+        "inference": inference,
+        "update_step": update,
+        "bp_baseline": {"measured_peak_bytes": None,
+                        "note": "no backprop baseline on a neuromorphic target (BPTT is not an on-chip rule)"},
+        "main_process_peak_bytes": _status_bytes(__import__("os").getpid(), "VmHWM"),
+        "note": note,
+    }

@@ -1,0 +1,271 @@
+"""On-device learning in ONNX Runtime: the compiled SP update step driven sample batch after batch.
+
+Parameters and optimizer state live as ``OrtValue`` s and are bound with IOBinding: each step binds the
+current state as inputs and lets ORT allocate the new state as outputs, which become the next step's
+inputs (two alternating buffers; nothing is recomputed in torch, no weight is copied through numpy).
+``OrtValue.numpy()`` returns a view into ORT memory, so every value read out is copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesp.data import Dataset, adapt_inputs
+from edgesp.errors import CompileError, DataError, RuntimeMissingError
+from edgesp.spec import ModelSpec
+from firmware_sim import read_manifest
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RuntimeMissingError("onnxruntime is not installed: run 'make setup'") from None
+    return ort
+
+
+class OrtDevice:
+    """A compiled build loaded into ONNX Runtime, holding its learning state."""
+
+    def __init__(self, build_dir: str | Path, threads: int | None = None, profile_prefix: str | None = None):
+        ort = _ort()
+        self.build_dir = Path(build_dir)
+        self.manifest = read_manifest(self.build_dir)
+        if self.manifest["runtime"] != "onnxruntime":
+            raise CompileError(f"{build_dir} was compiled for {self.manifest['runtime']}, not onnxruntime")
+        self.spec = ModelSpec.from_dict(self.manifest["spec"])
+        self.batch = int(self.manifest["batch"])
+        self._verify_hashes()
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = threads or int(self.manifest.get("target_description", {}).get("threads", 1))
+        if profile_prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
+        art = self.manifest["artifacts"]
+        try:
+            self.update = ort.InferenceSession(str(self.build_dir / art["update"]), so,
+                                               providers=["CPUExecutionProvider"])
+            self.inference = ort.InferenceSession(str(self.build_dir / art["inference"]), so,
+                                                  providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own exception types for unreadable models
+            raise CompileError(f"onnxruntime cannot load {build_dir} ({str(e).splitlines()[0][:160]}): "
+                               "re-run 'edgesp compile'") from None
+        with np.load(self.build_dir / art["state"], allow_pickle=False) as z:
+            init = {k: z[k] for k in z.files}
+        self.params = self.manifest["parameters"]
+        self.state = {p["name"]: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(init[p["name"]]))
+                      for p in self.params}
+        self.update_outputs = [o.name for o in self.update.get_outputs()]
+        self.param_names = [i.name for i in self.inference.get_inputs() if i.name != "x"]
+        self.lr = float(self.manifest.get("learning_rate", self.spec.rule.optimizer.lr))
+
+    def _verify_hashes(self) -> None:
+        for fname, digest in self.manifest.get("hashes", {}).items():
+            path = self.build_dir / fname
+            if not path.exists():
+                raise CompileError(f"build {self.build_dir} lacks {fname}: re-run 'edgesp compile'")
+            if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                raise CompileError(f"{path} is corrupt (hash mismatch with manifest.json): re-run 'edgesp compile'")
+
+    # ------------------------------------------------------------------ device operations
+    def check_batch(self, x: np.ndarray) -> None:
+        if x.shape[0] != self.batch:
+            raise DataError(f"the build was compiled for batch {self.batch}, got {x.shape[0]}: "
+                            "recompile with --batch or keep the batch")
+
+    def step(self, x: np.ndarray, y: np.ndarray, lr: float | None = None) -> dict[str, float]:
+        """One SP update on device; returns the per-layer local losses."""
+        ort = _ort()
+        self.check_batch(x)
+        io = self.update.io_binding()
+        io.bind_cpu_input("x", np.ascontiguousarray(x, np.float32))
+        io.bind_cpu_input("y", np.ascontiguousarray(y, np.int32))
+        io.bind_cpu_input("lr", np.asarray(self.lr if lr is None else lr, np.float32))
+        for name, value in self.state.items():
+            io.bind_ortvalue_input(name, value)
+        for name in self.update_outputs:
+            io.bind_output(name, "cpu")
+        self.update.run_with_iobinding(io)
+        outs = dict(zip(self.update_outputs, io.get_outputs(), strict=True))
+        losses = {k: float(np.array(v.numpy(), copy=True)) for k, v in outs.items() if k.startswith("loss_")}
+        self.state = {p["name"]: (outs[p["update_output"]] if p["update_output"] else self.state[p["name"]])
+                      for p in self.params}
+        del ort
+        return losses
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Logits for any number of samples (padded to the compiled batch)."""
+        n = len(x)
+        out = []
+        for i in range(0, n, self.batch):
+            chunk = x[i:i + self.batch]
+            pad = self.batch - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+            io = self.inference.io_binding()
+            io.bind_cpu_input("x", np.ascontiguousarray(chunk, np.float32))
+            for name in self.param_names:
+                io.bind_ortvalue_input(name, self.state[name])
+            io.bind_output("logits", "cpu")
+            self.inference.run_with_iobinding(io)
+            out.append(np.array(io.get_outputs()[0].numpy(), copy=True)[:len(x[i:i + self.batch])])
+        return np.concatenate(out)
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        return float((np.argmax(self.predict(x), axis=1) == y).mean())
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {k: np.array(v.numpy(), copy=True) for k, v in self.state.items()}
+
+
+# ---------------------------------------------------------------------- simulation loop (shared)
+def prepare_data(spec: ModelSpec, data: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if data.num_classes > spec.num_classes:
+        raise DataError(f"{data.name} has {data.num_classes} classes but the model predicts {spec.num_classes}")
+    return (adapt_inputs(data.x_train, spec.input_shape), data.y_train,
+            adapt_inputs(data.x_test, spec.input_shape), data.y_test)
+
+
+def run_learning(device: Any, spec: ModelSpec, data: Dataset, steps: int, batch: int, seed: int,
+                 out_png: Path | None, progress: bool, continual: bool = False, lr: float | None = None,
+                 runtime: str = "onnxruntime") -> dict[str, Any]:
+    """Stream ``steps`` batches through ``device.step`` (any runtime with step/accuracy) and report."""
+    from tqdm import tqdm
+
+    from edgesp.train import plot_curve
+
+    xtr, ytr, xte, yte = prepare_data(spec, data)
+    rng = np.random.default_rng(seed)
+    n_eval = min(10, steps)
+    eval_every = max(1, steps // n_eval)
+    stages = _stages(spec.num_classes) if continual else [list(range(spec.num_classes))]
+    steps_per_stage = max(1, steps // len(stages))
+    curve_steps, curve_acc = [0], [device.accuracy(xte, yte)]
+    acc_before = curve_acc[0]
+    stage_reports = []
+    step_time = 0.0
+    done = 0
+    bar = tqdm(total=steps_per_stage * len(stages), disable=not progress, unit="step", desc=f"{runtime} learning")
+    try:
+        for s_idx, classes in enumerate(stages):
+            pool = np.flatnonzero(np.isin(ytr, classes)) if continual else np.arange(len(ytr))
+            order = rng.permutation(pool)
+            pos = 0
+            for _ in range(steps_per_stage):
+                if pos + batch > len(order):
+                    order, pos = rng.permutation(pool), 0
+                idx = order[pos:pos + batch] if len(order) >= batch else rng.choice(pool, batch)
+                pos += batch
+                t0 = time.perf_counter()
+                losses = device.step(xtr[idx], ytr[idx], lr)
+                step_time += time.perf_counter() - t0
+                done += 1
+                bar.update(1)
+                if done % eval_every == 0 or done == steps_per_stage * len(stages):
+                    curve_steps.append(done)
+                    curve_acc.append(device.accuracy(xte, yte))
+                    bar.set_postfix(acc=f"{curve_acc[-1]:.3f}", loss=f"{sum(losses.values()):.3f}",
+                                    rate=f"{done * batch / max(step_time, 1e-9):.0f} samples/s")
+            if continual:
+                seen = [c for st in stages[: s_idx + 1] for c in st]
+                m_seen, m_first = np.isin(yte, seen), np.isin(yte, stages[0])
+                stage_reports.append({
+                    "stage": s_idx, "classes": classes, "steps": done,
+                    "accuracy_seen": device.accuracy(xte[m_seen], yte[m_seen]),
+                    "accuracy_first": device.accuracy(xte[m_first], yte[m_first]),
+                })
+    finally:
+        bar.close()
+    result: dict[str, Any] = {
+        "runtime": runtime, "steps": done, "batch": batch, "samples": done * batch,
+        "accuracy_before": acc_before, "accuracy_after": curve_acc[-1],
+        "samples_per_second": done * batch / max(step_time, 1e-9),
+        "steps_per_second": done / max(step_time, 1e-9),
+        "curve": {"steps": curve_steps, "test_accuracy": curve_acc},
+    }
+    if continual:
+        result["continual"] = {"stages": stage_reports}
+    if out_png:
+        plot_curve(out_png, curve_steps, {"test accuracy": curve_acc}, "update step",
+                   f"on-device SP learning ({runtime}, batch {batch})" + (" · continual" if continual else ""))
+        result["plot"] = str(out_png)
+    return result
+
+
+def _stages(num_classes: int, per_stage: int = 2) -> list[list[int]]:
+    return [list(range(i, min(i + per_stage, num_classes))) for i in range(0, num_classes, per_stage)]
+
+
+def simulate(build_dir: Path, dataset: Dataset, steps: int, batch: int | None = None, seed: int = 0,
+             out_png: Path | None = None, progress: bool = True, continual: bool = False,
+             lr: float | None = None, **_: Any) -> dict[str, Any]:
+    device = OrtDevice(build_dir)
+    if batch is not None and batch != device.batch:
+        raise DataError(f"the build was compiled for batch {device.batch}, not {batch}: recompile with --batch {batch}")
+    res = run_learning(device, device.spec, dataset, steps, device.batch, seed, out_png, progress, continual, lr)
+    res["build"] = str(build_dir)
+    return res
+
+
+# ---------------------------------------------------------------------- memory profile
+def _ort_profile_peak(build_dir: Path, which: str, feeds_fn: Any) -> int:
+    """ORT's own byte count: max ``mem_in_use_peak`` over the nodes of one run (arena bytes in use)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dev = OrtDevice(build_dir, profile_prefix=str(Path(tmp) / "prof"))
+        feeds_fn(dev)
+        peaks = []
+        for sess in (dev.update, dev.inference):
+            path = sess.end_profiling()
+            events = json.loads(Path(path).read_text())
+            peaks.append(max((int(e["args"]["mem_in_use_peak"]) for e in events
+                              if "mem_in_use_peak" in e.get("args", {})), default=0))
+    return peaks[0] if which == "update" else peaks[1]
+
+
+def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, Any]:
+    from firmware_sim.memory import bp_training_memory, peak_rss_increase
+
+    dev = OrtDevice(build_dir)
+    if batch is not None and batch != dev.batch:
+        raise DataError(f"the build was compiled for batch {dev.batch}, not {batch}: recompile with --batch {batch}")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((dev.batch, *dev.spec.input_shape)).astype(np.float32)
+    y = rng.integers(0, dev.spec.num_classes, dev.batch)
+    # first run after loading: the RSS increase includes the arena growth for the step's activations
+    upd_rss, _ = peak_rss_increase(lambda: dev.step(x, y))
+    fresh = OrtDevice(build_dir)
+    inf_rss, _ = peak_rss_increase(lambda: fresh.predict(x))
+    upd_prof = _ort_profile_peak(build_dir, "update", lambda d: d.step(x, y))
+    inf_prof = _ort_profile_peak(build_dir, "inference", lambda d: d.predict(x))
+    plan = dev.manifest["planned_memory"]
+    params = {p["name"]: np.array(v.numpy(), copy=True) for p, v in zip(dev.params, dev.state.values(), strict=True)
+              if p["kind"] == "parameter"}
+    bp = bp_training_memory(dev.spec, params, dev.batch)
+    state_bytes = sum(4 * int(np.prod(p["shape"])) for p in dev.params)
+    return {
+        "runtime": "onnxruntime", "build": str(build_dir), "batch": dev.batch, "state_bytes": state_bytes,
+        "update_step": {"measured_peak_bytes": upd_prof, "measured_rss_increase_bytes": upd_rss,
+                        "planned_peak_bytes": plan["update_step"]["peak_bytes"],
+                        "planned_activation_bytes": plan["update_step"]["peak_activation_bytes"]},
+        "inference": {"measured_peak_bytes": inf_prof, "measured_rss_increase_bytes": inf_rss,
+                      "planned_peak_bytes": plan["inference"]["peak_bytes"],
+                      "planned_activation_bytes": plan["inference"]["peak_activation_bytes"]},
+        "bp_baseline": bp,
+        "largest_layer_working_set_bytes": plan.get("largest_layer_working_set_bytes"),
+        "definitions": {
+            "measured_peak_bytes": "ORT profiler: max mem_in_use_peak of the run (arena bytes; excludes "
+                                   "caller-owned inputs such as weights bound from OrtValues)",
+            "measured_rss_increase_bytes": "peak RSS (VmHWM) above RSS before the first run after loading",
+            "planned_peak_bytes": "liveness plan: inputs+state resident + max live intermediates",
+            "bp_baseline.measured_peak_bytes": "torch autograd BP step: peak RSS increase of a steady-state step",
+        },
+    }

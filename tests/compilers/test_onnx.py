@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx.reference import ReferenceEvaluator
+
+from compilers import compile_model
+from edgesp.errors import TargetError
+from edgesp.rules.sigprop import SigpropTrainer
+from targets import load_target
+from tests.compilers.helpers import make
+
+
+def _session(path):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture
+def build(tmp_path):
+    spec, params = make("cnn1d", (1, 40), "v9", "adam", lr=1e-3)
+    manifest = compile_model(spec, params, load_target("edge-cpu"), tmp_path / "b", batch=8)
+    return spec, params, manifest, tmp_path / "b"
+
+
+def test_artifacts_are_valid_single_file_models(build):
+    _, _, manifest, out = build
+    assert sorted(p.name for p in out.iterdir()) == ["inference.onnx", "initial_state.npz", "manifest.json",
+                                                     "update.onnx"]
+    for name in ("inference.onnx", "update.onnx"):
+        m = onnx.load(str(out / name))
+        onnx.checker.check_model(m, full_check=True)
+        assert m.opset_import[0].version == 18
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer)
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["runtime"] == "onnxruntime" and on_disk["target"] == "edge-cpu"
+    layers = [p["layer"] for p in on_disk["parameters"]]
+    assert layers == sorted(layers) and layers[0] == 0
+    upd_outputs = {o.name for o in onnx.load(str(out / "update.onnx")).graph.output}
+    for p in on_disk["parameters"]:
+        assert p["update_output"] in upd_outputs
+
+
+def test_ort_matches_onnx_reference_evaluator(build, rng):
+    """Independent ONNX implementation: same outputs within 1e-5 (float32 kernels differ in order)."""
+    _, _, manifest, out = build
+    state = dict(np.load(out / "initial_state.npz"))
+    feeds = {"x": rng.standard_normal((8, 1, 40)).astype(np.float32), "y": rng.integers(0, 10, 8).astype(np.int32),
+             "lr": np.asarray(1e-3, np.float32), **state}
+    got = _session(out / "update.onnx").run(None, feeds)
+    ref = ReferenceEvaluator(onnx.load(str(out / "update.onnx"))).run(None, feeds)
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_n_steps_in_ort_match_torch(rng, tmp_path):
+    """50 SP steps in ORT vs the torch trainer. Tolerance 1e-4 absolute on weights: float32 rounding
+    differences compound through Adam's normalisation (measured ~1e-6)."""
+    spec, params = make("mlp", (64,), "v9", "adam", lr=1e-3, depth=3)
+    compile_model(spec, params, load_target("edge-cpu"), tmp_path, batch=16)
+    from firmware_sim.onnx_device import OrtDevice
+
+    dev = OrtDevice(tmp_path)
+    trainer = SigpropTrainer(spec, params, 0)
+    for _ in range(50):
+        x = rng.standard_normal((16, 64)).astype(np.float32)
+        y = rng.integers(0, 10, 16)
+        d_losses = dev.step(x, y)
+        t_losses = trainer.train_step(x, y)
+    assert d_losses == pytest.approx(t_losses, rel=1e-4, abs=1e-4)
+    w = dev.weights()
+    for k, v in trainer.params().items():
+        np.testing.assert_allclose(w[k], v, atol=1e-4, err_msg=k)
+        assert np.abs(v - params[k]).max() > 1e-3  # it really learned
+
+
+def test_fit_check_names_sizes(tmp_path):
+    spec, params = make(width=512, depth=3)
+    with pytest.raises(TargetError, match=r"does not fit edge-cpu-small: .* needs [\d,]+ B .* budget is 2,000,000 B"):
+        compile_model(spec, params, load_target("edge-cpu-small"), tmp_path / "b", batch=32)
+    assert not (tmp_path / "b" / "manifest.json").exists()
+
+
+def test_unknown_target_and_bad_target_file(tmp_path):
+    with pytest.raises(TargetError, match="unknown target 'mcu9000'"):
+        load_target("mcu9000")
+    bad = tmp_path / "t.toml"
+    bad.write_text('name = "x"\nruntime = "coreml"\n')
+    with pytest.raises(TargetError, match="unknown runtime"):
+        load_target(str(bad))
+    bad.write_text('name = "x"\nruntime = "onnxruntime"\nmemory_budget_bytes = -5\n')
+    with pytest.raises(TargetError, match="memory_budget_bytes"):
+        load_target(str(bad))

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from edgesp.checkpoint import load_checkpoint, save_checkpoint
+from edgesp.errors import CheckpointError
+from edgesp.functional import init_params
+from edgesp.presets import build_spec
+
+
+@pytest.fixture
+def spec_params():
+    spec = build_spec("cnn1d", (1, 40), 10, channels=4)
+    return spec, init_params(spec, 3)
+
+
+def test_round_trip(tmp_path, spec_params):
+    spec, params = spec_params
+    path = save_checkpoint(tmp_path / "m.safetensors", spec, params, extra={"note": "x"})
+    spec2, params2, extra = load_checkpoint(path)
+    assert spec2 == spec
+    assert extra == {"note": "x"}
+    for k in params:
+        np.testing.assert_array_equal(params[k], params2[k])
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp files left
+
+
+def test_corrupt_bytes_detected(tmp_path, spec_params):
+    spec, params = spec_params
+    path = save_checkpoint(tmp_path / "m.safetensors", spec, params)
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF  # flip a weight byte
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_truncated_and_foreign_files(tmp_path, spec_params):
+    spec, params = spec_params
+    path = save_checkpoint(tmp_path / "m.safetensors", spec, params)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+    other = tmp_path / "other.safetensors"
+    from safetensors.numpy import save_file
+
+    save_file({"a": np.zeros(3, np.float32)}, str(other))
+    with pytest.raises(CheckpointError, match="not an edgesp checkpoint"):
+        load_checkpoint(other)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_wrong_shapes_rejected_and_nothing_written(tmp_path, spec_params):
+    spec, params = spec_params
+    bad = dict(params)
+    bad["head.weight"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(CheckpointError, match="head.weight"):
+        save_checkpoint(tmp_path / "m.safetensors", spec, bad)
+    assert list(tmp_path.iterdir()) == []

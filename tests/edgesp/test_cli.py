@@ -1,0 +1,84 @@
+"""The CLI as a user drives it: outputs, and one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgesp.cli import main
+
+PY = [sys.executable, "-m", "edgesp"]
+
+
+def run(args, **kw):
+    return subprocess.run(PY + args, capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_help_lists_every_command():
+    out = run(["--help"]).stdout
+    for cmd in ("train", "evaluate", "targets", "compile", "simulate", "profile", "demo"):
+        assert cmd in out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    assert main(["train", "--data", "digits", "--epochs", "2", "--width", "32", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_train_writes_checkpoint_metrics_and_plot(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert 0.5 < metrics["test_accuracy"] <= 1 and 0 <= metrics["train_accuracy"] <= 1
+    assert (trained / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (trained / "model.safetensors").exists()
+
+
+def test_compile_simulate_profile_from_cli(trained, tmp_path):
+    build = tmp_path / "build"
+    assert main(["compile", str(trained / "model.safetensors"), "--target", "edge-cpu", "--out", str(build),
+                 "--batch", "8"]) == 0
+    assert main(["simulate", str(build), "--steps", "5", "--json", str(tmp_path / "s.json"), "--quiet"]) == 0
+    sim = json.loads((tmp_path / "s.json").read_text())
+    assert {"accuracy_before", "accuracy_after", "steps", "samples_per_second"} <= set(sim)
+    assert main(["profile", str(build), "--json", str(tmp_path / "p.json")]) == 0
+    prof = json.loads((tmp_path / "p.json").read_text())
+    for k in ("inference", "update_step"):
+        assert {"measured_peak_bytes", "planned_peak_bytes"} <= set(prof[k])
+    assert "measured_peak_bytes" in prof["bp_baseline"]
+
+
+def test_compile_fresh(tmp_path):
+    assert main(["compile", "--fresh", "--data", "digits", "--model", "cnn1d", "--target", "edge-cpu",
+                 "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["artifacts"]["update"] == "update.onnx"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--data", "nope", "--out", "X"], "unknown dataset"),
+    (["train", "--rule", "magic", "--out", "X"], "unknown rule"),
+    (["train", "--model", "transformer", "--out", "X"], "unknown model"),
+    (["train", "--epochs", "0", "--out", "X"], "--epochs must be >= 1"),
+    (["evaluate", "missing.safetensors"], "not found"),
+    (["compile", "missing.safetensors", "--target", "edge-cpu", "--out", "X"], "not found"),
+    (["compile", "--fresh", "--target", "nowhere", "--out", "X"], "unknown target"),
+    (["simulate", "no_such_build"], "no manifest.json"),
+    (["profile", "no_such_build"], "no manifest.json"),
+])
+def test_bad_input_gives_one_line_error(args, needle, tmp_path):
+    r = run(args, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "X").exists()
+
+
+def test_corrupt_checkpoint_and_mismatched_data(trained, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes((trained / "model.safetensors").read_bytes()[:-7])
+    r = run(["evaluate", str(bad)])
+    assert r.returncode == 2 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+    r = run(["evaluate", str(trained / "model.safetensors"), "--data", "mnist1d"])
+    assert r.returncode == 2 and "expects" in r.stderr

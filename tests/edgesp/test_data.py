@@ -1,0 +1,67 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from edgesp.data import adapt_inputs, load_dataset
+from edgesp.errors import DataError
+
+
+def test_digits_split_is_fixed_and_standardised(digits):
+    assert digits.x_train.shape[1:] == (1, 8, 8) and digits.num_classes == 10
+    assert len(digits.x_train) + len(digits.x_test) == 1797
+    assert abs(float(digits.x_train.mean())) < 1e-4 and abs(float(digits.x_train.std()) - 1) < 1e-3
+    again = load_dataset("digits")
+    np.testing.assert_array_equal(again.y_test, digits.y_test)
+
+
+def _idx(path, arr, gz):
+    header = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+    data = header + arr.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_loader(tmp_path, gz, rng):
+    suffix = ".gz" if gz else ""
+    _idx(tmp_path / f"train-images-idx3-ubyte{suffix}", rng.integers(0, 255, (20, 28, 28)), gz)
+    _idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", np.arange(20) % 10, gz)
+    _idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", rng.integers(0, 255, (5, 28, 28)), gz)
+    _idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", np.arange(5), gz)
+    ds = load_dataset(f"idx:{tmp_path}")
+    assert ds.x_train.shape == (20, 1, 28, 28) and ds.x_test.shape == (5, 1, 28, 28) and ds.num_classes == 10
+
+
+def test_idx_errors(tmp_path, rng):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(f"idx:{tmp_path / 'nope'}")
+    with pytest.raises(DataError, match="train-images"):
+        load_dataset(f"idx:{tmp_path}")
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + struct.pack(">III", 10, 28, 28) + b"12")
+    _idx(tmp_path / "train-labels-idx1-ubyte", np.arange(10), False)
+    _idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 255, (5, 28, 28)), False)
+    _idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(5), False)
+    with pytest.raises(DataError, match="truncated"):
+        load_dataset(f"idx:{tmp_path}")
+
+
+def test_npz_loader_and_errors(tmp_path, rng):
+    f = tmp_path / "d.npz"
+    np.savez(f, x=rng.standard_normal((50, 6)).astype(np.float32), y=np.arange(50) % 3)
+    ds = load_dataset(f"npz:{f}")
+    assert ds.num_classes == 3 and len(ds.x_train) + len(ds.x_test) == 50
+    np.savez(f, x=np.zeros((5, 2)))
+    with pytest.raises(DataError, match="'x' and 'y'"):
+        load_dataset(f"npz:{f}")
+    f.write_bytes(b"garbage")
+    with pytest.raises(DataError, match="cannot read"):
+        load_dataset(f"npz:{f}")
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_dataset("imagenet")
+
+
+def test_adapt_inputs(digits):
+    assert adapt_inputs(digits.x_test, (64,)).shape == (len(digits.x_test), 64)
+    with pytest.raises(DataError, match="expects"):
+        adapt_inputs(digits.x_test, (40,))
