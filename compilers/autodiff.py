@@ -72,6 +72,11 @@ def _vjp(p: Program, op: Op, g: str, idx: int) -> str:
         return p.sub(gy, p.mul(op.output, p.reduce("reduce_sum", gy, (-1,), keepdims=True)))
     if k == "transpose":
         perm = op.attr("perm")
+        src = p.producer(g)
+        if perm == (1, 0) and src is not None and src.kind == "matmul":
+            # (A·B)ᵀ = Bᵀ·Aᵀ: yields dW = dYᵀ·X directly, with no weight-sized transpose
+            a, b = src.inputs
+            return p.matmul(p.transpose(b), p.transpose(a))
         inv = tuple(perm.index(i) for i in range(len(perm)))
         return p.transpose(g, inv)
     if k == "reshape":

@@ -79,6 +79,7 @@ class Program:
     state_updates: dict[str, str] = field(default_factory=dict)
     values: dict[str, Value] = field(default_factory=dict)
     _counter: int = 0
+    _producers: dict[str, Op] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- declarations
     def _fresh(self, hint: str) -> str:
@@ -136,6 +137,7 @@ class Program:
         out = self._fresh(hint or kind)
         frozen = tuple(sorted((k, _freeze(v)) for k, v in attrs.items()))
         self.ops.append(Op(kind, tuple(inputs), out, frozen))
+        self._producers[out] = self.ops[-1]
         self.values[out] = Value(out, shape, dtype)
         return out
 
@@ -159,8 +161,26 @@ class Program:
         return self.mul(a, self.const(np.float32(s)))
 
     def transpose(self, a: str, perm: tuple[int, ...] | None = None) -> str:
-        perm = perm or tuple(reversed(range(len(self.shape(a)))))
-        return self.op("transpose", a, perm=tuple(perm))
+        perm = tuple(perm or reversed(range(len(self.shape(a)))))
+        src = self.producer(a)
+        if src is not None and src.kind == "transpose":  # transpose(transpose(x)) = x when the perms cancel
+            inner = src.attr("perm")
+            if tuple(inner[i] for i in perm) == tuple(range(len(perm))):
+                return src.inputs[0]
+        return self.op("transpose", a, perm=perm)
+
+    def producer(self, name: str) -> Op | None:
+        return self._producers.get(name)
+
+    def live_ops(self) -> list[Op]:
+        """Ops needed by the outputs and state updates (dead code removed), in program order."""
+        needed = set(self.outputs.values()) | set(self.state_updates.values())
+        keep: list[Op] = []
+        for op in reversed(self.ops):
+            if op.output in needed:
+                keep.append(op)
+                needed.update(op.inputs)
+        return keep[::-1]
 
     def reshape(self, a: str, shape: tuple[int, ...]) -> str:
         if tuple(shape) == self.shape(a):

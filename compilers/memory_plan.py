@@ -1,7 +1,8 @@
 """Static memory plan of an ONNX graph with fixed shapes: a liveness pass over the topological order.
 
-Graph inputs (data, parameters, optimizer state) are resident for the whole call; every other tensor
-lives from the node that produces it to its last consumer (graph outputs to the end). Constant
+Graph inputs (data, parameters, optimizer state) and graph outputs (the new state, written into
+caller-owned buffers: the second half of a double buffer) are resident; every other tensor lives from the
+node that produces it to its last consumer. Constant
 initializers that are not graph inputs count as resident weights. Sizes in bytes.
 ``peak_bytes`` = max over nodes of (resident + live intermediates); ``peak_activation_bytes`` is the
 intermediate part alone, ``largest_node_bytes`` the largest single node's inputs+outputs working set.
@@ -37,7 +38,8 @@ def plan(model: onnx.ModelProto) -> dict[str, int]:
     sizes = _sizes(model)
     graph = model.graph
     input_names = {i.name for i in graph.input}
-    resident = sum(sizes.get(n, 0) for n in input_names)
+    output_names = {o.name for o in graph.output}
+    resident = sum(sizes.get(n, 0) for n in input_names | output_names)
     resident += sum(sizes.get(i.name, 0) for i in graph.initializer if i.name not in input_names)
     last_use: dict[str, int] = {}
     for idx, node in enumerate(graph.node):
@@ -51,7 +53,7 @@ def plan(model: onnx.ModelProto) -> dict[str, int]:
     largest_node = 0
     for idx, node in enumerate(graph.node):
         for o in node.output:
-            if o and o not in input_names:
+            if o and o not in input_names and o not in output_names:
                 live[o] = sizes.get(o, 0)
         peak_act = max(peak_act, sum(live.values()))
         work = sum(sizes.get(n, 0) for n in list(node.input) + list(node.output) if n)

@@ -120,13 +120,16 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def _largest_layer_working_set(spec: ModelSpec, batch: int) -> int:
-    """Bytes of the largest single block's input + output activations for both streams (B + C rows)."""
+    """Bytes needed to update the largest single block on its own: its input and largest activation for
+    both streams (B + C rows) plus one gradient of its parameters (float32)."""
     rows = batch + spec.num_classes
     shapes = spec.shapes()
     prev = spec.block_input_shape()
+    pshapes = spec.param_shapes()
     best = 0
-    for per in shapes[:-1]:
+    for i, per in enumerate(shapes[:-1]):
         act = max([math.prod(prev)] + [math.prod(s) for s in per])
-        best = max(best, 4 * rows * (math.prod(prev) + act))
+        grad = sum(math.prod(s) for n, s in pshapes.items() if n.startswith(f"blocks.{i}."))
+        best = max(best, 4 * (rows * (math.prod(prev) + act) + grad))
         prev = per[-1]
     return best

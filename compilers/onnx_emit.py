@@ -43,6 +43,24 @@ class _Emitter:
             uses[v] = uses.get(v, 0) + 1
         self.uses = uses
         self.skipped: set[str] = set()
+        self.fused: set[str] = set()
+        self.accumulate: dict[str, tuple[str, str]] = {}
+
+    def plan_accumulation(self) -> None:
+        """add(matmul₁, matmul₂) → Gemm(…, C=matmul₁): the sum of the sample- and target-stream weight
+        gradients is accumulated into one buffer instead of materialising both and their sum."""
+        pos = {op.output: i for i, op in enumerate(self.p.ops)}
+        for op in self.p.ops:
+            if op.kind != "add":
+                continue
+            srcs = [self.producer.get(i) for i in op.inputs]
+            if not all(s is not None and s.kind == "matmul" and self.uses.get(s.output, 0) == 1 for s in srcs):
+                continue
+            if op.inputs[0] == op.inputs[1] or any(self.p.shape(i) != self.p.shape(op.output) for i in op.inputs):
+                continue
+            earlier, later = sorted(op.inputs, key=pos.__getitem__)
+            self.accumulate[op.output] = (later, earlier)
+            self.fused.add(later)
 
     def const(self, arr: np.ndarray, hint: str) -> str:
         self.n += 1
@@ -65,15 +83,22 @@ class _Emitter:
         k, ins, out = op.kind, list(op.inputs), op.output
         if out in self.skipped:
             return
-        if k in _SIMPLE:
+        if k in _SIMPLE and out not in self.accumulate:
             self.node(_SIMPLE[k], ins, [out])
         elif k == "matmul":
+            if out in self.fused:  # emitted as the accumulating Gemm of the add that consumes it
+                return
             a, b = ins
             ta, tb = self._transposed_2d(a), self._transposed_2d(b)
             if ta or tb:
                 self.node("Gemm", [ta or a, tb or b], [out], transA=int(bool(ta)), transB=int(bool(tb)))
             else:
                 self.node("MatMul", ins, [out])
+        elif k == "add" and out in self.accumulate:
+            later, earlier = self.accumulate[out]
+            a, b = self.producer[later].inputs
+            ta, tb = self._transposed_2d(a), self._transposed_2d(b)
+            self.node("Gemm", [ta or a, tb or b, earlier], [out], transA=int(bool(ta)), transB=int(bool(tb)))
         elif k == "leaky_relu":
             self.node("LeakyRelu", ins, [out], alpha=float(op.attr("alpha")))
         elif k in ("greater", "equal"):
@@ -113,6 +138,9 @@ class _Emitter:
 
 
 def to_onnx(program: Program, doc: str = "") -> onnx.ModelProto:
+    from dataclasses import replace
+
+    program = replace(program, ops=program.live_ops())
     e = _Emitter(program)
     # transposes folded into Gemm need not be emitted
     for op in program.ops:
@@ -120,6 +148,20 @@ def to_onnx(program: Program, doc: str = "") -> onnx.ModelProto:
             for i in op.inputs:
                 if e._transposed_2d(i):
                     e.skipped.add(i)
+    # a value that becomes a graph output is produced under the output's name (no Identity copy): the
+    # runtime can then write it straight into a caller-bound buffer, and it is never an intermediate
+    rename: dict[str, str] = {}
+    produced = {op.output for op in program.ops}
+    for name, value in [*program.outputs.items(), *((s + NEW_SUFFIX, v) for s, v in program.state_updates.items())]:
+        if value in produced and value not in rename:
+            rename[value] = name
+    if rename:
+        program = _renamed(program, rename)
+        e.p = program
+        e.producer = {op.output: op for op in program.ops}
+        e.uses = {rename.get(k, k): v for k, v in e.uses.items()}
+        e.skipped = {rename.get(k, k) for k in e.skipped}
+    e.plan_accumulation()
     for op in program.ops:
         e.emit(op)
     inits = list(e.inits)
@@ -129,18 +171,29 @@ def to_onnx(program: Program, doc: str = "") -> onnx.ModelProto:
     for s in program.states:
         inputs.append(helper.make_tensor_value_info(s.value.name, TensorProto.FLOAT, list(s.value.shape)))
     outputs = []
-    for name, value in program.outputs.items():
-        e.node("Identity", [value], [name])
+    for name, value in [*program.outputs.items(),
+                        *((s + NEW_SUFFIX, v) for s, v in program.state_updates.items())]:
+        if value != name:
+            e.node("Identity", [value], [name])
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(program.shape(value))))
-    for state, value in program.state_updates.items():
-        e.node("Identity", [value], [state + NEW_SUFFIX])
-        outputs.append(helper.make_tensor_value_info(state + NEW_SUFFIX, TensorProto.FLOAT,
-                                                     list(program.shape(value))))
     graph = helper.make_graph(e.nodes, program.name, inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgesp",
                               doc_string=doc)
     model.ir_version = IR_VERSION
     return model
+
+
+def _renamed(program: Program, rename: dict[str, str]) -> Program:
+    """A shallow copy of ``program`` with op outputs renamed (inputs/states/consts keep their names)."""
+    from dataclasses import replace
+
+    def r(n: str) -> str:
+        return rename.get(n, n)
+
+    ops = [replace(op, inputs=tuple(r(i) for i in op.inputs), output=r(op.output)) for op in program.ops]
+    values = {r(k): replace(v, name=r(k)) for k, v in program.values.items()}
+    return replace(program, ops=ops, values=values, outputs={k: r(v) for k, v in program.outputs.items()},
+                   state_updates={k: r(v) for k, v in program.state_updates.items()})
 
 
 def initial_state(program: Program) -> dict[str, np.ndarray]:

@@ -132,7 +132,8 @@ def simulate(build_dir: str | Path, dataset: Dataset, steps: int, batch: int | N
         "precision": desc.precision,
         "cores_used": manifest.get("cores_used"),
         "learning": bool(options.get("learning", True)),
-        "weights_changed": bool(any(np.any(w != la.weight) for (w, _), la in zip(final, desc.layers))),
+        "weights_changed": bool(any(np.any(w != la.weight)
+                                    for (w, _), la in zip(final, desc.layers, strict=True))),
         "eval_samples": segs[0][2] - segs[0][1],
     }
     if out_png is not None:

@@ -62,6 +62,10 @@ class OrtDevice:
         self.params = self.manifest["parameters"]
         self.state = {p["name"]: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(init[p["name"]]))
                       for p in self.params}
+        # second buffer set: each step reads state A and writes state B, then they swap (no allocation
+        # per step; the same OrtValue is never both input and output of one run)
+        self.spare = {p["name"]: ort.OrtValue.ortvalue_from_shape_and_type(list(p["shape"]) or [], np.float32)
+                      for p in self.params if p["update_output"]}
         self.update_outputs = [o.name for o in self.update.get_outputs()]
         self.param_names = [i.name for i in self.inference.get_inputs() if i.name != "x"]
         self.lr = float(self.manifest.get("learning_rate", self.spec.rule.optimizer.lr))
@@ -90,13 +94,19 @@ class OrtDevice:
         io.bind_cpu_input("lr", np.asarray(self.lr if lr is None else lr, np.float32))
         for name, value in self.state.items():
             io.bind_ortvalue_input(name, value)
+        loss_names = []
+        for p in self.params:
+            if p["update_output"]:
+                io.bind_ortvalue_output(p["update_output"], self.spare[p["name"]])
         for name in self.update_outputs:
-            io.bind_output(name, "cpu")
+            if name.startswith("loss_"):
+                io.bind_output(name, "cpu")
+                loss_names.append(name)
         self.update.run_with_iobinding(io)
-        outs = dict(zip(self.update_outputs, io.get_outputs(), strict=True))
-        losses = {k: float(np.array(v.numpy(), copy=True)) for k, v in outs.items() if k.startswith("loss_")}
-        self.state = {p["name"]: (outs[p["update_output"]] if p["update_output"] else self.state[p["name"]])
-                      for p in self.params}
+        losses = {k: float(np.array(v.numpy(), copy=True))
+                  for k, v in zip(loss_names, io.get_outputs()[-len(loss_names):], strict=True)} if loss_names else {}
+        for name in self.spare:
+            self.state[name], self.spare[name] = self.spare[name], self.state[name]
         del ort
         return losses
 

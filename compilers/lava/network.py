@@ -68,11 +68,12 @@ class LavaSession:
             head = la.kind == "readout"
             dense = P.SPDense(weights=la.weight, bias=la.bias, rows=R, learn=learn, delay=i + 1, time_steps=T,
                               lr=desc.lr_head if head else desc.lr, weight_exp=la.weight_exp, g_in=g_in,
-                              head=head, seed=seed, layer=i, name=f"dense{i}")
+                              head=head, seed=seed, layer=i, readout=la.readout, dv=la.dv, dv_int=la.dv_int,
+                              name=f"dense{i}")
             prev.connect(dense.s_in)
             if head:
                 post = P.SPReadout(rows=R, num_classes=la.n_out, labels=labels, learn=learn, delay=i + 1,
-                                   time_steps=T, name="readout")
+                                   time_steps=T, readout=la.readout, dv=la.dv, dv_int=la.dv_int, name="readout")
                 self.readout = post
             else:
                 post = P.SPLIF(rows=R, n=la.n_out, du=la.du, dv=la.dv, threshold=la.threshold, reset=la.reset,

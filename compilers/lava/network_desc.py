@@ -20,7 +20,7 @@ from edgesp.errors import CompileError
 
 @dataclass
 class LayerDesc:
-    kind: str                 # 'lif' (hidden SP block) | 'readout' (output head)
+    kind: str                 # 'lif' (hidden SP block) | 'readout' (output head; dv = readout decay)
     n_in: int
     n_out: int
     weight: np.ndarray        # (n_out, n_in)
@@ -31,6 +31,7 @@ class LayerDesc:
     reset: str = "zero"
     lif_bias: float = 0.0
     spiking: bool = True
+    readout: str = "membrane"  # head only: 'membrane' (leaky integrator with dv) | 'spike_count'
     weight_exp: int = 0       # fixed_pt only
     du_int: int = 0           # fixed_pt only (Lava LIF 'du' register)
     dv_int: int = 0

@@ -75,13 +75,17 @@ class SPSource(AbstractProcess):
 
 class SPDense(AbstractProcess):
     """Learning synapses: a[r] = W s_in[r] + b (sent one step later); on learning steps
-    W −= lr δᵀ s_prev, b −= lr Σ_r δ[r] with δ from the post-synaptic neurons (third factor)."""
+    W −= lr δᵀ s_prev, b −= lr Σ_r δ[r] with δ from the post-synaptic neurons (third factor).
+    As the head (``head=True``, row 0 only) it keeps the pre-synaptic trace e, β of the readout and learns
+    W −= lr g f, b −= lr g β_f (see :mod:`compilers.lava.rule`)."""
 
     def __init__(self, *, weights: np.ndarray, bias: np.ndarray, rows: int, learn: np.ndarray, delay: int,
                  time_steps: int, lr: float, weight_exp: int = 0, g_in: int = 0, head: bool = False,
-                 seed: int = 0, layer: int = 0, **kwargs) -> None:
+                 seed: int = 0, layer: int = 0, readout: str = "membrane", dv: float = 0.0, dv_int: int = 0,
+                 **kwargs) -> None:
         super().__init__(weights=weights, bias=bias, rows=rows, learn=learn, delay=delay, time_steps=time_steps,
-                         lr=lr, weight_exp=weight_exp, g_in=g_in, head=head, seed=seed, layer=layer, **kwargs)
+                         lr=lr, weight_exp=weight_exp, g_in=g_in, head=head, seed=seed, layer=layer,
+                         readout=readout, dv=dv, dv_int=dv_int, **kwargs)
         n_out, n_in = weights.shape
         self.s_in = InPort(shape=(rows, n_in))
         self.a_out = OutPort(shape=(rows, n_out))
@@ -120,13 +124,14 @@ class SPLIF(AbstractProcess):
 
 
 class SPReadout(AbstractProcess):
-    """Membrane readout of the head: logits[n] = Σ_t z_t (real units), z_t the head output of row 0;
-    sends the cross-entropy error softmax(z_t) − onehot(y) as third factor on learning steps."""
+    """Readout compartment of the head (as edgesp.snn): membrane o ← (1−dv) o + z_t, or spike count
+    o ← o + z_t with logits o/(k+1); logits[n] = the readout at the sample's last step (real units).
+    Sends the cross-entropy error softmax(o_t) − onehot(y) as third factor on learning steps."""
 
     def __init__(self, *, rows: int, num_classes: int, labels: np.ndarray, learn: np.ndarray, delay: int,
-                 time_steps: int, **kwargs) -> None:
+                 time_steps: int, readout: str = "membrane", dv: float = 0.0, dv_int: int = 0, **kwargs) -> None:
         super().__init__(rows=rows, num_classes=num_classes, labels=labels, learn=learn, delay=delay,
-                         time_steps=time_steps, **kwargs)
+                         time_steps=time_steps, readout=readout, dv=dv, dv_int=dv_int, **kwargs)
         self.a_in = InPort(shape=(rows, num_classes))
         self.err_out = OutPort(shape=(rows, num_classes))
         self.labels = Var(shape=labels.shape, init=labels)
@@ -198,6 +203,11 @@ class PySPDenseFloat(_Guarded):
     a_buff: np.ndarray = LavaPyType(np.ndarray, float)
     error: np.ndarray = LavaPyType(np.ndarray, int)
 
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self.e = np.zeros(0)  # head's pre-synaptic trace and bias factor (model state, not Vars)
+        self.beta = 0.0
+
     def run_spk(self) -> None:
         self.a_out.send(self.a_buff)
         s = self.s_in.recv()
@@ -211,17 +221,25 @@ class PySPDenseFloat(_Guarded):
 
     def _step(self, s: np.ndarray, err: np.ndarray) -> None:
         p = self.proc_params
-        n_idx, _ = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
+        n_idx, k = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
         if n_idx >= 0 and self.learn[n_idx]:
             lr = p["lr"]
             if p["head"]:
-                self.weights -= lr * np.outer(err[0], self.s_prev[0])
-                self.bias -= lr * err[0]
+                membrane = p["readout"] == "membrane"
+                feat = self.e if membrane else self.e / (k + 1)
+                self.weights -= lr * np.outer(err[0], feat)
+                self.bias -= lr * err[0] * (self.beta if membrane else 1.0)
             else:
                 self.weights -= lr * (err.T @ self.s_prev)
                 self.bias -= lr * err.sum(0)
         if p["head"]:
             self.a_buff[0] = self.weights @ s[0] + self.bias
+            _, k_next = _window(self.time_step + 1, p["delay"], p["time_steps"], self.learn.shape[0])
+            decay = 1.0 - p["dv"] if p["readout"] == "membrane" else 1.0
+            if k_next == 0:
+                self.e, self.beta = s[0].astype(float), 1.0
+            else:
+                self.e, self.beta = decay * self.e + s[0], decay * self.beta + 1.0
         else:
             self.a_buff[:] = s @ self.weights.T + self.bias
         self.s_prev[:] = s
@@ -246,6 +264,8 @@ class PySPDenseFixed(_Guarded):
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
         self.rng = np.random.default_rng([proc_params["seed"], proc_params["layer"]])
+        self.e = np.zeros(0, np.int64)  # head's pre-synaptic trace (TRACE_FRAC bits) and bias factor
+        self.beta = 0
 
     def run_spk(self) -> None:
         self.a_out.send(self.a_buff)
@@ -261,16 +281,33 @@ class PySPDenseFixed(_Guarded):
     def _step(self, s: np.ndarray, err: np.ndarray) -> None:
         p = self.proc_params
         e, g_in = p["weight_exp"], p["g_in"]
-        n_idx, _ = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
+        n_idx, k = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
+        membrane = p["readout"] == "membrane"
+        tf = rule.TRACE_FRAC
         if n_idx >= 0 and self.learn[n_idx]:
-            rows = 1 if p["head"] else err.shape[0]
-            dw, db = rule.fixed_weight_update(err[:rows], self.s_prev[:rows], rule.lr_shift(p["lr"]), g_in, e,
-                                              self.rng)
+            if p["head"]:
+                feat = self.e if membrane else self.e // (k + 1)
+                bf = self.beta if membrane else 1 << tf
+                dw, db = rule.fixed_weight_update(err[:1], feat[None, :], tf, np.array([bf]),
+                                                  rule.lr_shift(p["lr"]), e, self.rng)
+            else:
+                ones = np.full(err.shape[0], 1 << g_in, np.int64)
+                dw, db = rule.fixed_weight_update(err, self.s_prev, g_in, ones, rule.lr_shift(p["lr"]), e,
+                                                  self.rng)
             self.weights[:] = np.clip(self.weights + dw, rule.W_MIN, rule.W_MAX)
             self.bias[:] = np.clip(self.bias + db, rule.W_MIN, rule.W_MAX)
         b = rule.shift(self.bias, e)
         if p["head"]:
             self.a_buff[0] = rule.shift(self.weights @ s[0], e - g_in) + b
+            _, k_next = _window(self.time_step + 1, p["delay"], p["time_steps"], self.learn.shape[0])
+            spk = s[0].astype(np.int64) << tf
+            if k_next == 0:
+                self.e, self.beta = spk, 1 << tf
+            elif membrane:
+                self.e = rule.decay_fixed(self.e, p["dv_int"]) + spk
+                self.beta = int(rule.decay_fixed(np.int64(self.beta), p["dv_int"])) + (1 << tf)
+            else:
+                self.e = self.e + spk
         else:
             self.a_buff[:] = rule.shift(s @ self.weights.T, e - g_in) + b
         self.s_prev[:] = s
@@ -394,12 +431,14 @@ class _ReadoutBase(_Guarded):
 
     def _step(self, a: np.ndarray, err: np.ndarray) -> None:
         p = self.proc_params
-        n_idx, _ = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
-        if n_idx >= 0:
-            z = self.to_real(a[0])
-            self.logits[n_idx] += z
-            if self.learn[n_idx]:
-                err[0] = self.third_factor(rule.head_delta(z, int(self.labels[n_idx])))
+        n_idx, k = _window(self.time_step, p["delay"], p["time_steps"], self.learn.shape[0])
+        if n_idx < 0:
+            return
+        logit = self.integrate(a[0], k)
+        if k == p["time_steps"] - 1:
+            self.logits[n_idx] = logit
+        if self.learn[n_idx]:
+            err[0] = self.third_factor(rule.head_delta(logit, int(self.labels[n_idx])))
 
 
 @implements(proc=SPReadout, protocol=LoihiProtocol)
@@ -413,8 +452,15 @@ class PySPReadoutFloat(_ReadoutBase):
     logits: np.ndarray = LavaPyType(np.ndarray, float)
     error: np.ndarray = LavaPyType(np.ndarray, int)
 
-    def to_real(self, a: np.ndarray) -> np.ndarray:
-        return np.asarray(a, float)
+    def integrate(self, z: np.ndarray, k: int) -> np.ndarray:
+        p = self.proc_params
+        if k == 0:
+            self.o = np.zeros(z.shape)
+        if p["readout"] == "membrane":
+            self.o = (1.0 - p["dv"]) * self.o + z
+            return self.o.copy()
+        self.o = self.o + z
+        return self.o / (k + 1)
 
     def third_factor(self, g: np.ndarray) -> np.ndarray:
         return g
@@ -431,8 +477,16 @@ class PySPReadoutFixed(_ReadoutBase):
     logits: np.ndarray = LavaPyType(np.ndarray, float)
     error: np.ndarray = LavaPyType(np.ndarray, int)
 
-    def to_real(self, a: np.ndarray) -> np.ndarray:
-        return np.asarray(a, np.int64) / float(2 ** rule.SIGMA)
+    def integrate(self, a: np.ndarray, k: int) -> np.ndarray:
+        p = self.proc_params
+        a = np.asarray(a, np.int64)
+        if k == 0:
+            self.o = np.zeros(a.shape, np.int64)
+        if p["readout"] == "membrane":
+            self.o = rule.decay_fixed(self.o, p["dv_int"]) + a
+            return self.o / float(2 ** rule.SIGMA)
+        self.o = self.o + a
+        return self.o / float(2 ** rule.SIGMA) / (k + 1)
 
     def third_factor(self, g: np.ndarray) -> np.ndarray:
         return rule.quantise_delta(g)

@@ -87,9 +87,12 @@ def lower(spec: ModelSpec, params: dict[str, np.ndarray], precision: str) -> tup
         if lif is not None:
             kw.update(du=float(lif.du), dv=float(lif.dv), threshold=float(lif.threshold), reset=lif.reset,
                       lif_bias=float(lif.bias), spiking=True)
+        else:  # readout as edgesp.snn: membrane decays by the dv of the last block's LIF
+            kw.update(readout=temporal.readout, dv=float(spec.blocks[-1][1].dv), spiking=False)
         layers.append(LayerDesc(**kw))
     lr = float(spec.rule.optimizer.lr)
-    desc = NetDesc(precision=precision, time_steps=temporal.time_steps, encoding=temporal.encoding,
+    steps = spec.input_shape[-1] if temporal.encoding == "sequence" else temporal.time_steps
+    desc = NetDesc(precision=precision, time_steps=steps, encoding=temporal.encoding,
                    encoding_seed=temporal.seed, loss=loss, temperature=float(spec.rule.temperature), lr=lr,
                    lr_head=lr, num_classes=spec.num_classes, input_dim=spec.signal_dim,
                    table=table.astype(np.float32), layers=layers)
@@ -120,6 +123,9 @@ def _to_fixed(desc: NetDesc) -> tuple[NetDesc, dict[str, Any]]:
             report["tensors"][f"layer{i}.du"] = {"value": la.du, "quantised": (la.du_int + 1) / 4096}
             report["tensors"][f"layer{i}.dv"] = {"value": la.dv, "quantised": la.dv_int / 4096}
             report["tensors"][f"layer{i}.threshold"] = {"value": la.threshold, "quantised": la.vth_int / S}
+        else:
+            la.dv_int = int(np.clip(round(la.dv * 4096), 0, 4095))
+            report["tensors"][f"layer{i}.readout_dv"] = {"value": la.dv, "quantised": la.dv_int / 4096}
     tq = np.clip(np.rint(desc.table.astype(np.float64) * 2 ** rule.INPUT_FRAC), -2 ** 15, 2 ** 15 - 1)
     report["tensors"]["signal.table"] = _err(tq / 2 ** rule.INPUT_FRAC, desc.table.astype(np.float64))
     desc.table = tq.astype(np.int32)

@@ -12,20 +12,27 @@ from compilers.lava.network_desc import NetDesc
 
 
 def encode(values: np.ndarray, encoding: str, seed: int, n: int, k: int, fixed: bool) -> np.ndarray:
-    """Payload for sample n, phase k. values (R, D): real (float) or INPUT_FRAC-fixed ints (fixed).
-    direct/sequence: graded payload = value; rate: Bernoulli(clip(value, 0, 1)) spikes from a
-    generator seeded by (seed, n, k), so every simulator draws the same spikes."""
+    """Payload for sample n, phase k. values (R, D): row 0 the sample, rows 1.. the target signal; real
+    (floating_pt) or INPUT_FRAC fixed ints (fixed_pt). As :mod:`edgesp.encoding`: the target always enters as a
+    direct (graded) current; the sample is direct/sequence (graded value) or rate: Bernoulli(p) spikes with
+    p = (x − min x)/(max x − min x) per sample. The rate spikes come from a generator seeded by (seed, n, k),
+    so every simulator of this network draws the same spikes (not the same stream as edgesp.encoding's torch
+    generator). In fixed_pt a spike is the graded payload 2^INPUT_FRAC (1.0), so layer 0 has one input format."""
     if encoding != "rate":
         return values
-    real = values / float(2 ** rule.INPUT_FRAC) if fixed else values
+    x = values[0].astype(np.float64)
+    lo, hi = x.min(), x.max()
+    p = np.clip((x - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     rng = np.random.default_rng([seed, n, k])
-    spikes = rng.random(values.shape) < np.clip(real, 0.0, 1.0)
-    return spikes.astype(np.int64 if fixed else np.float64)
+    spikes = rng.random(x.shape) < p
+    out = values.copy()
+    out[0] = spikes * (2 ** rule.INPUT_FRAC if fixed else 1.0)
+    return out
 
 
 def input_frac(desc: NetDesc) -> int:
     """Fractional bits of the layer-0 input payload (fixed_pt)."""
-    return 0 if desc.encoding == "rate" else rule.INPUT_FRAC
+    return rule.INPUT_FRAC
 
 
 def stream_rows(desc: NetDesc, x_step: np.ndarray, label: int) -> np.ndarray:
@@ -53,10 +60,9 @@ class ReferenceNet:
         self.trace: list[list[dict[str, np.ndarray]]] | None = None
 
     def run(self, inputs: np.ndarray, labels: np.ndarray, learn: np.ndarray, record: bool = False) -> np.ndarray:
-        """inputs (N, D, Tx) (real, or fixed ints), labels (N,), learn (N,) bool. Returns logits (N, C)
-        (sum over T of the head's per-step output in real units)."""
-        d = self.d
-        out = np.zeros((len(inputs), d.num_classes))
+        """inputs (N, D, Tx) (real, or fixed ints), labels (N,), learn (N,) bool. Returns the logits (N, C)
+        in real units (the head's readout o at the last step of each sample)."""
+        out = np.zeros((len(inputs), self.d.num_classes))
         self.trace = [] if record else None
         for n in range(len(inputs)):
             out[n] = self._sample(n, inputs[n], int(labels[n]), bool(learn[n]))
@@ -65,8 +71,11 @@ class ReferenceNet:
     def _sample(self, n: int, x: np.ndarray, y: int, learn: bool) -> np.ndarray:
         d = self.d
         R = d.rows
-        state = [(np.zeros((R, la.n_out), np.int64 if self.fixed else np.float64),) * 2 for la in d.layers]
-        z_sum = np.zeros(d.num_classes)
+        zeros = (lambda m: np.zeros(m, np.int64)) if self.fixed else (lambda m: np.zeros(m))
+        state = [(zeros((R, la.n_out)), zeros((R, la.n_out))) for la in d.layers]
+        head = d.layers[-1]
+        ro = {"o": zeros(head.n_out), "e": zeros(head.n_in), "beta": 0}
+        logits = np.zeros(d.num_classes)
         tx = x.shape[-1]
         for k in range(d.time_steps):
             s = encode(stream_rows(d, x[:, k % tx], y), d.encoding, d.encoding_seed, n, k, self.fixed)
@@ -74,7 +83,7 @@ class ReferenceNet:
             rec = []
             for li, la in enumerate(d.layers):
                 if la.kind == "readout":
-                    z_sum += self._readout(li, la, s, y, learn, g_in)
+                    logits = self._readout(li, la, s[0], k, ro, y, learn)
                     break
                 u, v = state[li]
                 s_next, u, v, v_pre = self._lif(li, la, s, u, v, y, learn, g_in)
@@ -83,7 +92,7 @@ class ReferenceNet:
                 s, g_in = s_next, 0
             if self.trace is not None:
                 self.trace.append(rec)
-        return z_sum
+        return logits
 
     # -- hidden layer
     def _lif(self, li, la, s, u, v, y, learn, g_in):
@@ -98,7 +107,9 @@ class ReferenceNet:
             if learn:
                 v_real = v_pre / float(2 ** (rule.SIGMA + rule.ACT_SHIFT))
                 dint = rule.quantise_delta(rule.hidden_delta(v_real, y, d.loss, d.temperature))
-                dw, db = rule.fixed_weight_update(dint, s, rule.lr_shift(d.lr), g_in, la.weight_exp, self.rngs[li])
+                ones = np.full(s.shape[0], 1 << g_in, np.int64)
+                dw, db = rule.fixed_weight_update(dint, s, g_in, ones, rule.lr_shift(d.lr), la.weight_exp,
+                                                  self.rngs[li])
                 la.weight = np.clip(la.weight + dw, rule.W_MIN, rule.W_MAX)
                 la.bias = np.clip(la.bias + db, rule.W_MIN, rule.W_MAX)
             return spk.astype(np.int64), u, v, v_pre
@@ -114,23 +125,41 @@ class ReferenceNet:
             la.bias -= d.lr * delta.sum(0)
         return spk, u, v, v_pre
 
-    # -- output head
-    def _readout(self, li, la, s, y, learn, g_in):
+    # -- output head: readout compartment o, pre-synaptic trace e and bias factor beta
+    def _readout(self, li, la, s, k, ro, y, learn):
         d = self.d
+        membrane = la.readout == "membrane"
         if self.fixed:
-            a = rule.shift(la.weight @ s[0], la.weight_exp - g_in) + rule.shift(la.bias, la.weight_exp)
-            z = a / float(2 ** rule.SIGMA)
+            a = rule.shift(la.weight @ s, la.weight_exp) + rule.shift(la.bias, la.weight_exp)
+            if membrane:
+                ro["o"] = rule.decay_fixed(ro["o"], la.dv_int) + a
+                ro["e"] = rule.decay_fixed(ro["e"], la.dv_int) + (s.astype(np.int64) << rule.TRACE_FRAC)
+                ro["beta"] = int(rule.decay_fixed(np.int64(ro["beta"]), la.dv_int)) + (1 << rule.TRACE_FRAC)
+                logit = ro["o"] / float(2 ** rule.SIGMA)
+                feat, bf = ro["e"], ro["beta"]
+            else:
+                ro["o"] = ro["o"] + a
+                ro["e"] = ro["e"] + (s.astype(np.int64) << rule.TRACE_FRAC)
+                logit = ro["o"] / float(2 ** rule.SIGMA) / (k + 1)
+                feat, bf = ro["e"] // (k + 1), 1 << rule.TRACE_FRAC
             if learn:
-                dint = np.zeros((1, la.n_out), np.int64)
-                dint[0] = rule.quantise_delta(rule.head_delta(z, y))
-                dw, db = rule.fixed_weight_update(dint, s[:1], rule.lr_shift(d.lr_head), g_in, la.weight_exp,
-                                                  self.rngs[li])
+                dint = rule.quantise_delta(rule.head_delta(logit, y))[None, :]
+                dw, db = rule.fixed_weight_update(dint, feat[None, :], rule.TRACE_FRAC, np.array([bf]),
+                                                  rule.lr_shift(d.lr_head), la.weight_exp, self.rngs[li])
                 la.weight = np.clip(la.weight + dw, rule.W_MIN, rule.W_MAX)
                 la.bias = np.clip(la.bias + db, rule.W_MIN, rule.W_MAX)
-            return z
-        z = la.weight @ s[0] + la.bias
+            return logit
+        z = la.weight @ s + la.bias
+        decay = 1.0 - la.dv if membrane else 1.0
+        ro["o"] = decay * ro["o"] + z
+        ro["e"] = decay * ro["e"] + s
+        ro["beta"] = decay * ro["beta"] + 1.0
+        if membrane:
+            logit, feat, bf = ro["o"], ro["e"], ro["beta"]
+        else:
+            logit, feat, bf = ro["o"] / (k + 1), ro["e"] / (k + 1), 1.0
         if learn:
-            g = rule.head_delta(z, y)
-            la.weight -= d.lr_head * np.outer(g, s[0])
-            la.bias -= d.lr_head * g
-        return z
+            g = rule.head_delta(logit, y)
+            la.weight -= d.lr_head * np.outer(g, feat)
+            la.bias -= d.lr_head * g * bf
+        return logit

@@ -12,12 +12,16 @@ Local losses on the membrane potential (``loss``):
   K = C target rows, one per class (the target signal of class c through the layer's synapses),
   Y_c = ⟨v[0], v[1+c]⟩ / (τ·n), p = softmax(Y), g = p − onehot(y),
   δ[0] = Σ_c g_c v[1+c] / (τ·n),  δ[1+c] = g_c v[0] / (τ·n).
-- ``l2`` (purely neuron-local; L = ½‖v[0] − v[1]‖²): K = 1 row, the target signal of the sample's class,
-  δ[0] = v[0] − v[1], δ[1] = −δ[0].  Loihi-native third factor, but it admits the collapsed solution
-  W = 0 (measured: no learning on digits); kept as the local reference form.
+- ``l2`` (purely neuron-local; L = ‖v[0] − v[1]‖²/n as edgesp.losses): K = 1 row, the target signal of the
+  sample's class, δ[0] = 2(v[0] − v[1])/n, δ[1] = −δ[0]. A Loihi-native third factor, but it admits the
+  collapsed solution W = 0 (measured: no learning on digits); kept as the neuron-local form.
 
-Output head (SP trains it with cross-entropy on its detached input): per step z_t = W s_in[0] + b,
-g = softmax(z_t) − onehot(y), ΔW = −lr g s_in[0]ᵀ, Δb = −lr g; prediction = argmax Σ_t z_t (membrane readout).
+Output head (SP trains it with cross-entropy on its detached input), readout as :mod:`edgesp.snn`:
+membrane: o[t] = (1−dv_o) o[t−1] + W s[t] + b = W e[t] + β[t] b with the pre-synaptic trace
+e[t] = (1−dv_o) e[t−1] + s[t], β[t] = (1−dv_o) β[t−1] + 1; spike_count: o[t] = W e[t]/(k+1) + b with
+e the spike count (k the phase). Per step g = softmax(o[t]) − onehot(y) and ΔW = −lr g f[t]ᵀ, Δb = −lr g β_f
+with f = e (membrane) or e/(k+1) (spike count) and β_f = β or 1: the Loihi form "third factor × pre-synaptic
+trace". Prediction = argmax o[T−1] (the logits of edgesp.snn.run).
 
 Fixed point (Loihi 2, ``fixed_pt``): scale S = 2^sigma maps real voltage/threshold units to integers:
 weights W_int (even integers in [−256, 254]: 8-bit signed mantissa, Lava convention) with a per-layer
@@ -42,6 +46,7 @@ W_MIN, W_MAX = -256, 254   # 8-bit signed mantissa, Lava's representation (LSB o
 DELTA_FRAC = 8         # fractional bits of the integer third factor
 DELTA_BITS = 16        # width of the integer third factor (assumption; see docs)
 INPUT_FRAC = 6         # fractional bits of graded input payloads (direct encoding) in fixed_pt
+TRACE_FRAC = 8         # fractional bits of the head's pre-synaptic trace e (fixed_pt)
 SIGMA = 8              # log2 of the voltage scale S (threshold 1.0 -> 256 -> MSB-aligned 16384)
 
 
@@ -68,7 +73,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def hidden_delta(v: np.ndarray, y: int, loss: str, temperature: float) -> np.ndarray:
     """δ = ∂L/∂v for one hidden layer; v: (R, n) pre-reset voltages in real units (row 0 sample)."""
     if loss == "l2":
-        d = v[0] - v[1]
+        d = 2.0 * (v[0] - v[1]) / v.shape[1]
         return np.stack([d, -d])
     n = v.shape[1]
     scale = 1.0 / (temperature * n)
@@ -99,14 +104,15 @@ def lr_shift(lr: float) -> int:
     return max(0, int(round(-math.log2(lr))))
 
 
-def fixed_weight_update(delta_int: np.ndarray, s_in: np.ndarray, k: int, g_in: int, e: int,
-                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Integer ΔW (even ints) and Δb for δ_int (R, n_out) and inputs s_in (R, n_in) ints."""
-    m = k + DELTA_FRAC + g_in + e - SIGMA + 1
-    num = -(delta_int.T.astype(np.int64) @ s_in.astype(np.int64))
+def fixed_weight_update(delta_int: np.ndarray, pre: np.ndarray, pre_frac: int, bias_pre: np.ndarray, k: int,
+                        e: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Integer ΔW (even ints) and Δb for δ_int (R, n_out), pre-synaptic values pre (R, n_in) and the bias
+    synapse's pre-synaptic value bias_pre (R,), both ints with ``pre_frac`` fractional bits:
+    ΔW_int = 2·sround(−δ_intᵀ pre / 2^m), m = k + DELTA_FRAC + pre_frac + e − SIGMA + 1 (drawn W first, then b)."""
+    m = k + DELTA_FRAC + pre_frac + e - SIGMA + 1
+    num = -(delta_int.T.astype(np.int64) @ pre.astype(np.int64))
     dw = 2 * sround_shift(num, m, rng)
-    mb = k + DELTA_FRAC + e - SIGMA + 1
-    db = 2 * sround_shift(-delta_int.sum(0).astype(np.int64), mb, rng)
+    db = 2 * sround_shift(-(delta_int.T.astype(np.int64) @ bias_pre.astype(np.int64)), m, rng)
     return dw, db
 
 

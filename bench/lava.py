@@ -1,0 +1,138 @@
+"""Benchmark: on-chip SP learning in Lava's simulation of Loihi 2.
+
+For each lava target (lava-cpu: floating_pt, loihi2: fixed_pt) with a fresh snn model on digits:
+- throughput: timesteps/s of the learning network vs the same network with the rule switched off
+  (same processes, same streams; steady state after start-up), and the start-up cost;
+- accuracy before/after on-device learning (``--epochs`` passes over the 1,437 training digits, streamed
+  one sample at a time, T steps each, inside one Lava run per target), and the numpy reference of the same
+  rule for comparison;
+- cores used and quantisation error.
+
+    .venv/bin/python bench/lava.py [--epochs 2] [--width 128] [--depth 2] [--time-steps 10]
+
+Prints a table, writes bench/results/lava.json and bench/results/lava_<target>.png (learning curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compilers import compile_model  # noqa: E402
+from compilers.lava.network import LavaSession, prepare_inputs  # noqa: E402
+from compilers.lava.network_desc import load_netdesc  # noqa: E402
+from compilers.lava.reference import ReferenceNet  # noqa: E402
+from edgesp.data import load_dataset  # noqa: E402
+from edgesp.functional import init_params  # noqa: E402
+from edgesp.presets import build_spec  # noqa: E402
+from edgesp.spec import OptimizerSpec, RuleSpec, TemporalSpec  # noqa: E402
+from firmware_sim import lava_device, read_manifest  # noqa: E402
+from targets import load_target  # noqa: E402
+
+
+def throughput(build: Path, x: np.ndarray, y: np.ndarray, learn: bool) -> dict[str, float]:
+    manifest = read_manifest(build)
+    desc = load_netdesc(build, manifest)
+    sess = LavaSession(desc, prepare_inputs(desc, x), y, np.full(len(y), learn))
+    try:
+        sess.run(1)
+        t0 = time.perf_counter()
+        sess.run_all()
+        dt = time.perf_counter() - t0
+    finally:
+        sess.stop()
+    return {"timesteps_per_second": (sess.total_steps - 1) / dt, "startup_seconds": sess.first_run_seconds}
+
+
+def reference_accuracy(build: Path, ds, n_train: int, seed: int) -> dict[str, float]:
+    desc = load_netdesc(build, read_manifest(build))
+    ref = ReferenceNet(desc, seed=seed)
+    xte = prepare_inputs(desc, ds.x_test)
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(len(ds.y_train)) for _ in range(-(-n_train // len(ds.y_train)))])
+    order = order[:n_train]
+    acc0 = float((ref.run(xte, ds.y_test, np.zeros(len(xte), bool)).argmax(1) == ds.y_test).mean())
+    t0 = time.perf_counter()
+    ref.run(prepare_inputs(desc, ds.x_train[order]), ds.y_train[order], np.ones(n_train, bool))
+    dt = time.perf_counter() - t0
+    acc1 = float((ref.run(xte, ds.y_test, np.zeros(len(xte), bool)).argmax(1) == ds.y_test).mean())
+    return {"accuracy_before": acc0, "accuracy_after": acc1,
+            "timesteps_per_second": n_train * desc.time_steps / dt}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--time-steps", type=int, default=10)
+    ap.add_argument("--encoding", default="direct", choices=["direct", "rate"])
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--throughput-samples", type=int, default=100)
+    ap.add_argument("--targets", default="lava-cpu,loihi2")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset("digits")
+    spec = build_spec("snn", ds.input_shape, ds.num_classes, width=args.width, depth=args.depth,
+                      rule=RuleSpec(name="sp-voltage", optimizer=OptimizerSpec(name="sgd", lr=args.lr)),
+                      temporal=TemporalSpec(time_steps=args.time_steps, encoding=args.encoding))
+    params = init_params(spec, args.seed)
+    n_train = int(round(args.epochs * len(ds.y_train)))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for tname in args.targets.split(","):
+            build = Path(tmp) / tname
+            manifest = compile_model(spec, params, load_target(tname), build, 1)
+            xs, ys = ds.x_train[:args.throughput_samples], ds.y_train[:args.throughput_samples]
+            plain = throughput(build, xs, ys, learn=False)
+            learning = throughput(build, xs, ys, learn=True)
+            sim = lava_device.simulate(build, ds, n_train, None, args.seed, out / f"lava_{tname}.png", False,
+                                       curve_points=4, curve_eval=100)
+            ref = reference_accuracy(build, ds, n_train, args.seed)
+            q = manifest["quantisation"]
+            rows.append({
+                "target": tname, "precision": manifest["precision"], "cores_used": manifest["cores_used"],
+                "timesteps_per_second_plain": plain["timesteps_per_second"],
+                "timesteps_per_second_learning": learning["timesteps_per_second"],
+                "learning_cost_ratio": plain["timesteps_per_second"] / learning["timesteps_per_second"],
+                "startup_seconds": learning["startup_seconds"],
+                "accuracy_before": sim["accuracy_before"], "accuracy_after": sim["accuracy_after"],
+                "train_samples": n_train, "simulate_timesteps": sim["timesteps"],
+                "simulate_timesteps_per_second": sim["timesteps_per_second"],
+                "samples_per_second": sim["samples_per_second"], "curve": sim["curve"],
+                "reference_accuracy_after": ref["accuracy_after"],
+                "reference_timesteps_per_second": ref["timesteps_per_second"],
+                "weight_quant_rel_rms_max": q["weight_rel_rms_max"] if q else 0.0,
+                "planned_memory_bytes": manifest["planned_memory"]["total_bytes"],
+            })
+            print(f"done {tname}", flush=True)
+    config = {"dataset": "digits", "model": spec.name, "width": args.width, "depth": args.depth,
+              "time_steps": args.time_steps, "encoding": args.encoding, "loss": "v1 (sp-voltage, batch 1)",
+              "lr": args.lr, "epochs": args.epochs, "throughput_samples": args.throughput_samples,
+              "command": "python " + " ".join(sys.argv)}
+    (out / "lava.json").write_text(json.dumps({"config": config, "results": rows}, indent=2))
+    hdr = ("target", "prec", "cores", "ts/s plain", "ts/s learn", "cost x", "acc before", "acc after",
+           "numpy ref after", "wq err")
+    print(" | ".join(hdr))
+    for r in rows:
+        print(" | ".join([r["target"], r["precision"], str(r["cores_used"]),
+                          f"{r['timesteps_per_second_plain']:.0f}", f"{r['timesteps_per_second_learning']:.0f}",
+                          f"{r['learning_cost_ratio']:.2f}", f"{r['accuracy_before']:.3f}",
+                          f"{r['accuracy_after']:.3f}", f"{r['reference_accuracy_after']:.3f}",
+                          f"{r['weight_quant_rel_rms_max']:.4f}"]))
+
+
+if __name__ == "__main__":
+    main()

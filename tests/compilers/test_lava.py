@@ -1,0 +1,283 @@
+"""Lava backend: parity of the process network with independent references, on-chip learning, fit check,
+runtime hygiene. Each Lava run costs ~1-3 s (worker start-up), so the networks are tiny and runs few."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from compilers import compile_model
+from compilers.lava import rule
+from compilers.lava.network import LavaSession, import_lava, prepare_inputs
+from compilers.lava.quant import lower
+from compilers.lava.reference import ReferenceNet, encode
+from edgesp.errors import CompileError, RuntimeMissingError, TargetError
+from edgesp.functional import init_params
+from edgesp.presets import build_spec
+from edgesp.spec import LIF, Linear, ModelSpec, OptimizerSpec, RuleSpec, TemporalSpec
+from edgesp.spiking import LIFState, lif_step
+from targets import load_target
+
+
+def lava_children() -> list[int]:
+    """Child processes of this test process, except multiprocessing's resource tracker (a per-interpreter
+    helper that lives until the interpreter exits; it is not a Lava worker)."""
+    me = os.getpid()
+    pids: list[int] = []
+    for task in os.listdir(f"/proc/{me}/task"):
+        with open(f"/proc/{me}/task/{task}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    out = []
+    for p in set(pids):
+        try:
+            with open(f"/proc/{p}/cmdline") as f:
+                if "resource_tracker" in f.read():
+                    continue
+        except OSError:
+            continue
+        out.append(p)
+    return out
+
+
+def small_spec(encoding: str = "direct", loss: str = "v9", T: int = 4, lif: LIF | None = None,
+               depth: int = 2, readout: str = "membrane") -> ModelSpec:
+    lif = lif or LIF(du=0.5, dv=0.2, threshold=0.4)
+    blocks = tuple((Linear(12 if i == 0 else 10, 10), lif) for i in range(depth))
+    return ModelSpec(input_shape=(12,), num_classes=3, blocks=blocks, head=Linear(10, 3),
+                     rule=RuleSpec(name="sp-voltage", loss=loss, temperature=0.5),
+                     temporal=TemporalSpec(time_steps=T, encoding=encoding, seed=3, readout=readout), name="tiny")
+
+
+def boosted_params(spec: ModelSpec, gain: float = 2.5) -> dict[str, np.ndarray]:
+    """Fresh weights scaled up so the tiny network spikes."""
+    p = init_params(spec, 0)
+    return {k: (v * gain if k.startswith("blocks") else v) for k, v in p.items()}
+
+
+# --------------------------------------------------------------------------- forward parity
+@pytest.mark.parametrize("readout", ["membrane", "spike_count"])
+def test_float_lava_voltages_and_spikes_match_edgesp_lif_step(readout):
+    """Lava floating_pt == edgesp.spiking.lif_step (torch, float64) on every stream, learning off, and the
+    readout logits == edgesp.snn.run. Tolerance 1e-9 (float64 both sides, different summation order);
+    spikes identical."""
+    from edgesp.snn import run as snn_run
+
+    spec = small_spec(T=5, readout=readout)
+    params = boosted_params(spec)
+    desc, _ = lower(spec, params, "floating_pt")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 12))
+    y = np.array([2, 0])
+    T = spec.temporal.time_steps
+    with LavaSession(desc, prepare_inputs(desc, x), y, np.zeros(2, bool), trace=2 * T) as sess:
+        sess.run_all()
+        traces = sess.traces()
+        logits = sess.logits()
+    tp = {k: torch.tensor(np.asarray(v, np.float64)) for k, v in params.items()}
+    ref_logits = snn_run(spec, torch.tensor(x), tp).numpy()
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-9, rtol=0)
+    table = torch.tensor(desc.table.astype(np.float64))
+    n_spikes = 0
+    for n in range(2):
+        rows = torch.cat([torch.tensor(x[n])[None], table], 0)  # sample row + one target row per class
+        states = [LIFState.zeros((rows.shape[0], 10)) for _ in spec.blocks]
+        for k in range(T):
+            s = rows
+            for i, block in enumerate(spec.blocks):
+                a = s @ tp[f"blocks.{i}.weight"].T.double() + tp[f"blocks.{i}.bias"].double()
+                s, v, states[i] = lif_step(block[1], a, LIFState(states[i].u.double(), states[i].v.double()))
+                tv, ts = traces[i]
+                np.testing.assert_allclose(tv[n * T + k], v.numpy(), atol=1e-9, rtol=0)
+                np.testing.assert_array_equal(ts[n * T + k], s.numpy())
+                n_spikes += int(s.sum())
+    assert n_spikes > 10  # the comparison exercised spiking and reset
+
+
+def test_fixed_lif_matches_lavas_bit_accurate_lif():
+    """Our fixed_pt SPLIF (row 0) == lava.proc.lif LIF with Lava's bit-accurate fixed_pt models
+    (PyDenseModelBitAcc + PyLifModelBitAcc), same integer weights, exponent, decays, threshold, spikes in."""
+    from lava.proc.dense.process import Dense
+    from lava.proc.io.source import RingBuffer
+    from lava.proc.lif.process import LIF as LavaLIF
+    from lava.proc.monitor.process import Monitor
+
+    lv = import_lava()
+    spec = small_spec(encoding="rate", T=24, lif=LIF(du=0.3, dv=0.15, threshold=0.5), depth=1)
+    params = boosted_params(spec, gain=3.0)
+    params["blocks.0.bias"][:] = 0.0  # Lava's Dense has no bias synapse
+    desc, _ = lower(spec, params, "fixed_pt")
+    la = desc.layers[0]
+    x = np.random.default_rng(2).uniform(size=(1, 12))
+    T = spec.temporal.time_steps
+    with LavaSession(desc, prepare_inputs(desc, x), np.array([1]), np.zeros(1, bool), trace=T) as sess:
+        sess.run_all()
+        ours_v, ours_s = sess.traces()[0]
+    # the same input spikes, from the same seeded encoder, for Lava's own processes (fixed_pt payload of a
+    # spike is 2^INPUT_FRAC with the layer's input shift INPUT_FRAC, i.e. exactly a binary spike)
+    spikes = np.stack([encode(np.concatenate([prepare_inputs(desc, x)[0, :, 0][None], desc.table], 0),
+                              "rate", desc.encoding_seed, 0, k, True)[0] for k in range(T)], axis=1)
+    spikes = spikes >> rule.INPUT_FRAC
+    assert set(np.unique(spikes)) == {0, 1}
+    src = RingBuffer(data=spikes.astype(np.int32))
+    dense = Dense(weights=la.weight.astype(np.int32), weight_exp=la.weight_exp, num_message_bits=0)
+    lif = LavaLIF(shape=(la.n_out,), du=la.du_int, dv=la.dv_int, vth=la.vth_int, bias_mant=0)
+    src.s_out.connect(dense.s_in)
+    dense.a_out.connect(lif.a_in)
+    mon_v, mon_s = Monitor(), Monitor()
+    mon_v.probe(lif.v, T + 1)
+    mon_s.probe(lif.s_out, T + 1)
+    try:
+        src.run(condition=lv["RunSteps"](num_steps=T + 1), run_cfg=lv["Loihi2SimCfg"](select_tag="fixed_pt"))
+        lava_v = np.asarray(mon_v.get_data()[lif.name]["v"])[1:]
+        lava_s = np.asarray(mon_s.get_data()[lif.name]["s_out"])[1:]
+    finally:
+        src.stop()
+    post_reset = np.where(ours_s[:, 0] > 0, 0, ours_v[:, 0])
+    np.testing.assert_array_equal(ours_s[:, 0], lava_s)
+    np.testing.assert_array_equal(post_reset, lava_v)
+    assert lava_s.sum() > 5 and np.abs(lava_v).max() > 1000  # non-trivial integer dynamics
+
+
+# --------------------------------------------------------------------------- learning
+@pytest.mark.parametrize("precision", ["floating_pt", "fixed_pt"])
+def test_learning_in_lava_matches_numpy_reference_and_changes_weights_mid_run(precision):
+    """One Lava run streams [A (rule off), B (on), C (on), A (off)]: the final weights equal the numpy reference
+    of the same rule (float: 1e-9, float64 both; fixed: bit-exact incl. the seeded stochastic rounding), and
+    the two presentations of A give different logits, so the weights changed during the run."""
+    spec = small_spec(encoding="direct" if precision == "floating_pt" else "rate", T=4)
+    spec = spec.replace_rule(optimizer=OptimizerSpec(name="sgd", lr=0.05))
+    desc, _ = lower(spec, boosted_params(spec), precision)
+    rng = np.random.default_rng(1)
+    xa, xb, xc = rng.standard_normal((3, 12)) + 0.5
+    x = np.stack([xa, xb, xc, xa])
+    y = np.array([0, 1, 2, 0])
+    learn = np.array([False, True, True, False])
+    inputs = prepare_inputs(desc, x)
+    with LavaSession(desc, inputs, y, learn, seed=7) as sess:
+        sess.run_all()
+        weights = sess.weights()
+        logits = sess.logits()
+    ref = ReferenceNet(desc, seed=7)
+    ref_logits = ref.run(inputs, y, learn)
+    for (w, b), la, la0 in zip(weights, ref.d.layers, desc.layers, strict=True):
+        if precision == "floating_pt":
+            np.testing.assert_allclose(w, la.weight, atol=1e-9, rtol=0)
+            np.testing.assert_allclose(b, la.bias, atol=1e-9, rtol=0)
+        else:
+            np.testing.assert_array_equal(w, la.weight)
+            np.testing.assert_array_equal(b, la.bias)
+        assert np.any(w != la0.weight)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-9, rtol=0)
+    assert not np.allclose(logits[0], logits[3])
+
+
+def test_third_factor_is_the_gradient_of_the_sp_voltage_loss():
+    """rule.hidden_delta / head_delta == torch autograd of edgesp.losses.sp_loss (v1 with one target row per
+    class, l2) and of the head's cross-entropy, w.r.t. the membrane potentials."""
+    from edgesp.losses import sp_loss
+
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((4, 7))  # sample row + 3 class target rows
+    y, tau = 2, 0.5
+    vt = torch.tensor(v, requires_grad=True)
+    classes = torch.arange(3)
+    sp_loss("v1", vt[:1], vt[1:], torch.tensor([y]), torch.tensor([y]), classes, temperature=tau).backward()
+    np.testing.assert_allclose(rule.hidden_delta(v, y, "v1", tau), vt.grad.numpy(), atol=1e-12)
+    vt = torch.tensor(v[:2], requires_grad=True)
+    sp_loss("l2", vt[:1], vt[1:], torch.tensor([0]), torch.tensor([y]), torch.tensor([y])).backward()
+    np.testing.assert_allclose(rule.hidden_delta(v[:2], y, "l2", tau), vt.grad.numpy(), atol=1e-12)
+    z = torch.tensor(v[0, :3], requires_grad=True)
+    torch.nn.functional.cross_entropy(z[None], torch.tensor([1])).backward()
+    np.testing.assert_allclose(rule.head_delta(v[0, :3], 1), z.grad.numpy(), atol=1e-12)
+
+
+def test_stochastic_rounding_is_unbiased_and_integer():
+    gen = np.random.default_rng(0)
+    x = np.full(20000, 5, np.int64)  # 5 / 8 = 0.625
+    q = rule.sround_shift(x, 3, gen)
+    assert set(np.unique(q)) <= {0, 1}
+    assert abs(q.mean() - 0.625) < 0.02
+
+
+# --------------------------------------------------------------------------- compiler
+def test_compile_writes_manifest_npz_and_reports_quantisation(tmp_path):
+    spec = build_spec("snn", (64,), 10, width=32, depth=2, rule=RuleSpec(name="sp-voltage"),
+                      temporal=TemporalSpec(time_steps=5, encoding="rate"))
+    params = init_params(spec, 0)
+    m = compile_model(spec, params, load_target("loihi2"), tmp_path, 16)
+    disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert disk["runtime"] == "lava" and disk["target"] == "loihi2"
+    assert set(disk["artifacts"]) == {"inference", "update"}
+    assert [p["name"] for p in disk["parameters"]] == list(spec.param_shapes())
+    assert disk["cores_used"] == m["cores_used"] == 3
+    with np.load(tmp_path / disk["artifacts"]["inference"], allow_pickle=False) as z:
+        w0 = z["layer0.weight"]
+        assert w0.dtype == np.int32 and w0.min() >= rule.W_MIN and w0.max() <= rule.W_MAX and np.all(w0 % 2 == 0)
+    q = disk["quantisation"]
+    assert 0 < q["weight_rel_rms_max"] < 0.05  # 8-bit mantissa + per-layer exponent
+    assert q["tensors"]["layer0.dv"]["quantised"] == pytest.approx(0.2, abs=1 / 4096)
+    assert disk["planned_memory"]["synapse_bytes"] == (64 + 1) * 32 + (32 + 1) * 32 + (32 + 1) * 10
+    m2 = compile_model(spec, params, load_target("lava-cpu"), tmp_path / "f", 16)
+    assert m2["quantisation"] is None and m2["cores_used"] == 3
+
+
+def test_fit_check_refuses_a_model_too_large_for_loihi2(tmp_path):
+    spec = build_spec("snn", (64,), 10, width=2048, depth=2, rule=RuleSpec(name="sp-voltage"),
+                      temporal=TemporalSpec(time_steps=5))
+    with pytest.raises(TargetError) as e:
+        compile_model(spec, init_params(spec, 0), load_target("loihi2"), tmp_path, 1)
+    msg = str(e.value)
+    assert "\n" not in msg and "2048" in msg and "fan-in 4096" in msg
+    # too many cores: a user target with 4 cores of 64 neurons
+    small = tmp_path / "tiny.toml"
+    small.write_text('name = "tiny"\nruntime = "lava"\nprecision = "fixed_pt"\n[neuromorphic]\ncores = 4\n'
+                     'neurons_per_core = 704\nsynapses_per_core = 100000\nfan_in = 4096\nfan_out = 4096\n')
+    spec = build_spec("snn", (64,), 10, width=128, depth=2, rule=RuleSpec(name="sp-voltage"),
+                      temporal=TemporalSpec(time_steps=5))
+    with pytest.raises(TargetError, match=r"needs 5 cores but tiny has 4"):
+        compile_model(spec, init_params(spec, 0), load_target(str(small)), tmp_path / "b", 1)
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_non_spiking_model_is_refused(tmp_path):
+    spec = build_spec("mlp", (64,), 10, width=16, depth=1)
+    with pytest.raises(CompileError, match="not spiking"):
+        compile_model(spec, init_params(spec, 0), load_target("lava-cpu"), tmp_path, 1)
+
+
+# --------------------------------------------------------------------------- runtime hygiene
+def test_runtime_is_stopped_on_worker_error_and_on_interrupt(monkeypatch):
+    spec = small_spec(T=3, depth=1)
+    desc, _ = lower(spec, init_params(spec, 0), "floating_pt")
+    x = prepare_inputs(desc, np.zeros((4, 12)))
+    before = lava_children()
+    with LavaSession(desc, x, np.zeros(4, int), np.ones(4, bool)) as sess:
+        def interrupt(_s):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            sess.run_all(3, interrupt)
+    assert lava_children() == before
+
+    from compilers.lava import processes
+
+    def boom(self):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(processes._SourceModel, "_payload", boom)  # workers are forked: they see the patch
+    with pytest.raises(CompileError, match="source failed at time step 1"):
+        with LavaSession(desc, x, np.zeros(4, int), np.ones(4, bool)) as sess:
+            sess.run_all()
+    assert lava_children() == before
+
+
+def test_missing_lava_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lava.magma.core.run_configs", None)
+    with pytest.raises(RuntimeMissingError, match="lava-nc cannot be imported"):
+        import_lava()

@@ -1,0 +1,62 @@
+"""On-device loop on Lava: compile -> simulate -> profile for both lava targets (tiny nets, few runs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from compilers import compile_model
+from edgesp.data import Dataset
+from edgesp.functional import init_params
+from edgesp.presets import build_spec
+from edgesp.spec import RuleSpec, TemporalSpec
+from firmware_sim import lava_device, simulator_module
+from targets import load_target
+
+
+@pytest.fixture(scope="module")
+def small_digits(digits):
+    return Dataset("digits-small", digits.x_train[:60], digits.y_train[:60], digits.x_test[:20], digits.y_test[:20],
+                   digits.num_classes)
+
+
+def _build(tmp_path, target: str):
+    spec = build_spec("snn", (1, 8, 8), 10, width=16, depth=1, rule=RuleSpec(name="sp-voltage"),
+                      temporal=TemporalSpec(time_steps=4, encoding="direct"))
+    compile_model(spec, init_params(spec, 0), load_target(target), tmp_path, 1)
+    return tmp_path
+
+
+@pytest.mark.parametrize("target", ["lava-cpu", "loihi2"])
+def test_simulate_streams_samples_and_learns_on_device(tmp_path, small_digits, target):
+    build = _build(tmp_path, target)
+    assert simulator_module("lava") is lava_device
+    png = tmp_path / "curve.png"
+    r = lava_device.simulate(build, small_digits, 40, None, 0, png, False, curve_points=2, curve_eval=10)
+    for k in ("accuracy_before", "accuracy_after", "steps", "samples_per_second", "curve", "timesteps_per_second"):
+        assert k in r
+    assert 0.0 <= r["accuracy_before"] <= 1.0 and 0.0 <= r["accuracy_after"] <= 1.0
+    assert r["steps"] == 40
+    # eval 20 + train 40 + curve 10 + eval 20 samples, T=4 steps each, + 2 steps of pipeline latency
+    assert r["timesteps"] == (20 + 40 + 10 + 20) * 4 + 2
+    assert r["weights_changed"] and r["samples_per_second"] > 0
+    assert [p["train_samples"] for p in r["curve"]] == [0, 20, 40]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_simulate_without_learning_keeps_accuracy_and_weights(tmp_path, small_digits):
+    build = _build(tmp_path, "lava-cpu")
+    r = lava_device.simulate(build, small_digits, 20, None, 0, None, False, curve_points=1, learning=False)
+    assert not r["weights_changed"]
+    assert r["accuracy_before"] == r["accuracy_after"]  # same network, same test samples, no learning
+
+
+def test_profile_reports_per_core_memory_and_measured_peak(tmp_path):
+    build = _build(tmp_path, "loihi2")
+    p = lava_device.profile(build, None, samples=3)
+    assert p["cores_used"] == 2 and len(p["per_core"]) == 2
+    assert p["per_core"][0]["synapses"] == 65 * 16 and p["per_core"][0]["compartments"] == 16 * 11
+    for key in ("inference", "update_step"):
+        assert p[key]["measured_peak_bytes"] > 10 * 2 ** 20  # Python worker processes, tens of MiB each
+        assert p[key]["planned_peak_bytes"] == p["planned_memory"]["total_bytes"]
+        assert p[key]["worker_processes"] >= 5
+    assert "bp_baseline" in p
