@@ -238,6 +238,14 @@ def optimizer_states(spec: ModelSpec, params: dict[str, np.ndarray]) -> list[tup
     return out
 
 
+def _sum_terms(p: Program, g: str) -> list[str]:
+    """The terms of a sum-of-adds tree producing ``g`` (all of g's shape), else [g]."""
+    op = p.producer(g)
+    if op is None or op.kind != "add" or any(p.shape(i) != p.shape(g) for i in op.inputs):
+        return [g]
+    return [t for i in op.inputs for t in _sum_terms(p, i)]
+
+
 def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str], lr: str) -> None:
     o = spec.rule.optimizer
     if o.name == "adam":
@@ -256,7 +264,10 @@ def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str
             denom = p.add(p.op("sqrt", p.div(v, c2)), p.const(np.float32(o.eps)))
             delta = p.div(p.div(m, c1), denom)
         elif o.momentum:
-            m = p.add(p.scale(f"opt.{name}.m", o.momentum), g)
+            # β·m + (g_h + g_t) associated as ((β·m + g_h) + g_t): backends can accumulate each term in place
+            m = p.scale(f"opt.{name}.m", o.momentum)
+            for term in _sum_terms(p, g):
+                m = p.add(m, term)
             p.update_state(f"opt.{name}.m", m)
             delta = m
         else:

@@ -47,20 +47,36 @@ class _Emitter:
         self.accumulate: dict[str, tuple[str, str]] = {}
 
     def plan_accumulation(self) -> None:
-        """add(matmul₁, matmul₂) → Gemm(…, C=matmul₁): the sum of the sample- and target-stream weight
-        gradients is accumulated into one buffer instead of materialising both and their sum."""
+        """add(X, matmul) → Gemm(…, C=X): sums of weight gradients (sample + target stream) and momentum
+        updates (β·m + g) accumulate into one buffer instead of materialising every term and their sum.
+        X = mul(x, scalar constant β), used once, becomes C=x with Gemm's beta=β."""
         pos = {op.output: i for i, op in enumerate(self.p.ops)}
+
+        def once_matmul(name: str) -> bool:
+            src = self.producer.get(name)
+            return src is not None and src.kind == "matmul" and self.uses.get(name, 0) == 1
+
         for op in self.p.ops:
-            if op.kind != "add":
+            if op.kind != "add" or op.inputs[0] == op.inputs[1]:
                 continue
-            srcs = [self.producer.get(i) for i in op.inputs]
-            if not all(s is not None and s.kind == "matmul" and self.uses.get(s.output, 0) == 1 for s in srcs):
+            if any(self.p.shape(i) != self.p.shape(op.output) for i in op.inputs):
                 continue
-            if op.inputs[0] == op.inputs[1] or any(self.p.shape(i) != self.p.shape(op.output) for i in op.inputs):
+            mms = [i for i in op.inputs if once_matmul(i)]
+            if not mms:
                 continue
-            earlier, later = sorted(op.inputs, key=pos.__getitem__)
-            self.accumulate[op.output] = (later, earlier)
-            self.fused.add(later)
+            mm = max(mms, key=pos.__getitem__)  # the later matmul becomes the Gemm
+            other = op.inputs[1] if op.inputs[0] == mm else op.inputs[0]
+            beta = 1.0
+            src = self.producer.get(other)
+            if src is not None and src.kind == "mul" and self.uses.get(other, 0) == 1:
+                a, b = src.inputs
+                for x, k in ((a, b), (b, a)):
+                    if k in self.p.consts and self.p.consts[k].shape == () and self.p.shape(x) == self.p.shape(other):
+                        self.fused.add(other)
+                        other, beta = x, float(self.p.consts[k])
+                        break
+            self.accumulate[op.output] = (mm, other, beta)
+            self.fused.add(mm)
 
     def const(self, arr: np.ndarray, hint: str) -> str:
         self.n += 1
@@ -81,13 +97,11 @@ class _Emitter:
 
     def emit(self, op: Op) -> None:
         k, ins, out = op.kind, list(op.inputs), op.output
-        if out in self.skipped:
+        if out in self.skipped or (out in self.fused and k != "add"):
             return
         if k in _SIMPLE and out not in self.accumulate:
             self.node(_SIMPLE[k], ins, [out])
         elif k == "matmul":
-            if out in self.fused:  # emitted as the accumulating Gemm of the add that consumes it
-                return
             a, b = ins
             ta, tb = self._transposed_2d(a), self._transposed_2d(b)
             if ta or tb:
@@ -95,10 +109,10 @@ class _Emitter:
             else:
                 self.node("MatMul", ins, [out])
         elif k == "add" and out in self.accumulate:
-            later, earlier = self.accumulate[out]
-            a, b = self.producer[later].inputs
+            mm, c, beta = self.accumulate[out]
+            a, b = self.producer[mm].inputs
             ta, tb = self._transposed_2d(a), self._transposed_2d(b)
-            self.node("Gemm", [ta or a, tb or b, earlier], [out], transA=int(bool(ta)), transB=int(bool(tb)))
+            self.node("Gemm", [ta or a, tb or b, c], [out], transA=int(bool(ta)), transB=int(bool(tb)), beta=beta)
         elif k == "leaky_relu":
             self.node("LeakyRelu", ins, [out], alpha=float(op.attr("alpha")))
         elif k in ("greater", "equal"):

@@ -68,9 +68,20 @@ def simulate(build_dir: str | Path, dataset: Dataset, steps: int, batch: int | N
              out_png: str | Path | None = None, progress: bool = False, **options: Any) -> dict[str, Any]:
     """Options: eval_samples (test samples for before/after, default all), curve_points (default 4),
     curve_eval (test samples per intermediate point, default 100), chunk_samples (samples per Lava run call,
-    default 50), learning (default True; False streams the same schedule with the rule switched off)."""
+    default 50), learning (default True; False streams the same schedule with the rule switched off),
+    lr (overrides the compiled learning rate of every layer; fixed_pt rounds it to a power of two).
+    ``batch`` must be None or 1: the on-chip rule is online (one sample at a time)."""
     build_dir = Path(build_dir)
     manifest, desc, spec = _load(build_dir)
+    if batch not in (None, 1):
+        raise DataError(f"lava builds learn one sample at a time: use --batch 1 (or omit it), not {batch}")
+    if options.get("continual"):
+        raise DataError("--continual is not supported on lava targets yet: run without it")
+    if options.get("lr") is not None:
+        lr = float(options["lr"])
+        if not lr > 0:
+            raise DataError(f"learning rate must be > 0, got {lr}")
+        desc.lr = desc.lr_head = lr
     import_lava()
     n_train = int(steps) if steps and steps > 0 else len(dataset.x_train)
     x, y, learn, segs = _schedule(dataset, spec, n_train, int(options.get("eval_samples", 0)),
@@ -132,6 +143,7 @@ def simulate(build_dir: str | Path, dataset: Dataset, steps: int, batch: int | N
         "precision": desc.precision,
         "cores_used": manifest.get("cores_used"),
         "learning": bool(options.get("learning", True)),
+        "lr": desc.lr,
         "weights_changed": bool(any(np.any(w != la.weight)
                                     for (w, _), la in zip(final, desc.layers, strict=True))),
         "eval_samples": segs[0][2] - segs[0][1],
@@ -225,6 +237,7 @@ def profile(build_dir: str | Path, batch: int | None = None, **options: Any) -> 
     return {
         "target": manifest["target"],
         "precision": desc.precision,
+        "batch": 1,
         "cores_used": manifest.get("cores_used"),
         "per_core": pm["per_core"],
         "planned_memory": pm,

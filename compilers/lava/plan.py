@@ -87,5 +87,5 @@ def plan(desc: NetDesc, target: Target) -> dict[str, Any]:
         "cores_available": max_cores * chips if max_cores else None,
         "layers": layers,
         "planned_memory": {"synapse_bytes": syn_b, "neuron_bytes": neu_b, "total_bytes": syn_b + neu_b,
-                           "weight_bits": wbits, "per_core": cores},
+                           "update_step_peak_bytes": syn_b + neu_b, "weight_bits": wbits, "per_core": cores},
     }

@@ -190,7 +190,7 @@ class SPTrainer(_SpikingTrainer):
         if self.t % self.every == 0 or self.t == self.T:
             self._step()
             self._zero()
-        return float(sp), float(ce)
+        return float(sp.detach()), float(ce.detach())
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         xt, yt = self._inputs(x, y)
@@ -205,11 +205,11 @@ class SPTrainer(_SpikingTrainer):
             else:
                 loss = self.step_loss(enc.step(t), yt)
                 (loss / self.T).backward()
-                sp_sum += float(loss)
+                sp_sum += float(loss.detach())
         if not self.online:
             ce = self.head_loss(yt)
             ce.backward()
-            ce_sum = float(ce) * self.T
+            ce_sum = float(ce.detach()) * self.T
             self._step()
         self._zero()
         return {"sp_loss": sp_sum / self.T, "head_ce": ce_sum / self.T}

@@ -57,17 +57,19 @@ def test_ort_matches_onnx_reference_evaluator(build, rng):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_n_steps_in_ort_match_torch(rng, tmp_path):
+@pytest.mark.parametrize("preset,shape,opt", [("mlp", (64,), "adam"), ("cnn1d", (1, 40), "sgd")])
+def test_n_steps_in_ort_match_torch(rng, tmp_path, preset, shape, opt):
     """50 SP steps in ORT vs the torch trainer. Tolerance 1e-4 absolute on weights: float32 rounding
-    differences compound through Adam's normalisation (measured ~1e-6)."""
-    spec, params = make("mlp", (64,), "v9", "adam", lr=1e-3, depth=3)
+    differences (summation order, fused Gemm accumulation) compound through Adam's normalisation
+    (measured ~1e-6)."""
+    spec, params = make(preset, shape, "v9", opt, lr=1e-3 if opt == "adam" else 1e-2, depth=3 if preset == "mlp" else 2)
     compile_model(spec, params, load_target("edge-cpu"), tmp_path, batch=16)
     from firmware_sim.onnx_device import OrtDevice
 
     dev = OrtDevice(tmp_path)
     trainer = SigpropTrainer(spec, params, 0)
     for _ in range(50):
-        x = rng.standard_normal((16, 64)).astype(np.float32)
+        x = rng.standard_normal((16, *shape)).astype(np.float32)
         y = rng.integers(0, 10, 16)
         d_losses = dev.step(x, y)
         t_losses = trainer.train_step(x, y)
