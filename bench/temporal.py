@@ -5,7 +5,8 @@ sp-surrogate, sp-online, BPTT (surrogate gradient) and RTRL (small network), plu
 BPTT/RTRL baselines ("+rec": a recurrent weight R on the hidden layer). Part 2 (cost): peak training memory
 (process VmHWM − VmRSS just before the step, in a fresh subprocess per point, after a warm-up step at T=2)
 and time per sample of one training step of batch 32 on rate-coded digits-shaped input, for
-T = 10, 40, 100, 400, 1000. Writes bench/results/temporal.json and bench/results/temporal.png.
+T = 10, 40, 100, 400, 1000, and for RTRL against the hidden width (state size) at T = 40.
+Writes bench/results/temporal.json and bench/results/temporal.png.
 
     .venv/bin/python bench/temporal.py            # default, ≈ 10-15 min on 1 core
     .venv/bin/python bench/temporal.py --quick    # smoke run (tiny epochs, T ≤ 100)
@@ -221,6 +222,14 @@ def main() -> None:
                 extra = f" J={r['sensitivity_mib']} MiB" if "sensitivity_mib" in r else ""
                 print(f"cost {rule:12s} {d}x{w:<4d} T={t:<5d} peak={r['peak_train_mib']:8.2f} MiB  "
                       f"{r['ms_per_sample']:9.3f} ms/sample{extra}", flush=True)
+        # RTRL against the state size at fixed T (its cost is independent of T, grows with S·P)
+        results["rtrl_state"] = []
+        for w in ((4, 8) if a.quick else (4, 8, 16, 32)):
+            r = run_cost("rtrl", 40, w, 1, 32)
+            r["state_size"] = 3 * w  # u, v and the readout trace per hidden neuron
+            results["rtrl_state"].append(r)
+            print(f"rtrl state S={3 * w:<4d} (1x{w}) T=40 peak={r['peak_train_mib']:8.2f} MiB  "
+                  f"J={r['sensitivity_mib']} MiB  {r['ms_per_sample']:9.3f} ms/sample", flush=True)
     out = Path(a.out)
     write_text(out, json.dumps(results, indent=2))
     if results["cost"]:

@@ -242,7 +242,7 @@ def _ort_profile_peak(build_dir: Path, which: str, feeds_fn: Any) -> int:
 
 
 def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, Any]:
-    from firmware_sim.memory import bp_training_memory, peak_rss_increase
+    from firmware_sim.memory import bp_training_memory
 
     dev = OrtDevice(build_dir)
     if batch is not None and batch != dev.batch:
@@ -250,16 +250,18 @@ def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, An
     rng = np.random.default_rng(0)
     x = rng.standard_normal((dev.batch, *dev.spec.input_shape)).astype(np.float32)
     y = rng.integers(0, dev.spec.num_classes, dev.batch)
-    # first run after loading: the RSS increase includes the arena growth for the step's activations
-    upd_rss, _ = peak_rss_increase(lambda: dev.step(x, y))
-    fresh = OrtDevice(build_dir)
-    inf_rss, _ = peak_rss_increase(lambda: fresh.predict(x))
+    # RSS in fresh processes (firmware_sim.rss_probe): the first run after loading, so the increase includes
+    # the arena growth for the step's activations
+    from firmware_sim.rss_probe import measure
+
+    upd_rss, inf_rss = measure(build_dir, "update"), measure(build_dir, "inference")
     upd_prof = _ort_profile_peak(build_dir, "update", lambda d: d.step(x, y))
     inf_prof = _ort_profile_peak(build_dir, "inference", lambda d: d.predict(x))
     plan = dev.manifest["planned_memory"]
     params = {p["name"]: np.array(v.numpy(), copy=True) for p, v in zip(dev.params, dev.state.values(), strict=True)
               if p["kind"] == "parameter"}
     bp = bp_training_memory(dev.spec, params, dev.batch)
+    bp["measured_peak_bytes"] = measure(build_dir, "bp")
     state_bytes = sum(4 * int(np.prod(p["shape"])) for p in dev.params)
     return {
         "runtime": "onnxruntime", "build": str(build_dir), "batch": dev.batch, "state_bytes": state_bytes,
@@ -274,8 +276,10 @@ def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, An
         "definitions": {
             "measured_peak_bytes": "ORT profiler: max mem_in_use_peak of the run (arena bytes; excludes "
                                    "caller-owned inputs such as weights bound from OrtValues)",
-            "measured_rss_increase_bytes": "peak RSS (VmHWM) above RSS before the first run after loading",
+            "measured_rss_increase_bytes": "peak RSS (VmHWM) above RSS before the first run after loading, in a fresh process",
             "planned_peak_bytes": "liveness plan: inputs+state resident + max live intermediates",
-            "bp_baseline.measured_peak_bytes": "torch autograd BP step: peak RSS increase of a steady-state step",
+            "bp_baseline.measured_peak_bytes": "torch autograd BP step: peak RSS increase of a steady-state step "
+                                               "(fresh process, freed heap returned to the OS first)",
+            "bp_baseline.saved_activation_bytes": "bytes autograd saves for the backward pass (exact)",
         },
     }

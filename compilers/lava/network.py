@@ -10,8 +10,12 @@ The session streams all N samples (T steps each) through one network in as many 
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -42,6 +46,23 @@ def prepare_inputs(desc: NetDesc, x: np.ndarray) -> np.ndarray:
     else:
         arr = x.reshape(n, desc.input_dim, 1)
     return quantise_inputs(arr) if desc.fixed else arr.astype(np.float64)
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint(first: bool) -> Iterator[None]:
+    """Ctrl-C reaches every process of the terminal's process group; a worker killed by it leaves the
+    runtime waiting forever. The workers are forked during the first run call, so SIGINT is ignored around
+    that call only: the workers inherit 'ignore', and the host gets KeyboardInterrupt afterwards and stops
+    the runtime in its ``finally``."""
+    if not first or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 class LavaSession:
@@ -95,12 +116,13 @@ class LavaSession:
 
     # -- running
     def run(self, steps: int) -> None:
+        """Advance the network by ``steps`` time steps (the first call compiles and starts the workers)."""
         steps = min(steps, self.total_steps - self.steps_done)
         if steps <= 0:
             return
         t0 = time.perf_counter()
         self.started = True
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _workers_ignore_sigint(first=self.steps_done == 0):
             # Lava's model search imports every sibling module and warns about ones it cannot import
             warnings.filterwarnings("ignore", message="Cannot import module", category=UserWarning)
             self.source.run(condition=self._RunSteps(num_steps=steps), run_cfg=self.cfg)
@@ -124,7 +146,7 @@ class LavaSession:
 
     def run_all(self, chunk: int | None = None, callback: Any = None) -> None:
         """Run to the end in calls of ``chunk`` steps; the first call is one step, so ``first_run_seconds``
-        is the compile + start-up cost alone."""
+        is the compile + start-up cost alone (and Ctrl-C is ignored only during it)."""
         chunk = chunk or self.total_steps
         if self.steps_done == 0:
             self.run(1)

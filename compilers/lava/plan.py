@@ -38,7 +38,7 @@ def plan(desc: NetDesc, target: Target) -> dict[str, Any]:
     max_cores = _limit(nm, "cores")
     chips = int(nm.get("chips", 1) or 1)
     fixed = desc.fixed
-    wbits = int(nm.get("weight_bits", 8)) if fixed else 32
+    wbits = int(nm.get("weight_bits", 8)) if fixed else 64  # the floating_pt simulation stores float64
     state_bytes = 2 * rule.UV_BITS / 8 if fixed else 16.0
     delta_bytes = rule.DELTA_BITS / 8 if fixed else 8.0
     layers: list[dict[str, Any]] = []
