@@ -3,7 +3,8 @@
 - ``digits``: scikit-learn's bundled 8×8 digits (1,797 images, 10 classes), shape (1, 8, 8), pixel/16
   standardised; fixed split 1,437 train / 360 test (seed 0, stratified).
 - ``mnist1d``: the ``mnist1d`` package's ``make_dataset`` run offline with its default arguments
-  (4,000 train / 1,000 test, length 40), shape (1, 40), standardised.
+  (4,000 train / 1,000 test, length 40), shape (1, 40), standardised. The generated arrays are cached in
+  ``$EDGESP_CACHE`` (default ``~/.cache/edgesp``) because generation takes a few seconds.
 - ``mnist1d-seq``: the same data as a length-40 sequence, shape (1, 40), fed one value per time step.
 - ``idx:DIR``: MNIST-style IDX files in DIR (``train-images-idx3-ubyte[.gz]``,
   ``train-labels-idx1-ubyte[.gz]``, ``t10k-…``), shape (1, 28, 28), pixels /255 standardised.
@@ -94,14 +95,47 @@ def load_digits(seed: int = 0) -> Dataset:
     return _standardise(_check(Dataset("digits", xtr, ytr, xte, yte, 10)))
 
 
+def _cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("EDGESP_CACHE", Path.home() / ".cache" / "edgesp"))
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Best effort (a read-only home just means no cache); written atomically."""
+    import io
+
+    from edgesp.atomic import write_bytes
+
+    try:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        write_bytes(path, buf.getvalue())
+    except OSError:
+        pass
+
+
 def load_mnist1d(sequence: bool = False, seed: int = 0) -> Dataset:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError:
         raise DataError("the mnist1d package is not installed: run 'make setup'") from None
-    args = get_dataset_args()
-    args.seed = 42 + seed
-    d = make_dataset(args)  # generated offline from templates shipped in the package; no download
+    cache = _cache_dir() / f"mnist1d-seed{42 + seed}.npz"
+    d = _read_cache(cache)
+    if d is None:
+        args = get_dataset_args()
+        args.seed = 42 + seed
+        made = make_dataset(args)  # generated offline from templates shipped in the package; no download
+        d = {k: np.asarray(made[k]) for k in ("x", "y", "x_test", "y_test")}
+        _write_cache(cache, d)
     xtr = np.asarray(d["x"], np.float32)[:, None, :]
     xte = np.asarray(d["x_test"], np.float32)[:, None, :]
     name = "mnist1d-seq" if sequence else "mnist1d"

@@ -65,3 +65,13 @@ def test_adapt_inputs(digits):
     assert adapt_inputs(digits.x_test, (64,)).shape == (len(digits.x_test), 64)
     with pytest.raises(DataError, match="expects"):
         adapt_inputs(digits.x_test, (40,))
+
+
+def test_mnist1d_generated_offline_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESP_CACHE", str(tmp_path))
+    a = load_dataset("mnist1d")
+    assert a.x_train.shape == (4000, 1, 40) and a.x_test.shape == (1000, 1, 40) and a.num_classes == 10
+    assert list(tmp_path.iterdir())  # cached
+    b = load_dataset("mnist1d-seq")
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    assert b.sequence and not a.sequence
