@@ -14,6 +14,8 @@ Update step, for a fixed batch B (inputs ``x`` (B,…), ``y`` int32 (B,), ``lr``
 * each layer's optimizer (SGD+momentum or Adam with a per-layer step counter), its own state.
 
 Supported sigprop losses: v9, v1, l2 (v14/v15 draw random/top-k positives and stay in the trainer).
+The on-device step always learns with SP, whatever rule trained the checkpoint (bp, fa, dfa, local or sigprop):
+a BP-trained model keeps learning on device with the spec's SP settings.
 Dropout is the identity in compiled programs.
 """
 
@@ -51,9 +53,6 @@ COMPILED_LOSSES = ("v9", "v1", "l2")
 def _check_supported(spec: ModelSpec) -> None:
     if spec.is_spiking:
         raise CompileError("spiking models compile to Lava only: use --target lava-cpu or loihi2")
-    if spec.rule.name != "sigprop":
-        raise CompileError(f"the compiled on-device step implements sigprop; the model was trained with "
-                           f"{spec.rule.name!r} (compile it with --fresh --rule sigprop, or retrain with sigprop)")
     if spec.rule.loss not in COMPILED_LOSSES:
         raise CompileError(f"sigprop loss {spec.rule.loss!r} is not available on device; use one of "
                            f"{', '.join(COMPILED_LOSSES)} (v14/v15 draw random/top-k positives)")

@@ -86,6 +86,7 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target
         "format": "edgesp-build", "format_version": 1,
         "target": target.name, "target_description": target.to_dict(), "runtime": "onnxruntime",
         "batch": batch, "opset": OPSET, "ir_version": IR_VERSION,
+        "on_device_rule": "sigprop", "sp_loss": spec.rule.loss, "trained_with": spec.rule.name,
         "artifacts": {"inference": "inference.onnx", "update": "update.onnx", "state": "initial_state.npz"},
         "hashes": {"inference.onnx": hashlib.sha256(infer_bytes).hexdigest(),
                    "update.onnx": hashlib.sha256(update_bytes).hexdigest(),

@@ -97,3 +97,32 @@ def test_unknown_target_and_bad_target_file(tmp_path):
     bad.write_text('name = "x"\nruntime = "onnxruntime"\nmemory_budget_bytes = -5\n')
     with pytest.raises(TargetError, match="memory_budget_bytes"):
         load_target(str(bad))
+
+
+def test_bp_trained_checkpoint_keeps_learning_with_sp_on_device(tmp_path, digits):
+    """Any non-spiking checkpoint compiles; the on-device step is SP (manifest says so)."""
+    from edgesp.rules import make_trainer
+    from edgesp.train import fit
+    from firmware_sim.onnx_device import OrtDevice
+
+    spec, params = make(width=32)
+    spec = spec.replace_rule(name="bp")
+    trainer = make_trainer(spec, params, 0)
+    fit(trainer, digits, spec.input_shape, epochs=1, batch=32, progress=False)
+    manifest = compile_model(spec, trainer.params(), load_target("edge-cpu"), tmp_path, batch=16)
+    assert manifest["trained_with"] == "bp" and manifest["on_device_rule"] == "sigprop"
+    dev = OrtDevice(tmp_path)
+    x = digits.x_test.reshape(len(digits.x_test), 64)
+    np.testing.assert_allclose(dev.predict(x[:16]), trainer.predict(x[:16]), atol=1e-4)
+    losses = dev.step(x[:16], digits.y_test[:16])
+    assert set(losses) == {"loss_0", "loss_1", "loss_2", "loss_3"}
+
+
+def test_inference_graph_matches_reference_evaluator_and_torch(build, rng):
+    spec, params, _, out = build
+    x = rng.standard_normal((8, 1, 40)).astype(np.float32)
+    feeds = {"x": x, **{k: v for k, v in params.items() if not k.startswith("signal.")}}
+    got = _session(out / "inference.onnx").run(None, feeds)[0]
+    ref = ReferenceEvaluator(onnx.load(str(out / "inference.onnx"))).run(None, feeds)[0]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    np.testing.assert_allclose(got, SigpropTrainer(spec, params).predict(x), atol=1e-5)
