@@ -55,8 +55,9 @@ def bp_torch(spec, params, x, y, steps):
     def step(record=False):
         opt.zero_grad(set_to_none=True)
         if record:
-            with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
-                                                          lambda t: t):
+            with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t
+            ):
                 loss = torch.nn.functional.cross_entropy(predict_logits(spec, xt, p), yt)
         else:
             loss = torch.nn.functional.cross_entropy(predict_logits(spec, xt, p), yt)
@@ -73,6 +74,7 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam"):
     rows = []
     try:
         from firmware_sim import tflite_device
+
         tfl_bench = getattr(tflite_device, "bench_step", None)
     except Exception:  # TFLite backend not available
         tfl_bench = None
@@ -81,16 +83,17 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam"):
         for batch in batches:
             from edgesp.spec import OptimizerSpec, RuleSpec
 
-            spec = build_spec("mlp", (784,), 10, width=width, depth=depth,
-                              rule=RuleSpec(optimizer=OptimizerSpec(name=optimizer)))
+            spec = build_spec(
+                "mlp", (784,), 10, width=width, depth=depth, rule=RuleSpec(optimizer=OptimizerSpec(name=optimizer))
+            )
             params = init_params(spec, seed)
             x = rng.standard_normal((batch, 784)).astype(np.float32)
             y = rng.integers(0, 10, batch)
             with tempfile.TemporaryDirectory() as tmp:
                 manifest = compile_model(spec, params, load_target("edge-cpu"), Path(tmp), batch=batch)
                 dev = OrtDevice(tmp, threads=1)
-                sp_ort = _rate(lambda: dev.step(x, y), steps, batch)
-                sp_mem = _ort_profile_peak(Path(tmp), "update", lambda d: d.step(x, y))
+                sp_ort = _rate(lambda dev=dev, x=x, y=y: dev.step(x, y), steps, batch)
+                sp_mem = _ort_profile_peak(Path(tmp), "update", lambda d, x=x, y=y: d.step(x, y))
                 tfl = None
                 if tfl_bench:
                     try:
@@ -100,35 +103,48 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam"):
                         print(f"  (tflite columns skipped: {type(e).__name__}: {e})", flush=True)
             plan = manifest["planned_memory"]
             trainer = SigpropTrainer(spec, params, seed)
-            sp_torch = _rate(lambda: trainer.train_step(x, y), max(steps // 4, 10), batch)
+            sp_torch = _rate(lambda trainer=trainer, x=x, y=y: trainer.train_step(x, y), max(steps // 4, 10), batch)
             bp_rate, bp_mem = bp_torch(spec, params, x, y, steps)
             row = {
-                "depth": depth, "batch": batch, "width": width, "optimizer": optimizer,
-                "sp_ort_samples_per_s": sp_ort, "sp_torch_samples_per_s": sp_torch, "bp_torch_samples_per_s": bp_rate,
-                "sp_ort_transient_bytes": sp_mem, "sp_planned_transient_bytes": plan["update_step"]["peak_activation_bytes"],
+                "depth": depth,
+                "batch": batch,
+                "width": width,
+                "optimizer": optimizer,
+                "sp_ort_samples_per_s": sp_ort,
+                "sp_torch_samples_per_s": sp_torch,
+                "bp_torch_samples_per_s": bp_rate,
+                "sp_ort_transient_bytes": sp_mem,
+                "sp_planned_transient_bytes": plan["update_step"]["peak_activation_bytes"],
                 "largest_layer_working_set_bytes": plan["largest_layer_working_set_bytes"],
                 "bp_transient_bytes": bp_mem,
-                "bp_over_sp_memory": bp_mem / max(sp_mem, 1), "sp_over_bp_speed": sp_ort / bp_rate,
+                "bp_over_sp_memory": bp_mem / max(sp_mem, 1),
+                "sp_over_bp_speed": sp_ort / bp_rate,
                 "sp_over_largest_layer": sp_mem / plan["largest_layer_working_set_bytes"],
             }
             if tfl:
                 row.update({f"tflite_{k}": v for k, v in tfl.items()})
             rows.append(row)
-            print(f"depth {depth} batch {batch:>2}: SP/ORT {sp_ort:8.0f}/s  BP/torch {bp_rate:8.0f}/s  "
-                  f"SP mem {sp_mem:>10,} B  BP mem {bp_mem:>10,} B", flush=True)
+            print(
+                f"depth {depth} batch {batch:>2}: SP/ORT {sp_ort:8.0f}/s  BP/torch {bp_rate:8.0f}/s  "
+                f"SP mem {sp_mem:>10,} B  BP mem {bp_mem:>10,} B",
+                flush=True,
+            )
     return rows
 
 
 def table(rows) -> str:
-    head = ("| depth | batch | SP/ORT samples/s | SP/torch samples/s | BP/torch samples/s | SP÷BP speed "
-            "| SP transient (ORT) B | SP planned B | largest layer B | SP÷layer | BP transient B | BP÷SP memory |")
+    head = (
+        "| depth | batch | SP/ORT samples/s | SP/torch samples/s | BP/torch samples/s | SP÷BP speed "
+        "| SP transient (ORT) B | SP planned B | largest layer B | SP÷layer | BP transient B | BP÷SP memory |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['depth']} | {r['batch']} | {r['sp_ort_samples_per_s']:.0f} | {r['sp_torch_samples_per_s']:.0f} | "
             f"{r['bp_torch_samples_per_s']:.0f} | {r['sp_over_bp_speed']:.2f} | {r['sp_ort_transient_bytes']:,} | "
             f"{r['sp_planned_transient_bytes']:,} | {r['largest_layer_working_set_bytes']:,} | "
-            f"{r['sp_over_largest_layer']:.2f} | {r['bp_transient_bytes']:,} | {r['bp_over_sp_memory']:.2f} |")
+            f"{r['sp_over_largest_layer']:.2f} | {r['bp_transient_bytes']:,} | {r['bp_over_sp_memory']:.2f} |"
+        )
     return "\n".join(lines)
 
 

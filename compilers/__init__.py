@@ -39,8 +39,9 @@ def backend_module(runtime: str) -> Any:
         raise RuntimeMissingError(f"the {runtime} compiler cannot be imported ({e}): run 'make setup'") from None
 
 
-def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: str | Path,
-                  batch: int = 32) -> dict[str, Any]:
+def compile_model(
+    spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: str | Path, batch: int = 32
+) -> dict[str, Any]:
     if batch < 1:
         raise CompileError("batch must be >= 1")
     return backend_module(target.runtime).compile_model(spec, params, target, Path(out_dir), batch)

@@ -31,8 +31,12 @@ def _closure(producers: Mapping[str, Iterable[str]], start: str) -> set[str]:
     return seen
 
 
-def check_dependencies(producers: Mapping[str, Iterable[str]], state_layer: Mapping[str, int],
-                       updates: Mapping[str, str], losses: Mapping[int, str] | None = None) -> None:
+def check_dependencies(
+    producers: Mapping[str, Iterable[str]],
+    state_layer: Mapping[str, int],
+    updates: Mapping[str, str],
+    losses: Mapping[int, str] | None = None,
+) -> None:
     """``producers``: value → the values its producing node reads; ``state_layer``: state → layer;
     ``updates``: state → value holding its new value; ``losses``: layer → loss value. Raises
     :class:`ForwardOnlyError` listing every violation."""

@@ -66,8 +66,11 @@ def eval_op(op: Op, args: list[np.ndarray]) -> np.ndarray:
     raise ValueError(f"no reference semantics for {k}")
 
 
-def run(program: Program, feeds: Mapping[str, np.ndarray], states: Mapping[str, np.ndarray] | None = None,
-        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def run(
+    program: Program,
+    feeds: Mapping[str, np.ndarray],
+    states: Mapping[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Execute the program. Returns (outputs by output name, new states by state name)."""
     env: dict[str, np.ndarray] = {}
     for v in program.inputs:

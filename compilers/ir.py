@@ -36,8 +36,7 @@ import numpy as np
 F32, I32 = "float32", "int32"
 UNARY = ("relu", "tanh", "exp", "log", "sqrt", "leaky_relu", "softmax", "log_softmax")
 BINARY = ("add", "sub", "mul", "div", "greater", "equal", "matmul")
-OTHER = ("transpose", "reshape", "broadcast_to", "reduce_sum", "reduce_mean", "reduce_max", "onehot",
-         "gather", "pad")
+OTHER = ("transpose", "reshape", "broadcast_to", "reduce_sum", "reduce_mean", "reduce_max", "onehot", "gather", "pad")
 KINDS = UNARY + BINARY + OTHER
 
 
@@ -102,7 +101,12 @@ class Program:
     def const(self, array: np.ndarray | float, hint: str = "c", dtype: str = F32) -> str:
         arr = np.asarray(array, np.int32 if dtype == I32 else np.float32)
         for k, existing in self.consts.items():  # share identical small constants
-            if existing.dtype == arr.dtype and existing.shape == arr.shape and arr.size <= 16 and np.array_equal(existing, arr):
+            if (
+                existing.dtype == arr.dtype
+                and existing.shape == arr.shape
+                and arr.size <= 16
+                and np.array_equal(existing, arr)
+            ):
                 return k
         name = self._fresh(hint)
         self.consts[name] = arr
@@ -238,7 +242,7 @@ def _infer(kind: str, ins: list[Value], attrs: dict[str, Any]) -> tuple[tuple[in
     if kind == "gather":
         ax = attrs["axis"]
         s = ins[0].shape
-        return (*s[:ax], *ins[1].shape, *s[ax + 1:]), ins[0].dtype
+        return (*s[:ax], *ins[1].shape, *s[ax + 1 :]), ins[0].dtype
     if kind == "pad":
         return tuple(n + p0 + p1 for n, (p0, p1) in zip(ins[0].shape, attrs["pads"], strict=True)), ins[0].dtype
     raise ValueError(kind)

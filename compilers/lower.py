@@ -54,8 +54,10 @@ def _check_supported(spec: ModelSpec) -> None:
     if spec.is_spiking:
         raise CompileError("spiking models compile to Lava only: use --target lava-cpu or loihi2")
     if spec.rule.loss not in COMPILED_LOSSES:
-        raise CompileError(f"sigprop loss {spec.rule.loss!r} is not available on device; use one of "
-                           f"{', '.join(COMPILED_LOSSES)} (v14/v15 draw random/top-k positives)")
+        raise CompileError(
+            f"sigprop loss {spec.rule.loss!r} is not available on device; use one of "
+            f"{', '.join(COMPILED_LOSSES)} (v14/v15 draw random/top-k positives)"
+        )
 
 
 # ------------------------------------------------------------------------------------------ layers

@@ -16,8 +16,14 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.INT32: 4, onnx.TensorProto.INT64: 8,
-             onnx.TensorProto.BOOL: 1, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2}
+_ITEMSIZE = {
+    onnx.TensorProto.FLOAT: 4,
+    onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.INT64: 8,
+    onnx.TensorProto.BOOL: 1,
+    onnx.TensorProto.DOUBLE: 8,
+    onnx.TensorProto.FLOAT16: 2,
+}
 
 
 def _sizes(model: onnx.ModelProto) -> dict[str, int]:
@@ -60,5 +66,9 @@ def plan(model: onnx.ModelProto) -> dict[str, int]:
         largest_node = max(largest_node, work)
         for name in [n for n in live if last_use.get(n, idx) <= idx]:
             del live[name]
-    return {"resident_bytes": int(resident), "peak_activation_bytes": int(peak_act),
-            "peak_bytes": int(resident + peak_act), "largest_node_bytes": int(largest_node)}
+    return {
+        "resident_bytes": int(resident),
+        "peak_activation_bytes": int(peak_act),
+        "peak_bytes": int(resident + peak_act),
+        "largest_node_bytes": int(largest_node),
+    }

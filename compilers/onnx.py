@@ -34,13 +34,15 @@ def manifest_parameters(spec: ModelSpec, program: Program) -> list[dict[str, Any
     out = []
     for s in program.states:
         name = s.value.name
-        out.append({
-            "name": name,
-            "layer": s.layer,
-            "shape": list(s.value.shape),
-            "kind": "optimizer_state" if name.startswith("opt.") else "parameter",
-            "update_output": name + NEW_SUFFIX if name in program.state_updates else None,
-        })
+        out.append(
+            {
+                "name": name,
+                "layer": s.layer,
+                "shape": list(s.value.shape),
+                "kind": "optimizer_state" if name.startswith("opt.") else "parameter",
+                "update_output": name + NEW_SUFFIX if name in program.state_updates else None,
+            }
+        )
     out.sort(key=lambda d: (d["layer"], d["kind"] != "parameter"))
     return out
 
@@ -52,12 +54,15 @@ def check_fit(target: Target, planned_peak: int, storage: int, what: str = "upda
             f"activations) but the budget is {target.memory_budget_bytes:,} B; use a smaller model or batch"
         )
     if target.storage_budget_bytes is not None and storage > target.storage_budget_bytes:
-        raise TargetError(f"artifacts of {storage:,} B exceed {target.name}'s storage budget of "
-                          f"{target.storage_budget_bytes:,} B; use a smaller model")
+        raise TargetError(
+            f"artifacts of {storage:,} B exceed {target.name}'s storage budget of "
+            f"{target.storage_budget_bytes:,} B; use a smaller model"
+        )
 
 
-def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path,
-                  batch: int) -> dict[str, Any]:
+def compile_model(
+    spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path, batch: int
+) -> dict[str, Any]:
     if target.runtime != "onnxruntime":
         raise CompileError(f"target {target.name} runs {target.runtime}, not onnxruntime")
     if target.precision != "fp32":
@@ -83,21 +88,31 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target
 
     largest_layer = _largest_layer_working_set(spec, batch)
     manifest = {
-        "format": "edgesp-build", "format_version": 1,
-        "target": target.name, "target_description": target.to_dict(), "runtime": "onnxruntime",
-        "batch": batch, "opset": OPSET, "ir_version": IR_VERSION,
-        "on_device_rule": "sigprop", "sp_loss": spec.rule.loss, "trained_with": spec.rule.name,
+        "format": "edgesp-build",
+        "format_version": 1,
+        "target": target.name,
+        "target_description": target.to_dict(),
+        "runtime": "onnxruntime",
+        "batch": batch,
+        "opset": OPSET,
+        "ir_version": IR_VERSION,
+        "on_device_rule": "sigprop",
+        "sp_loss": spec.rule.loss,
+        "trained_with": spec.rule.name,
         "artifacts": {"inference": "inference.onnx", "update": "update.onnx", "state": "initial_state.npz"},
-        "hashes": {"inference.onnx": hashlib.sha256(infer_bytes).hexdigest(),
-                   "update.onnx": hashlib.sha256(update_bytes).hexdigest(),
-                   "initial_state.npz": hashlib.sha256(state_bytes).hexdigest()},
+        "hashes": {
+            "inference.onnx": hashlib.sha256(infer_bytes).hexdigest(),
+            "update.onnx": hashlib.sha256(update_bytes).hexdigest(),
+            "initial_state.npz": hashlib.sha256(state_bytes).hexdigest(),
+        },
         "inputs": {"update": [v.name for v in update_prog.inputs], "inference": ["x"]},
         "outputs": {"update": list(update_prog.outputs), "inference": ["logits"]},
         "parameters": params_layout,
         "learning_rate": spec.rule.optimizer.lr,
         "planned_memory": {
             "update_step_peak_bytes": update_plan["peak_bytes"],
-            "update_step": update_plan, "inference": infer_plan,
+            "update_step": update_plan,
+            "inference": infer_plan,
             "largest_layer_working_set_bytes": largest_layer,
         },
         "spec": spec.to_dict(),

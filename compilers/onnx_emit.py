@@ -1,9 +1,10 @@
 """Emit an IR :class:`~compilers.ir.Program` as a single-file ONNX model (opset 18, IR 10).
 
 Graph inputs: the program inputs, then every state (parameters and optimizer state; their initial values
-are written beside the model by the backend, see :func:`initial_state`). Graph outputs: the program outputs, then ``<state>__new`` for each
-state update. Matmuls against a transposed operand become one ``Gemm`` (transA/transB), so no
-weight-sized transpose is materialised.
+are written beside the model by the backend, see :func:`initial_state`). Graph outputs: the program
+outputs, then ``<state>__new`` for each state update, produced in place (no copy). Matmuls against a
+transposed operand become one ``Gemm`` (transA/transB), so no weight-sized transpose is materialised, and
+sums ``X + A·B`` (two streams' weight gradients, momentum β·m + g) accumulate into one ``Gemm`` with C = X.
 """
 
 from __future__ import annotations
@@ -18,8 +19,17 @@ OPSET = 18
 IR_VERSION = 10
 NEW_SUFFIX = "__new"
 
-_SIMPLE = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "relu": "Relu", "tanh": "Tanh",
-           "exp": "Exp", "log": "Log", "sqrt": "Sqrt"}
+_SIMPLE = {
+    "add": "Add",
+    "sub": "Sub",
+    "mul": "Mul",
+    "div": "Div",
+    "relu": "Relu",
+    "tanh": "Tanh",
+    "exp": "Exp",
+    "log": "Log",
+    "sqrt": "Sqrt",
+}
 _REDUCE = {"reduce_sum": "ReduceSum", "reduce_mean": "ReduceMean", "reduce_max": "ReduceMax"}
 
 
@@ -185,14 +195,14 @@ def to_onnx(program: Program, doc: str = "") -> onnx.ModelProto:
     for s in program.states:
         inputs.append(helper.make_tensor_value_info(s.value.name, TensorProto.FLOAT, list(s.value.shape)))
     outputs = []
-    for name, value in [*program.outputs.items(),
-                        *((s + NEW_SUFFIX, v) for s, v in program.state_updates.items())]:
+    for name, value in [*program.outputs.items(), *((s + NEW_SUFFIX, v) for s, v in program.state_updates.items())]:
         if value != name:
             e.node("Identity", [value], [name])
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(program.shape(value))))
     graph = helper.make_graph(e.nodes, program.name, inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgesp",
-                              doc_string=doc)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgesp", doc_string=doc
+    )
     model.ir_version = IR_VERSION
     return model
 
@@ -206,8 +216,13 @@ def _renamed(program: Program, rename: dict[str, str]) -> Program:
 
     ops = [replace(op, inputs=tuple(r(i) for i in op.inputs), output=r(op.output)) for op in program.ops]
     values = {r(k): replace(v, name=r(k)) for k, v in program.values.items()}
-    return replace(program, ops=ops, values=values, outputs={k: r(v) for k, v in program.outputs.items()},
-                   state_updates={k: r(v) for k, v in program.state_updates.items()})
+    return replace(
+        program,
+        ops=ops,
+        values=values,
+        outputs={k: r(v) for k, v in program.outputs.items()},
+        state_updates={k: r(v) for k, v in program.state_updates.items()},
+    )
 
 
 def initial_state(program: Program) -> dict[str, np.ndarray]:

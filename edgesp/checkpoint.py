@@ -37,16 +37,15 @@ def check_params(spec: ModelSpec, params: dict[str, np.ndarray]) -> None:
     missing = set(want) - set(params)
     extra = set(params) - set(want)
     if missing or extra:
-        raise CheckpointError(
-            f"weights do not match the spec: missing {sorted(missing)}, unexpected {sorted(extra)}"
-        )
+        raise CheckpointError(f"weights do not match the spec: missing {sorted(missing)}, unexpected {sorted(extra)}")
     for name, shape in want.items():
         if tuple(params[name].shape) != tuple(shape):
             raise CheckpointError(f"weight {name} has shape {tuple(params[name].shape)}, the spec needs {shape}")
 
 
-def save_checkpoint(path: str | os.PathLike, spec: ModelSpec, params: dict[str, Any],
-                    extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike, spec: ModelSpec, params: dict[str, Any], extra: dict[str, Any] | None = None
+) -> Path:
     from safetensors.numpy import save_file
 
     arrays = {k: np.ascontiguousarray(np.asarray(_to_numpy(v), dtype=np.float32)) for k, v in params.items()}
@@ -84,13 +83,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, np.nd
             meta = f.metadata() or {}
             params = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises several types for a damaged header/body
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file ({type(e).__name__}): "
-                              "re-create it with 'edgesp train'") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a safetensors file ({type(e).__name__}): "
+            "re-create it with 'edgesp train'"
+        ) from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an edgesp checkpoint (no '{FORMAT}' metadata)")
     if meta.get("format_version") != str(FORMAT_VERSION):
-        raise CheckpointError(f"{path} has checkpoint format version {meta.get('format_version')}, "
-                              f"this edgesp reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path} has checkpoint format version {meta.get('format_version')}, this edgesp reads {FORMAT_VERSION}"
+        )
     try:
         spec = ModelSpec.from_json(meta["spec"])
     except (SpecError, KeyError) as e:

@@ -60,15 +60,21 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
     from edgesp.presets import build_spec
     from edgesp.spec import OptimizerSpec, RuleSpec, SignalSpec, TemporalSpec
 
-    rule = RuleSpec(name=args.rule, loss=args.loss, temperature=args.temperature,
-                    optimizer=OptimizerSpec(name=args.optimizer, lr=args.lr, momentum=args.momentum))
+    rule = RuleSpec(
+        name=args.rule,
+        loss=args.loss,
+        temperature=args.temperature,
+        optimizer=OptimizerSpec(name=args.optimizer, lr=args.lr, momentum=args.momentum),
+    )
     temporal = None
     if args.model == "snn":
         encoding = args.encoding or ("sequence" if data.sequence else "rate")
         steps = args.time_steps or (data.input_shape[-1] if encoding == "sequence" else 10)
         if encoding == "sequence" and steps != data.input_shape[-1]:
-            raise SpecError(f"a sequence input of length {data.input_shape[-1]} needs --time-steps "
-                            f"{data.input_shape[-1]} (got {steps})")
+            raise SpecError(
+                f"a sequence input of length {data.input_shape[-1]} needs --time-steps "
+                f"{data.input_shape[-1]} (got {steps})"
+            )
         temporal = TemporalSpec(time_steps=steps, encoding=encoding, readout=args.readout, seed=args.seed)
     elif args.time_steps or args.encoding:
         raise SpecError("--time-steps/--encoding apply to spiking models only: add --model snn")
@@ -77,8 +83,17 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         import math
 
         shape = (1, math.prod(shape))
-    return build_spec(args.model, shape, data.num_classes, width=args.width, depth=args.depth,
-                      channels=args.channels, rule=rule, signal=SignalSpec(kind=args.signal), temporal=temporal)
+    return build_spec(
+        args.model,
+        shape,
+        data.num_classes,
+        width=args.width,
+        depth=args.depth,
+        channels=args.channels,
+        rule=rule,
+        signal=SignalSpec(kind=args.signal),
+        temporal=temporal,
+    )
 
 
 def _check_positive(name: str, v: int) -> None:
@@ -104,25 +119,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     params = init_params(spec, args.seed)
     trainer = make_trainer(spec, params, args.seed)
     t0 = time.perf_counter()
-    hist = fit(trainer, data, spec.input_shape, args.epochs, args.batch, args.seed, progress=not args.quiet,
-               max_train=args.max_train)
+    hist = fit(
+        trainer,
+        data,
+        spec.input_shape,
+        args.epochs,
+        args.batch,
+        args.seed,
+        progress=not args.quiet,
+        max_train=args.max_train,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {
-        "data": args.data, "model": args.model, "rule": args.rule, "epochs": args.epochs, "batch": args.batch,
-        "seed": args.seed, "num_params": spec.num_params(),
-        "train_accuracy": hist.train_accuracy[-1], "test_accuracy": hist.test_accuracy[-1],
-        "seconds": time.perf_counter() - t0, "history": hist.to_dict(),
+        "data": args.data,
+        "model": args.model,
+        "rule": args.rule,
+        "epochs": args.epochs,
+        "batch": args.batch,
+        "seed": args.seed,
+        "num_params": spec.num_params(),
+        "train_accuracy": hist.train_accuracy[-1],
+        "test_accuracy": hist.test_accuracy[-1],
+        "seconds": time.perf_counter() - t0,
+        "history": hist.to_dict(),
     }
-    save_checkpoint(out / "model.safetensors", spec, trainer.params(), extra={"metrics": {
-        k: metrics[k] for k in ("data", "train_accuracy", "test_accuracy", "epochs")}})
+    save_checkpoint(
+        out / "model.safetensors",
+        spec,
+        trainer.params(),
+        extra={"metrics": {k: metrics[k] for k in ("data", "train_accuracy", "test_accuracy", "epochs")}},
+    )
     _write_json(out / "metrics.json", metrics)
-    plot_curve(out / "learning_curve.png", hist.epochs,
-               {"train accuracy": hist.train_accuracy, "test accuracy": hist.test_accuracy},
-               "epoch", f"{args.rule} · {spec.name} · {args.data}")
-    print(f"{args.rule} on {args.data}: train accuracy {hist.train_accuracy[-1]:.4f}, "
-          f"test accuracy {hist.test_accuracy[-1]:.4f}  ->  {out}/model.safetensors, metrics.json, "
-          "learning_curve.png")
+    plot_curve(
+        out / "learning_curve.png",
+        hist.epochs,
+        {"train accuracy": hist.train_accuracy, "test accuracy": hist.test_accuracy},
+        "epoch",
+        f"{args.rule} · {spec.name} · {args.data}",
+    )
+    print(
+        f"{args.rule} on {args.data}: train accuracy {hist.train_accuracy[-1]:.4f}, "
+        f"test accuracy {hist.test_accuracy[-1]:.4f}  ->  {out}/model.safetensors, metrics.json, "
+        "learning_curve.png"
+    )
     return 0
 
 
@@ -138,8 +178,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"{args.data} has {data.num_classes} classes but the model predicts {spec.num_classes}")
     trainer = make_trainer(spec, params, args.seed)
     x = adapt_inputs(data.x_test, spec.input_shape)
-    res = {"data": args.data, "checkpoint": str(args.checkpoint), "test_accuracy": accuracy(trainer, x, data.y_test),
-           "n_test": int(len(x))}
+    res = {
+        "data": args.data,
+        "checkpoint": str(args.checkpoint),
+        "test_accuracy": accuracy(trainer, x, data.y_test),
+        "n_test": int(len(x)),
+    }
     print(f"test accuracy {res['test_accuracy']:.4f} on {res['n_test']} samples of {args.data}")
     if args.json:
         _write_json(args.json, res)
@@ -186,9 +230,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _check_positive("batch", args.batch)
     manifest = compile_model(spec, params, target, Path(args.out), batch=args.batch)
     mem = manifest.get("planned_memory", {})
-    print(f"compiled {spec.name} for {target.name} ({target.runtime}) -> {args.out}: "
-          + ", ".join(f"{k}={v}" for k, v in manifest["artifacts"].items())
-          + (f"; planned update-step peak {mem.get('update_step_peak_bytes', 0):,} B" if mem else ""))
+    print(
+        f"compiled {spec.name} for {target.name} ({target.runtime}) -> {args.out}: "
+        + ", ".join(f"{k}={v}" for k, v in manifest["artifacts"].items())
+        + (f"; planned update-step peak {mem.get('update_step_peak_bytes', 0):,} B" if mem else "")
+    )
     return 0
 
 
@@ -200,15 +246,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     sim = simulator_module(manifest["runtime"])
     _check_positive("steps", args.steps)
     data = load_dataset(args.data, seed=args.seed)
-    res = sim.simulate(Path(args.build), data, steps=args.steps, batch=args.batch, seed=args.seed,
-                       out_png=Path(args.png) if args.png else Path(args.build) / "simulate_curve.png",
-                       progress=not args.quiet, continual=args.continual, lr=args.lr)
-    print(f"on-device learning ({manifest['runtime']}): accuracy {res['accuracy_before']:.4f} -> "
-          f"{res['accuracy_after']:.4f} after {res['steps']} steps, {res['samples_per_second']:.0f} samples/s")
+    res = sim.simulate(
+        Path(args.build),
+        data,
+        steps=args.steps,
+        batch=args.batch,
+        seed=args.seed,
+        out_png=Path(args.png) if args.png else Path(args.build) / "simulate_curve.png",
+        progress=not args.quiet,
+        continual=args.continual,
+        lr=args.lr,
+    )
+    print(
+        f"on-device learning ({manifest['runtime']}): accuracy {res['accuracy_before']:.4f} -> "
+        f"{res['accuracy_after']:.4f} after {res['steps']} steps, {res['samples_per_second']:.0f} samples/s"
+    )
     if res.get("continual"):
         for stage in res["continual"]["stages"]:
-            print(f"  stage {stage['stage']} classes {stage['classes']}: accuracy on classes seen so far "
-                  f"{stage['accuracy_seen']:.4f}, on first-stage classes {stage['accuracy_first']:.4f}")
+            print(
+                f"  stage {stage['stage']} classes {stage['classes']}: accuracy on classes seen so far "
+                f"{stage['accuracy_seen']:.4f}, on first-stage classes {stage['accuracy_first']:.4f}"
+            )
     if args.json:
         _write_json(args.json, res)
     return 0
@@ -239,8 +297,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgesp", description="Forward-only learning (Signal Propagation) "
-                                "for edge CPUs and neuromorphic chips.")
+    p = argparse.ArgumentParser(
+        prog="edgesp", description="Forward-only learning (Signal Propagation) for edge CPUs and neuromorphic chips."
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model on a dataset and write a checkpoint + metrics")

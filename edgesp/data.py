@@ -157,8 +157,8 @@ def _read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path}: only unsigned-byte IDX files are supported (type code {dtype_code:#x})")
     if len(raw) < 4 + 4 * ndim:
         raise DataError(f"{path}: truncated IDX header")
-    dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
-    body = raw[4 + 4 * ndim:]
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    body = raw[4 + 4 * ndim :]
     if len(body) != math.prod(dims):
         raise DataError(f"{path}: IDX header says {math.prod(dims)} bytes of data, file has {len(body)} (truncated?)")
     return np.frombuffer(body, np.uint8).reshape(dims)
@@ -231,5 +231,7 @@ def adapt_inputs(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
         return x
     if math.prod(x.shape[1:]) == math.prod(input_shape):
         return x.reshape(x.shape[0], *input_shape)
-    raise DataError(f"data samples have shape {tuple(x.shape[1:])} but the model expects {tuple(input_shape)}: "
-                    "use data that matches the model, or build the model for this dataset")
+    raise DataError(
+        f"data samples have shape {tuple(x.shape[1:])} but the model expects {tuple(input_shape)}: "
+        "use data that matches the model, or build the model for this dataset"
+    )

@@ -33,20 +33,45 @@ def run_demo(out: Path, target: str = "edge-cpu", quick: bool = False) -> int:
     epochs = "1" if quick else ("3" if spiking else "10")
     quiet = ["--quiet"] if quick else []
     _run(["train", "--data", "digits", *model, "--epochs", epochs, "--out", str(train_dir), *quiet])
-    _run(["compile", str(train_dir / "model.safetensors"), "--target", target, "--out", str(build_dir),
-          "--batch", "1" if spiking else "32"])
+    _run(
+        [
+            "compile",
+            str(train_dir / "model.safetensors"),
+            "--target",
+            target,
+            "--out",
+            str(build_dir),
+            "--batch",
+            "1" if spiking else "32",
+        ]
+    )
     steps = "20" if quick else ("300" if spiking else "200")
-    _run(["simulate", str(build_dir), "--data", "digits", "--steps", steps, "--json", str(out / "simulate.json"),
-          "--png", str(out / "simulate_curve.png"), *quiet])
+    _run(
+        [
+            "simulate",
+            str(build_dir),
+            "--data",
+            "digits",
+            "--steps",
+            steps,
+            "--json",
+            str(out / "simulate.json"),
+            "--png",
+            str(out / "simulate_curve.png"),
+            *quiet,
+        ]
+    )
     _run(["profile", str(build_dir), "--json", str(out / "profile.json")])
 
     metrics = json.loads((train_dir / "metrics.json").read_text())
     sim = json.loads((out / "simulate.json").read_text())
     prof = json.loads((out / "profile.json").read_text())
     summary = {
-        "target": target, "runtime": tgt.runtime,
+        "target": target,
+        "runtime": tgt.runtime,
         "train_test_accuracy": metrics["test_accuracy"],
-        "device_accuracy_before": sim["accuracy_before"], "device_accuracy_after": sim["accuracy_after"],
+        "device_accuracy_before": sim["accuracy_before"],
+        "device_accuracy_after": sim["accuracy_after"],
         "device_samples_per_second": sim["samples_per_second"],
         "update_step_measured_peak_bytes": prof.get("update_step", {}).get("measured_peak_bytes"),
         "update_step_planned_peak_bytes": prof.get("update_step", {}).get("planned_peak_bytes"),
@@ -58,13 +83,18 @@ def run_demo(out: Path, target: str = "edge-cpu", quick: bool = False) -> int:
 
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print("\n=== edgesp demo summary ===")
-    print(f"target {target} ({tgt.runtime}); model trained with SP in torch: test accuracy "
-          f"{summary['train_test_accuracy']:.4f}")
-    print(f"on-device SP learning: accuracy {summary['device_accuracy_before']:.4f} -> "
-          f"{summary['device_accuracy_after']:.4f} at {summary['device_samples_per_second']:.0f} samples/s")
+    print(
+        f"target {target} ({tgt.runtime}); model trained with SP in torch: test accuracy "
+        f"{summary['train_test_accuracy']:.4f}"
+    )
+    print(
+        f"on-device SP learning: accuracy {summary['device_accuracy_before']:.4f} -> "
+        f"{summary['device_accuracy_after']:.4f} at {summary['device_samples_per_second']:.0f} samples/s"
+    )
     if summary["update_step_measured_peak_bytes"] is not None:
-        print(f"update-step memory: measured {summary['update_step_measured_peak_bytes']:,} B, planned "
-              f"{summary['update_step_planned_peak_bytes']:,} B")
-    print(f"outputs in {out}/ (summary.json, simulate.json, profile.json, PNG curves); "
-          f"{summary['seconds']:.0f} s")
+        print(
+            f"update-step memory: measured {summary['update_step_measured_peak_bytes']:,} B, planned "
+            f"{summary['update_step_planned_peak_bytes']:,} B"
+        )
+    print(f"outputs in {out}/ (summary.json, simulate.json, profile.json, PNG curves); {summary['seconds']:.0f} s")
     return 0

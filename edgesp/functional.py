@@ -58,8 +58,14 @@ def to_torch(params: dict[str, np.ndarray], requires_grad: bool = False) -> Para
     return {k: torch.tensor(np.asarray(v, np.float32), requires_grad=requires_grad) for k, v in params.items()}
 
 
-def layer_forward(layer: Layer, x: torch.Tensor, params: Params, prefix: str, train: bool = False,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def layer_forward(
+    layer: Layer,
+    x: torch.Tensor,
+    params: Params,
+    prefix: str,
+    train: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Apply one parameter-free or parametric (non-spiking) layer to a batch."""
     if isinstance(layer, Linear):
         return F.linear(x, params[prefix + "weight"], params.get(prefix + "bias"))
@@ -103,8 +109,15 @@ def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (x - mean) / torch.sqrt(var + eps)
 
 
-def block_forward(spec: ModelSpec, i: int, x: torch.Tensor, params: Params, train: bool = False,
-                  sample_stream: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+def block_forward(
+    spec: ModelSpec,
+    i: int,
+    x: torch.Tensor,
+    params: Params,
+    train: bool = False,
+    sample_stream: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Block i on a batch. Dropout acts only on the sample stream during training."""
     for layer in spec.blocks[i]:
         x = layer_forward(layer, x, params, f"blocks.{i}.", train=train and sample_stream, generator=generator)

@@ -35,9 +35,19 @@ def sp_logits(h: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Ten
     return hf @ tf.T / (temperature * hf.shape[1])
 
 
-def sp_loss(kind: str, h: torch.Tensor, t_cls: torch.Tensor, inv: torch.Tensor, labels: torch.Tensor,
-            classes: torch.Tensor, *, temperature: float = 0.1, topk: int = 6,
-            t_prev_cls: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def sp_loss(
+    kind: str,
+    h: torch.Tensor,
+    t_cls: torch.Tensor,
+    inv: torch.Tensor,
+    labels: torch.Tensor,
+    classes: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    topk: int = 6,
+    t_prev_cls: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Local loss of one block. ``classes`` are the class ids of the rows of ``t_cls``."""
     if kind == "l2":
         hf, tf = h.reshape(h.shape[0], -1), t_cls.reshape(t_cls.shape[0], -1)[inv]

@@ -59,8 +59,15 @@ def build_spec(
             blocks.append((Linear(first_in if i == 0 else width, width), LayerNorm(), ReLU()))
         feat = width
         input_shape = (d,) if len(shape) > 1 else shape
-        return ModelSpec(input_shape=input_shape, num_classes=num_classes, blocks=tuple(blocks),
-                         head=Linear(feat, num_classes), signal=signal, rule=rule, name=f"mlp{depth}x{width}")
+        return ModelSpec(
+            input_shape=input_shape,
+            num_classes=num_classes,
+            blocks=tuple(blocks),
+            head=Linear(feat, num_classes),
+            signal=signal,
+            rule=rule,
+            name=f"mlp{depth}x{width}",
+        )
     if preset == "cnn1d":
         if len(shape) == 1:
             shape = (1, shape[0])
@@ -68,15 +75,21 @@ def build_spec(
             raise SpecError(f"cnn1d needs 1-D inputs (length or channels×length), got {tuple(input_shape)}")
         c_in, length = shape
         for i in range(depth):
-            c_out = channels * (2 ** i)
+            c_out = channels * (2**i)
             blocks.append((Conv1d(c_in, c_out, 5, padding=2), LayerNorm(), ReLU(), MaxPool1d(2)))
             if length % 2:
                 raise SpecError(f"cnn1d depth {depth} needs the length divisible by 2**depth, got {shape[1]}")
             c_in, length = c_out, length // 2
         blocks[-1] = (*blocks[-1], Flatten())
-        return ModelSpec(input_shape=shape, num_classes=num_classes, blocks=tuple(blocks),
-                         head=Linear(c_in * length, num_classes), signal=signal, rule=rule,
-                         name=f"cnn1d{depth}x{channels}")
+        return ModelSpec(
+            input_shape=shape,
+            num_classes=num_classes,
+            blocks=tuple(blocks),
+            head=Linear(c_in * length, num_classes),
+            signal=signal,
+            rule=rule,
+            name=f"cnn1d{depth}x{channels}",
+        )
     if preset in ("cnn2d", "vgg8"):
         if len(shape) == 2:
             shape = (1, *shape)
@@ -85,7 +98,7 @@ def build_spec(
         c_in, h, w = shape
         per_stage = 2 if preset == "vgg8" else 1
         for i in range(depth):
-            c_out = channels * (2 ** i)
+            c_out = channels * (2**i)
             for j in range(per_stage):
                 block = [Conv2d(c_in, c_out, 3, padding=1), LayerNorm(), ReLU()]
                 if j == per_stage - 1:
@@ -96,9 +109,15 @@ def build_spec(
                 blocks.append(tuple(block))
                 c_in = c_out
         blocks[-1] = (*blocks[-1], Flatten())
-        return ModelSpec(input_shape=shape, num_classes=num_classes, blocks=tuple(blocks),
-                         head=Linear(c_in * h * w, num_classes), signal=signal, rule=rule,
-                         name=f"{preset}{depth}x{channels}")
+        return ModelSpec(
+            input_shape=shape,
+            num_classes=num_classes,
+            blocks=tuple(blocks),
+            head=Linear(c_in * h * w, num_classes),
+            signal=signal,
+            rule=rule,
+            name=f"{preset}{depth}x{channels}",
+        )
     # snn
     temporal = temporal or TemporalSpec()
     if temporal.encoding == "sequence":
@@ -110,6 +129,13 @@ def build_spec(
         shape = (d,)
     for i in range(depth):
         blocks.append((Linear(d if i == 0 else width, width), LIF()))
-    return ModelSpec(input_shape=shape, num_classes=num_classes, blocks=tuple(blocks),
-                     head=Linear(width, num_classes), signal=signal, rule=rule, temporal=temporal,
-                     name=f"snn{depth}x{width}")
+    return ModelSpec(
+        input_shape=shape,
+        num_classes=num_classes,
+        blocks=tuple(blocks),
+        head=Linear(width, num_classes),
+        signal=signal,
+        rule=rule,
+        temporal=temporal,
+        name=f"snn{depth}x{width}",
+    )

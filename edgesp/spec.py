@@ -292,8 +292,22 @@ class LIF(Layer):
 
 LAYER_TYPES: dict[str, type[Layer]] = {
     cls.kind: cls
-    for cls in (Linear, Conv1d, Conv2d, Flatten, MaxPool1d, AvgPool1d, MaxPool2d, AvgPool2d, ReLU, LeakyReLU,
-                Tanh, LayerNorm, Dropout, LIF)
+    for cls in (
+        Linear,
+        Conv1d,
+        Conv2d,
+        Flatten,
+        MaxPool1d,
+        AvgPool1d,
+        MaxPool2d,
+        AvgPool2d,
+        ReLU,
+        LeakyReLU,
+        Tanh,
+        LayerNorm,
+        Dropout,
+        LIF,
+    )
 }
 
 
@@ -528,8 +542,10 @@ class ModelSpec:
             "signal": asdict(self.signal),
             "blocks": [[layer_to_dict(la) for la in b] for b in self.blocks],
             "head": layer_to_dict(self.head),
-            "rule": {**asdict(self.rule), "optimizer": {**asdict(self.rule.optimizer),
-                                                          "betas": list(self.rule.optimizer.betas)}},
+            "rule": {
+                **asdict(self.rule),
+                "optimizer": {**asdict(self.rule.optimizer), "betas": list(self.rule.optimizer.betas)},
+            },
             "temporal": asdict(self.temporal) if self.temporal else None,
         }
 

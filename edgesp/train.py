@@ -29,13 +29,21 @@ class History:
 def accuracy(trainer: Trainer, x: np.ndarray, y: np.ndarray, batch: int = 512) -> float:
     correct = 0
     for i in range(0, len(x), batch):
-        logits = trainer.predict(x[i:i + batch])
-        correct += int((np.argmax(logits, axis=1) == y[i:i + batch]).sum())
+        logits = trainer.predict(x[i : i + batch])
+        correct += int((np.argmax(logits, axis=1) == y[i : i + batch]).sum())
     return correct / max(len(x), 1)
 
 
-def fit(trainer: Trainer, data: Dataset, input_shape: tuple[int, ...], epochs: int, batch: int = 32,
-        seed: int = 0, progress: bool = True, max_train: int | None = None) -> History:
+def fit(
+    trainer: Trainer,
+    data: Dataset,
+    input_shape: tuple[int, ...],
+    epochs: int,
+    batch: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+    max_train: int | None = None,
+) -> History:
     from tqdm import tqdm
 
     xtr = adapt_inputs(data.x_train, input_shape)
@@ -46,15 +54,14 @@ def fit(trainer: Trainer, data: Dataset, input_shape: tuple[int, ...], epochs: i
     rng = np.random.default_rng(seed)
     hist = History()
     n_batches = (len(xtr) + batch - 1) // batch
-    bar = tqdm(total=epochs * n_batches, disable=not progress, unit="batch", dynamic_ncols=True,
-               desc="train")
+    bar = tqdm(total=epochs * n_batches, disable=not progress, unit="batch", dynamic_ncols=True, desc="train")
     try:
         for ep in range(1, epochs + 1):
             t0 = time.perf_counter()
             order = rng.permutation(len(xtr))
             losses = []
             for b in range(n_batches):
-                idx = order[b * batch:(b + 1) * batch]
+                idx = order[b * batch : (b + 1) * batch]
                 out = trainer.train_step(xtr[idx], ytr[idx])
                 losses.append(sum(out.values()))
                 bar.update(1)
@@ -66,8 +73,13 @@ def fit(trainer: Trainer, data: Dataset, input_shape: tuple[int, ...], epochs: i
             hist.seconds.append(dt)
             hist.train_accuracy.append(accuracy(trainer, xtr, ytr))
             hist.test_accuracy.append(accuracy(trainer, xte, yte))
-            bar.set_postfix(epoch=ep, loss=f"{hist.loss[-1]:.3f}", train=f"{hist.train_accuracy[-1]:.3f}",
-                            test=f"{hist.test_accuracy[-1]:.3f}", rate=f"{len(xtr) / dt:.0f}/s")
+            bar.set_postfix(
+                epoch=ep,
+                loss=f"{hist.loss[-1]:.3f}",
+                train=f"{hist.train_accuracy[-1]:.3f}",
+                test=f"{hist.test_accuracy[-1]:.3f}",
+                rate=f"{len(xtr) / dt:.0f}/s",
+            )
     finally:
         bar.close()
     return hist
@@ -84,7 +96,7 @@ def plot_curve(path: str | Path, xs: list[float], series: dict[str, list[float]]
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, ys in series.items():
-        ax.plot(xs[:len(ys)], ys, marker="o" if len(xs) < 30 else None, label=label)
+        ax.plot(xs[: len(ys)], ys, marker="o" if len(xs) < 30 else None, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy" if all("acc" in k for k in series) else "value")
     ax.set_title(title)

@@ -46,8 +46,9 @@ def peak_rss_increase(fn: Callable[[], Any]) -> tuple[int, Any]:
     return max(0, (peak - before) * 1024), result
 
 
-def bp_training_memory(spec: Any, params: dict[str, np.ndarray], batch: int, seed: int = 0,
-                       before: Callable[[], None] | None = None) -> dict[str, int]:
+def bp_training_memory(
+    spec: Any, params: dict[str, np.ndarray], batch: int, seed: int = 0, before: Callable[[], None] | None = None
+) -> dict[str, int]:
     """One BP step (autograd through the whole network, CE on the head, the spec's optimizer)."""
     import torch
     import torch.nn.functional as F
@@ -80,5 +81,9 @@ def bp_training_memory(spec: Any, params: dict[str, np.ndarray], batch: int, see
         before()
     rss, _ = peak_rss_increase(step)
     grads = sum(math.prod(t.shape) * 4 for t in p.values())
-    return {"measured_peak_bytes": int(rss), "saved_activation_bytes": int(sum(saved)),
-            "gradient_bytes": int(grads), "batch": batch}
+    return {
+        "measured_peak_bytes": int(rss),
+        "saved_activation_bytes": int(sum(saved)),
+        "gradient_bytes": int(grads),
+        "batch": batch,
+    }

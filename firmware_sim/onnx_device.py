@@ -50,22 +50,29 @@ class OrtDevice:
             so.profile_file_prefix = profile_prefix
         art = self.manifest["artifacts"]
         try:
-            self.update = ort.InferenceSession(str(self.build_dir / art["update"]), so,
-                                               providers=["CPUExecutionProvider"])
-            self.inference = ort.InferenceSession(str(self.build_dir / art["inference"]), so,
-                                                  providers=["CPUExecutionProvider"])
+            self.update = ort.InferenceSession(
+                str(self.build_dir / art["update"]), so, providers=["CPUExecutionProvider"]
+            )
+            self.inference = ort.InferenceSession(
+                str(self.build_dir / art["inference"]), so, providers=["CPUExecutionProvider"]
+            )
         except Exception as e:  # ORT raises its own exception types for unreadable models
-            raise CompileError(f"onnxruntime cannot load {build_dir} ({str(e).splitlines()[0][:160]}): "
-                               "re-run 'edgesp compile'") from None
+            raise CompileError(
+                f"onnxruntime cannot load {build_dir} ({str(e).splitlines()[0][:160]}): re-run 'edgesp compile'"
+            ) from None
         with np.load(self.build_dir / art["state"], allow_pickle=False) as z:
             init = {k: z[k] for k in z.files}
         self.params = self.manifest["parameters"]
-        self.state = {p["name"]: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(init[p["name"]]))
-                      for p in self.params}
+        self.state = {
+            p["name"]: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(init[p["name"]])) for p in self.params
+        }
         # second buffer set: each step reads state A and writes state B, then they swap (no allocation
         # per step; the same OrtValue is never both input and output of one run)
-        self.spare = {p["name"]: ort.OrtValue.ortvalue_from_shape_and_type(list(p["shape"]) or [], np.float32)
-                      for p in self.params if p["update_output"]}
+        self.spare = {
+            p["name"]: ort.OrtValue.ortvalue_from_shape_and_type(list(p["shape"]) or [], np.float32)
+            for p in self.params
+            if p["update_output"]
+        }
         self.update_outputs = [o.name for o in self.update.get_outputs()]
         self.param_names = [i.name for i in self.inference.get_inputs() if i.name != "x"]
         self.lr = float(self.manifest.get("learning_rate", self.spec.rule.optimizer.lr))
@@ -81,8 +88,10 @@ class OrtDevice:
     # ------------------------------------------------------------------ device operations
     def check_batch(self, x: np.ndarray) -> None:
         if x.shape[0] != self.batch:
-            raise DataError(f"the build was compiled for batch {self.batch}, got {x.shape[0]}: "
-                            "recompile with --batch or keep the batch")
+            raise DataError(
+                f"the build was compiled for batch {self.batch}, got {x.shape[0]}: "
+                "recompile with --batch or keep the batch"
+            )
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float | None = None) -> dict[str, float]:
         """One SP update on device; returns the per-layer local losses."""
@@ -103,8 +112,14 @@ class OrtDevice:
                 io.bind_output(name, "cpu")
                 loss_names.append(name)
         self.update.run_with_iobinding(io)
-        losses = {k: float(np.array(v.numpy(), copy=True))
-                  for k, v in zip(loss_names, io.get_outputs()[-len(loss_names):], strict=True)} if loss_names else {}
+        losses = (
+            {
+                k: float(np.array(v.numpy(), copy=True))
+                for k, v in zip(loss_names, io.get_outputs()[-len(loss_names) :], strict=True)
+            }
+            if loss_names
+            else {}
+        )
         for name in self.spare:
             self.state[name], self.spare[name] = self.spare[name], self.state[name]
         del ort
@@ -115,7 +130,7 @@ class OrtDevice:
         n = len(x)
         out = []
         for i in range(0, n, self.batch):
-            chunk = x[i:i + self.batch]
+            chunk = x[i : i + self.batch]
             pad = self.batch - len(chunk)
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
@@ -125,7 +140,7 @@ class OrtDevice:
                 io.bind_ortvalue_input(name, self.state[name])
             io.bind_output("logits", "cpu")
             self.inference.run_with_iobinding(io)
-            out.append(np.array(io.get_outputs()[0].numpy(), copy=True)[:len(x[i:i + self.batch])])
+            out.append(np.array(io.get_outputs()[0].numpy(), copy=True)[: len(x[i : i + self.batch])])
         return np.concatenate(out)
 
     def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
@@ -139,13 +154,27 @@ class OrtDevice:
 def prepare_data(spec: ModelSpec, data: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if data.num_classes > spec.num_classes:
         raise DataError(f"{data.name} has {data.num_classes} classes but the model predicts {spec.num_classes}")
-    return (adapt_inputs(data.x_train, spec.input_shape), data.y_train,
-            adapt_inputs(data.x_test, spec.input_shape), data.y_test)
+    return (
+        adapt_inputs(data.x_train, spec.input_shape),
+        data.y_train,
+        adapt_inputs(data.x_test, spec.input_shape),
+        data.y_test,
+    )
 
 
-def run_learning(device: Any, spec: ModelSpec, data: Dataset, steps: int, batch: int, seed: int,
-                 out_png: Path | None, progress: bool, continual: bool = False, lr: float | None = None,
-                 runtime: str = "onnxruntime") -> dict[str, Any]:
+def run_learning(
+    device: Any,
+    spec: ModelSpec,
+    data: Dataset,
+    steps: int,
+    batch: int,
+    seed: int,
+    out_png: Path | None,
+    progress: bool,
+    continual: bool = False,
+    lr: float | None = None,
+    runtime: str = "onnxruntime",
+) -> dict[str, Any]:
     """Stream ``steps`` batches through ``device.step`` (any runtime with step/accuracy) and report."""
     from tqdm import tqdm
 
@@ -171,7 +200,7 @@ def run_learning(device: Any, spec: ModelSpec, data: Dataset, steps: int, batch:
             for _ in range(steps_per_stage):
                 if pos + batch > len(order):
                     order, pos = rng.permutation(pool), 0
-                idx = order[pos:pos + batch] if len(order) >= batch else rng.choice(pool, batch)
+                idx = order[pos : pos + batch] if len(order) >= batch else rng.choice(pool, batch)
                 pos += batch
                 t0 = time.perf_counter()
                 losses = device.step(xtr[idx], ytr[idx], lr)
@@ -181,21 +210,32 @@ def run_learning(device: Any, spec: ModelSpec, data: Dataset, steps: int, batch:
                 if done % eval_every == 0 or done == steps_per_stage * len(stages):
                     curve_steps.append(done)
                     curve_acc.append(device.accuracy(xte, yte))
-                    bar.set_postfix(acc=f"{curve_acc[-1]:.3f}", loss=f"{sum(losses.values()):.3f}",
-                                    rate=f"{done * batch / max(step_time, 1e-9):.0f} samples/s")
+                    bar.set_postfix(
+                        acc=f"{curve_acc[-1]:.3f}",
+                        loss=f"{sum(losses.values()):.3f}",
+                        rate=f"{done * batch / max(step_time, 1e-9):.0f} samples/s",
+                    )
             if continual:
                 seen = [c for st in stages[: s_idx + 1] for c in st]
                 m_seen, m_first = np.isin(yte, seen), np.isin(yte, stages[0])
-                stage_reports.append({
-                    "stage": s_idx, "classes": classes, "steps": done,
-                    "accuracy_seen": device.accuracy(xte[m_seen], yte[m_seen]),
-                    "accuracy_first": device.accuracy(xte[m_first], yte[m_first]),
-                })
+                stage_reports.append(
+                    {
+                        "stage": s_idx,
+                        "classes": classes,
+                        "steps": done,
+                        "accuracy_seen": device.accuracy(xte[m_seen], yte[m_seen]),
+                        "accuracy_first": device.accuracy(xte[m_first], yte[m_first]),
+                    }
+                )
     finally:
         bar.close()
     result: dict[str, Any] = {
-        "runtime": runtime, "steps": done, "batch": batch, "samples": done * batch,
-        "accuracy_before": acc_before, "accuracy_after": curve_acc[-1],
+        "runtime": runtime,
+        "steps": done,
+        "batch": batch,
+        "samples": done * batch,
+        "accuracy_before": acc_before,
+        "accuracy_after": curve_acc[-1],
         "samples_per_second": done * batch / max(step_time, 1e-9),
         "steps_per_second": done / max(step_time, 1e-9),
         "curve": {"steps": curve_steps, "test_accuracy": curve_acc},
@@ -203,8 +243,13 @@ def run_learning(device: Any, spec: ModelSpec, data: Dataset, steps: int, batch:
     if continual:
         result["continual"] = {"stages": stage_reports}
     if out_png:
-        plot_curve(out_png, curve_steps, {"test accuracy": curve_acc}, "update step",
-                   f"on-device SP learning ({runtime}, batch {batch})" + (" · continual" if continual else ""))
+        plot_curve(
+            out_png,
+            curve_steps,
+            {"test accuracy": curve_acc},
+            "update step",
+            f"on-device SP learning ({runtime}, batch {batch})" + (" · continual" if continual else ""),
+        )
         result["plot"] = str(out_png)
     return result
 
@@ -213,9 +258,18 @@ def _stages(num_classes: int, per_stage: int = 2) -> list[list[int]]:
     return [list(range(i, min(i + per_stage, num_classes))) for i in range(0, num_classes, per_stage)]
 
 
-def simulate(build_dir: Path, dataset: Dataset, steps: int, batch: int | None = None, seed: int = 0,
-             out_png: Path | None = None, progress: bool = True, continual: bool = False,
-             lr: float | None = None, **_: Any) -> dict[str, Any]:
+def simulate(
+    build_dir: Path,
+    dataset: Dataset,
+    steps: int,
+    batch: int | None = None,
+    seed: int = 0,
+    out_png: Path | None = None,
+    progress: bool = True,
+    continual: bool = False,
+    lr: float | None = None,
+    **_: Any,
+) -> dict[str, Any]:
     device = OrtDevice(build_dir)
     if batch is not None and batch != device.batch:
         raise DataError(f"the build was compiled for batch {device.batch}, not {batch}: recompile with --batch {batch}")
@@ -236,8 +290,12 @@ def _ort_profile_peak(build_dir: Path, which: str, feeds_fn: Any) -> int:
         for sess in (dev.update, dev.inference):
             path = sess.end_profiling()
             events = json.loads(Path(path).read_text())
-            peaks.append(max((int(e["args"]["mem_in_use_peak"]) for e in events
-                              if "mem_in_use_peak" in e.get("args", {})), default=0))
+            peaks.append(
+                max(
+                    (int(e["args"]["mem_in_use_peak"]) for e in events if "mem_in_use_peak" in e.get("args", {})),
+                    default=0,
+                )
+            )
     return peaks[0] if which == "update" else peaks[1]
 
 
@@ -258,28 +316,41 @@ def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, An
     upd_prof = _ort_profile_peak(build_dir, "update", lambda d: d.step(x, y))
     inf_prof = _ort_profile_peak(build_dir, "inference", lambda d: d.predict(x))
     plan = dev.manifest["planned_memory"]
-    params = {p["name"]: np.array(v.numpy(), copy=True) for p, v in zip(dev.params, dev.state.values(), strict=True)
-              if p["kind"] == "parameter"}
+    params = {
+        p["name"]: np.array(v.numpy(), copy=True)
+        for p, v in zip(dev.params, dev.state.values(), strict=True)
+        if p["kind"] == "parameter"
+    }
     bp = bp_training_memory(dev.spec, params, dev.batch)
     bp["measured_peak_bytes"] = measure(build_dir, "bp")
     state_bytes = sum(4 * int(np.prod(p["shape"])) for p in dev.params)
     return {
-        "runtime": "onnxruntime", "build": str(build_dir), "batch": dev.batch, "state_bytes": state_bytes,
-        "update_step": {"measured_peak_bytes": upd_prof, "measured_rss_increase_bytes": upd_rss,
-                        "planned_peak_bytes": plan["update_step"]["peak_bytes"],
-                        "planned_activation_bytes": plan["update_step"]["peak_activation_bytes"]},
-        "inference": {"measured_peak_bytes": inf_prof, "measured_rss_increase_bytes": inf_rss,
-                      "planned_peak_bytes": plan["inference"]["peak_bytes"],
-                      "planned_activation_bytes": plan["inference"]["peak_activation_bytes"]},
+        "runtime": "onnxruntime",
+        "build": str(build_dir),
+        "batch": dev.batch,
+        "state_bytes": state_bytes,
+        "update_step": {
+            "measured_peak_bytes": upd_prof,
+            "measured_rss_increase_bytes": upd_rss,
+            "planned_peak_bytes": plan["update_step"]["peak_bytes"],
+            "planned_activation_bytes": plan["update_step"]["peak_activation_bytes"],
+        },
+        "inference": {
+            "measured_peak_bytes": inf_prof,
+            "measured_rss_increase_bytes": inf_rss,
+            "planned_peak_bytes": plan["inference"]["peak_bytes"],
+            "planned_activation_bytes": plan["inference"]["peak_activation_bytes"],
+        },
         "bp_baseline": bp,
         "largest_layer_working_set_bytes": plan.get("largest_layer_working_set_bytes"),
         "definitions": {
             "measured_peak_bytes": "ORT profiler: max mem_in_use_peak of the run (arena bytes; excludes "
-                                   "caller-owned inputs such as weights bound from OrtValues)",
-            "measured_rss_increase_bytes": "peak RSS (VmHWM) above RSS before the first run after loading, in a fresh process",
+            "caller-owned inputs such as weights bound from OrtValues)",
+            "measured_rss_increase_bytes": "peak RSS (VmHWM) above RSS before the first run after loading, "
+            "in a fresh process",
             "planned_peak_bytes": "liveness plan: inputs+state resident + max live intermediates",
             "bp_baseline.measured_peak_bytes": "torch autograd BP step: peak RSS increase of a steady-state step "
-                                               "(fresh process, freed heap returned to the OS first)",
+            "(fresh process, freed heap returned to the OS first)",
             "bp_baseline.saved_activation_bytes": "bytes autograd saves for the backward pass (exact)",
         },
     }

@@ -35,8 +35,11 @@ def main(argv: list[str]) -> int:
     x = rng.standard_normal((dev.batch, *dev.spec.input_shape)).astype(np.float32)
     y = rng.integers(0, dev.spec.num_classes, dev.batch)
     if mode == "bp":
-        params = {p["name"]: np.array(v.numpy(), copy=True) for p, v in zip(dev.params, dev.state.values(), strict=True)
-                  if p["kind"] == "parameter"}
+        params = {
+            p["name"]: np.array(v.numpy(), copy=True)
+            for p, v in zip(dev.params, dev.state.values(), strict=True)
+            if p["kind"] == "parameter"
+        }
         spec = dev.spec
         del dev
         res = bp_training_memory(spec, params, len(x), before=_trim)
@@ -54,8 +57,9 @@ def measure(build: Path, mode: str) -> int:
     """Run the probe in a subprocess; returns the RSS increase in bytes."""
     import subprocess
 
-    r = subprocess.run([sys.executable, "-m", "firmware_sim.rss_probe", str(build), mode], capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "firmware_sim.rss_probe", str(build), mode], capture_output=True, text=True, timeout=600
+    )
     if r.returncode != 0:
         raise RuntimeError(f"rss probe failed: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}")
     return int(json.loads(r.stdout.strip().splitlines()[-1])["rss_increase_bytes"])

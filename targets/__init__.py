@@ -34,7 +34,9 @@ class Target:
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
-            raise TargetError(f"target {self.name!r}: unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
+            raise TargetError(
+                f"target {self.name!r}: unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}"
+            )
         for k in ("memory_budget_bytes", "storage_budget_bytes"):
             v = getattr(self, k)
             if v is not None and (not isinstance(v, int) or v <= 0):
@@ -44,9 +46,13 @@ class Target:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "runtime": self.runtime, "precision": self.precision,
-            "description": self.description, "threads": self.threads,
-            "memory_budget_bytes": self.memory_budget_bytes, "storage_budget_bytes": self.storage_budget_bytes,
+            "name": self.name,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "description": self.description,
+            "threads": self.threads,
+            "memory_budget_bytes": self.memory_budget_bytes,
+            "storage_budget_bytes": self.storage_budget_bytes,
             "neuromorphic": dict(self.neuromorphic),
         }
 
@@ -56,8 +62,16 @@ def _from_file(path: Path) -> Target:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise TargetError(f"cannot read target file {path}: {e}") from None
-    known = {"name", "runtime", "precision", "description", "threads", "memory_budget_bytes",
-             "storage_budget_bytes", "neuromorphic"}
+    known = {
+        "name",
+        "runtime",
+        "precision",
+        "description",
+        "threads",
+        "memory_budget_bytes",
+        "storage_budget_bytes",
+        "neuromorphic",
+    }
     extra = set(data) - known
     if extra:
         raise TargetError(f"target file {path} has unknown keys {sorted(extra)}; known: {sorted(known)}")
@@ -80,6 +94,7 @@ def load_target(name_or_path: str) -> Target:
         return _from_file(p)
     targets = builtin_targets()
     if name_or_path not in targets:
-        raise TargetError(f"unknown target {name_or_path!r}; built-in targets: {', '.join(sorted(targets))} "
-                          "(or pass a .toml file)")
+        raise TargetError(
+            f"unknown target {name_or_path!r}; built-in targets: {', '.join(sorted(targets))} (or pass a .toml file)"
+        )
     return targets[name_or_path]

@@ -50,8 +50,10 @@ def make_trainer(spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0) 
         raise SpecError(f"unknown rule {name!r}; choose one of {', '.join(RULES)}")
     spiking_rule = _RULE_MODULES[name].endswith("spiking_rules")
     if spec.is_spiking and not spiking_rule:
-        raise SpecError(f"rule {name!r} is for non-spiking models; for a spiking model use one of "
-                        "sp-voltage, sp-surrogate, sp-online, bptt, rtrl")
+        raise SpecError(
+            f"rule {name!r} is for non-spiking models; for a spiking model use one of "
+            "sp-voltage, sp-surrogate, sp-online, bptt, rtrl"
+        )
     if spiking_rule and not spec.is_spiking:
         raise SpecError(f"rule {name!r} needs a spiking model (--model snn)")
     module = importlib.import_module(_RULE_MODULES[name])

@@ -18,5 +18,6 @@ def make_optimizer(spec: OptimizerSpec, params: Iterable[torch.Tensor], lr_scale
     params = list(params)
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=spec.lr * lr_scale, momentum=spec.momentum, weight_decay=spec.weight_decay)
-    return torch.optim.Adam(params, lr=spec.lr * lr_scale, betas=spec.betas, eps=spec.eps,
-                            weight_decay=spec.weight_decay)
+    return torch.optim.Adam(
+        params, lr=spec.lr * lr_scale, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay
+    )

@@ -56,11 +56,28 @@ class SigpropTrainer:
         classes, inv = torch.unique(y, return_inverse=True)
         return classes, inv
 
-    def _loss(self, h: torch.Tensor, t: torch.Tensor, inv: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
-              t_prev: torch.Tensor | None) -> torch.Tensor:
+    def _loss(
+        self,
+        h: torch.Tensor,
+        t: torch.Tensor,
+        inv: torch.Tensor,
+        y: torch.Tensor,
+        rows: torch.Tensor,
+        t_prev: torch.Tensor | None,
+    ) -> torch.Tensor:
         r = self.spec.rule
-        return sp_loss(r.loss, h, t, inv, y, rows, temperature=r.temperature, topk=r.topk, t_prev_cls=t_prev,
-                       generator=self.generator)
+        return sp_loss(
+            r.loss,
+            h,
+            t,
+            inv,
+            y,
+            rows,
+            temperature=r.temperature,
+            topk=r.topk,
+            t_prev_cls=t_prev,
+            generator=self.generator,
+        )
 
     def _update(self, layer: int, loss: torch.Tensor) -> None:
         opt = self.optims.get(layer)

@@ -6,9 +6,14 @@ from edgesp.spec import OptimizerSpec, RuleSpec
 
 
 def make(preset="mlp", shape=(64,), loss="v9", opt="adam", lr=1e-2, **kw):
-    spec = build_spec(preset, shape, 10, width=kw.pop("width", 32), depth=kw.pop("depth", 2),
-                      channels=kw.pop("channels", 4), rule=RuleSpec(loss=loss, optimizer=OptimizerSpec(name=opt, lr=lr)),
-                      **kw)
+    spec = build_spec(
+        preset,
+        shape,
+        10,
+        width=kw.pop("width", 32),
+        depth=kw.pop("depth", 2),
+        channels=kw.pop("channels", 4),
+        rule=RuleSpec(loss=loss, optimizer=OptimizerSpec(name=opt, lr=lr)),
+        **kw,
+    )
     return spec, init_params(spec, 0)
-
-

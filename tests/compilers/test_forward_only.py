@@ -39,14 +39,25 @@ def test_violating_program_is_rejected():
 
 
 def test_violating_onnx_graph_is_rejected():
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"]), helper.make_node("MatMul", ["h1", "w2"], ["h2"]),
-             helper.make_node("Sub", ["w1", "h2"], ["w1_new"]), helper.make_node("Sub", ["w2", "h1"], ["w2_new"])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"]),
+        helper.make_node("MatMul", ["h1", "w2"], ["h2"]),
+        helper.make_node("Sub", ["w1", "h2"], ["w1_new"]),
+        helper.make_node("Sub", ["w2", "h1"], ["w2_new"]),
+    ]
     f = TensorProto.FLOAT
-    graph = helper.make_graph(nodes, "bad", [helper.make_tensor_value_info(n, f, [3, 3]) for n in ("x", "w1", "w2")],
-                              [helper.make_tensor_value_info(n, f, [3, 3]) for n in ("w1_new", "w2_new")])
+    graph = helper.make_graph(
+        nodes,
+        "bad",
+        [helper.make_tensor_value_info(n, f, [3, 3]) for n in ("x", "w1", "w2")],
+        [helper.make_tensor_value_info(n, f, [3, 3]) for n in ("w1_new", "w2_new")],
+    )
     model = helper.make_model(graph)
     onnx.checker.check_model(model)
-    layout = [{"name": "w1", "layer": 1, "update_output": "w1_new"}, {"name": "w2", "layer": 2, "update_output": "w2_new"}]
+    layout = [
+        {"name": "w1", "layer": 1, "update_output": "w1_new"},
+        {"name": "w2", "layer": 2, "update_output": "w2_new"},
+    ]
     with pytest.raises(ForwardOnlyError, match="w1"):
         check_onnx(model, layout)
     # the same graph where layer 1 uses only its own input is accepted

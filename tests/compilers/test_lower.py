@@ -9,8 +9,14 @@ from edgesp.errors import CompileError
 from edgesp.rules.sigprop import SigpropTrainer
 from tests.compilers.helpers import make
 
-CASES = [("mlp", (64,), "v9", "adam"), ("mlp", (64,), "v1", "sgd"), ("mlp", (64,), "l2", "adam"),
-         ("cnn1d", (1, 40), "v9", "sgd"), ("cnn2d", (1, 8, 8), "v9", "adam"), ("vgg8", (1, 8, 8), "v1", "sgd")]
+CASES = [
+    ("mlp", (64,), "v9", "adam"),
+    ("mlp", (64,), "v1", "sgd"),
+    ("mlp", (64,), "l2", "adam"),
+    ("cnn1d", (1, 40), "v9", "sgd"),
+    ("cnn2d", (1, 8, 8), "v9", "adam"),
+    ("vgg8", (1, 8, 8), "v1", "sgd"),
+]
 
 
 @pytest.mark.parametrize("preset,shape,loss,opt", CASES)

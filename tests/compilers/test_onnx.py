@@ -29,8 +29,12 @@ def build(tmp_path):
 
 def test_artifacts_are_valid_single_file_models(build):
     _, _, manifest, out = build
-    assert sorted(p.name for p in out.iterdir()) == ["inference.onnx", "initial_state.npz", "manifest.json",
-                                                     "update.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "inference.onnx",
+        "initial_state.npz",
+        "manifest.json",
+        "update.onnx",
+    ]
     for name in ("inference.onnx", "update.onnx"):
         m = onnx.load(str(out / name))
         onnx.checker.check_model(m, full_check=True)
@@ -49,8 +53,12 @@ def test_ort_matches_onnx_reference_evaluator(build, rng):
     """Independent ONNX implementation: same outputs within 1e-5 (float32 kernels differ in order)."""
     _, _, manifest, out = build
     state = dict(np.load(out / "initial_state.npz"))
-    feeds = {"x": rng.standard_normal((8, 1, 40)).astype(np.float32), "y": rng.integers(0, 10, 8).astype(np.int32),
-             "lr": np.asarray(1e-3, np.float32), **state}
+    feeds = {
+        "x": rng.standard_normal((8, 1, 40)).astype(np.float32),
+        "y": rng.integers(0, 10, 8).astype(np.int32),
+        "lr": np.asarray(1e-3, np.float32),
+        **state,
+    }
     got = _session(out / "update.onnx").run(None, feeds)
     ref = ReferenceEvaluator(onnx.load(str(out / "update.onnx"))).run(None, feeds)
     for a, b in zip(got, ref, strict=True):

@@ -37,8 +37,12 @@ def test_train_writes_checkpoint_metrics_and_plot(trained):
 
 def test_compile_simulate_profile_from_cli(trained, tmp_path):
     build = tmp_path / "build"
-    assert main(["compile", str(trained / "model.safetensors"), "--target", "edge-cpu", "--out", str(build),
-                 "--batch", "8"]) == 0
+    assert (
+        main(
+            ["compile", str(trained / "model.safetensors"), "--target", "edge-cpu", "--out", str(build), "--batch", "8"]
+        )
+        == 0
+    )
     assert main(["simulate", str(build), "--steps", "5", "--json", str(tmp_path / "s.json"), "--quiet"]) == 0
     sim = json.loads((tmp_path / "s.json").read_text())
     assert {"accuracy_before", "accuracy_after", "steps", "samples_per_second"} <= set(sim)
@@ -50,22 +54,40 @@ def test_compile_simulate_profile_from_cli(trained, tmp_path):
 
 
 def test_compile_fresh(tmp_path):
-    assert main(["compile", "--fresh", "--data", "digits", "--model", "cnn1d", "--target", "edge-cpu",
-                 "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                "--fresh",
+                "--data",
+                "digits",
+                "--model",
+                "cnn1d",
+                "--target",
+                "edge-cpu",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["artifacts"]["update"] == "update.onnx"
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["train", "--data", "nope", "--out", "X"], "unknown dataset"),
-    (["train", "--rule", "magic", "--out", "X"], "unknown rule"),
-    (["train", "--model", "transformer", "--out", "X"], "unknown model"),
-    (["train", "--epochs", "0", "--out", "X"], "--epochs must be >= 1"),
-    (["evaluate", "missing.safetensors"], "not found"),
-    (["compile", "missing.safetensors", "--target", "edge-cpu", "--out", "X"], "not found"),
-    (["compile", "--fresh", "--target", "nowhere", "--out", "X"], "unknown target"),
-    (["simulate", "no_such_build"], "no manifest.json"),
-    (["profile", "no_such_build"], "no manifest.json"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--data", "nope", "--out", "X"], "unknown dataset"),
+        (["train", "--rule", "magic", "--out", "X"], "unknown rule"),
+        (["train", "--model", "transformer", "--out", "X"], "unknown model"),
+        (["train", "--epochs", "0", "--out", "X"], "--epochs must be >= 1"),
+        (["evaluate", "missing.safetensors"], "not found"),
+        (["compile", "missing.safetensors", "--target", "edge-cpu", "--out", "X"], "not found"),
+        (["compile", "--fresh", "--target", "nowhere", "--out", "X"], "unknown target"),
+        (["simulate", "no_such_build"], "no manifest.json"),
+        (["profile", "no_such_build"], "no manifest.json"),
+    ],
+)
 def test_bad_input_gives_one_line_error(args, needle, tmp_path):
     r = run(args, cwd=tmp_path)
     assert r.returncode == 2

@@ -27,9 +27,22 @@ from edgesp.spec import (
     layer_to_dict,
 )
 
-EVERY_LAYER = [Linear(4, 3), Conv1d(1, 2, 3, stride=2, padding=1), Conv2d(3, 4, 3, padding=1), Flatten(),
-               MaxPool1d(2), AvgPool1d(2), MaxPool2d(2), AvgPool2d(2), ReLU(), LeakyReLU(0.2), Tanh(),
-               LayerNorm(1e-4), Dropout(0.3), LIF(du=0.5, dv=0.1, threshold=2.0, reset="subtract")]
+EVERY_LAYER = [
+    Linear(4, 3),
+    Conv1d(1, 2, 3, stride=2, padding=1),
+    Conv2d(3, 4, 3, padding=1),
+    Flatten(),
+    MaxPool1d(2),
+    AvgPool1d(2),
+    MaxPool2d(2),
+    AvgPool2d(2),
+    ReLU(),
+    LeakyReLU(0.2),
+    Tanh(),
+    LayerNorm(1e-4),
+    Dropout(0.3),
+    LIF(du=0.5, dv=0.1, threshold=2.0, reset="subtract"),
+]
 
 
 def test_every_layer_type_round_trips():
@@ -39,8 +52,9 @@ def test_every_layer_type_round_trips():
         assert layer_from_dict(d) == layer
 
 
-@pytest.mark.parametrize("preset,shape", [("mlp", (1, 8, 8)), ("cnn1d", (1, 40)), ("cnn2d", (1, 8, 8)),
-                                          ("vgg8", (3, 8, 8)), ("snn", (64,))])
+@pytest.mark.parametrize(
+    "preset,shape", [("mlp", (1, 8, 8)), ("cnn1d", (1, 40)), ("cnn2d", (1, 8, 8)), ("vgg8", (3, 8, 8)), ("snn", (64,))]
+)
 def test_presets_round_trip_through_json(preset, shape):
     spec = build_spec(preset, shape, 10)
     again = ModelSpec.from_json(spec.to_json())
@@ -54,28 +68,32 @@ def test_all_presets_listed():
 
 
 def test_shape_inference_conv_and_pool():
-    spec = ModelSpec((3, 16), 4, blocks=((Conv1d(3, 8, 3, padding=1), ReLU(), MaxPool1d(2), Flatten()),),
-                     head=Linear(64, 4))
+    spec = ModelSpec(
+        (3, 16), 4, blocks=((Conv1d(3, 8, 3, padding=1), ReLU(), MaxPool1d(2), Flatten()),), head=Linear(64, 4)
+    )
     assert spec.shapes()[0] == [(8, 16), (8, 16), (8, 8), (64,)]
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: ModelSpec((64,), 10, ((Linear(63, 8),),), Linear(8, 10)), "in_features=63"),
-    (lambda: ModelSpec((1, 8, 8), 10, ((Linear(64, 8),),), Linear(8, 10)), "Flatten"),
-    (lambda: ModelSpec((3, 10), 10, ((Conv1d(1, 4, 3),),), Linear(32, 10)), "in_channels=1"),
-    (lambda: ModelSpec((64,), 10, ((Linear(64, 8),),), Linear(8, 9)), "num_classes"),
-    (lambda: ModelSpec((64,), 10, ((ReLU(), Linear(64, 8)),), Linear(8, 10)), "parametric"),
-    (lambda: ModelSpec((64,), 10, ((Linear(64, 8), Linear(8, 8)),), Linear(8, 10)), "parametric"),
-    (lambda: ModelSpec((64,), 10, (), Linear(8, 10)), "at least one block"),
-    (lambda: ModelSpec((64,), 10, ((Linear(64, 8), LIF()),), Linear(8, 10)), "temporal"),
-    (lambda: ModelSpec((1, 7), 10, ((Conv1d(1, 2, 3), MaxPool1d(2)),), Linear(5, 10)), "divisible"),
-    (lambda: Linear(0, 3), "positive"),
-    (lambda: LIF(dv=1.5), "dv"),
-    (lambda: Dropout(1.0), "Dropout.p"),
-    (lambda: RuleSpec(name="nope"), "unknown rule"),
-    (lambda: RuleSpec(loss="v99"), "unknown sigprop loss"),
-    (lambda: TemporalSpec(encoding="morse"), "unknown encoding"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: ModelSpec((64,), 10, ((Linear(63, 8),),), Linear(8, 10)), "in_features=63"),
+        (lambda: ModelSpec((1, 8, 8), 10, ((Linear(64, 8),),), Linear(8, 10)), "Flatten"),
+        (lambda: ModelSpec((3, 10), 10, ((Conv1d(1, 4, 3),),), Linear(32, 10)), "in_channels=1"),
+        (lambda: ModelSpec((64,), 10, ((Linear(64, 8),),), Linear(8, 9)), "num_classes"),
+        (lambda: ModelSpec((64,), 10, ((ReLU(), Linear(64, 8)),), Linear(8, 10)), "parametric"),
+        (lambda: ModelSpec((64,), 10, ((Linear(64, 8), Linear(8, 8)),), Linear(8, 10)), "parametric"),
+        (lambda: ModelSpec((64,), 10, (), Linear(8, 10)), "at least one block"),
+        (lambda: ModelSpec((64,), 10, ((Linear(64, 8), LIF()),), Linear(8, 10)), "temporal"),
+        (lambda: ModelSpec((1, 7), 10, ((Conv1d(1, 2, 3), MaxPool1d(2)),), Linear(5, 10)), "divisible"),
+        (lambda: Linear(0, 3), "positive"),
+        (lambda: LIF(dv=1.5), "dv"),
+        (lambda: Dropout(1.0), "Dropout.p"),
+        (lambda: RuleSpec(name="nope"), "unknown rule"),
+        (lambda: RuleSpec(loss="v99"), "unknown sigprop loss"),
+        (lambda: TemporalSpec(encoding="morse"), "unknown encoding"),
+    ],
+)
 def test_invalid_specs_raise_clear_errors(make, match):
     with pytest.raises(SpecError, match=match):
         make()
@@ -83,8 +101,11 @@ def test_invalid_specs_raise_clear_errors(make, match):
 
 def test_from_dict_errors_are_one_line():
     good = build_spec("mlp", (64,), 10).to_dict()
-    for broken, match in [({**good, "version": 99}, "version"), ({k: v for k, v in good.items() if k != "head"}, "head"),
-                          ({**good, "blocks": [[{"type": "warp"}]]}, "unknown layer type")]:
+    for broken, match in [
+        ({**good, "version": 99}, "version"),
+        ({k: v for k, v in good.items() if k != "head"}, "head"),
+        ({**good, "blocks": [[{"type": "warp"}]]}, "unknown layer type"),
+    ]:
         with pytest.raises(SpecError, match=match) as e:
             ModelSpec.from_dict(broken)
         assert "\n" not in str(e.value)

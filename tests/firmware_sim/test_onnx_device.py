@@ -55,8 +55,9 @@ def test_bad_inputs(build, tmp_path, digits):
 
     with pytest.raises(DataError, match="compiled for batch 16"):
         simulate(build, digits, steps=1, batch=8, progress=False)
-    mnist1d_like = load_dataset.__globals__["Dataset"]("x", np.zeros((4, 1, 40), np.float32), np.arange(4),
-                                                      np.zeros((4, 1, 40), np.float32), np.arange(4), 10)
+    mnist1d_like = load_dataset.__globals__["Dataset"](
+        "x", np.zeros((4, 1, 40), np.float32), np.arange(4), np.zeros((4, 1, 40), np.float32), np.arange(4), 10
+    )
     with pytest.raises(DataError, match="expects"):
         simulate(build, mnist1d_like, steps=1, progress=False)
     corrupt = tmp_path / "corrupt"
