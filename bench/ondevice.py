@@ -2,13 +2,14 @@
 
 For an MLP (784 → width × depth → 10, LayerNorm+ReLU blocks, Adam) and each (depth, batch):
 * SP/ORT: the compiled update step driven through IOBinding with double-buffered state
-  (firmware_sim.onnx_device.OrtDevice): samples/s; transient memory = ORT profiler's peak arena bytes in
+  (firmware_sim.onnx_device.OrtDevice): samples per CPU-second; transient memory = ORT profiler's peak arena bytes in
   use during the step (state buffers are caller-owned and excluded); planned transient from the liveness plan.
 * SP/torch: the eager reference trainer (samples/s).
 * BP/torch: autograd through the whole net + Adam: samples/s; transient memory = bytes autograd saves for
   backward (byte-exact, saved_tensors_hooks) + the gradients.
 * TFLite columns when firmware_sim.tflite_device.bench_step is available.
-Single thread everywhere (ORT intra-op 1, torch 1). Prints a table, writes JSON and a PNG.
+Single thread everywhere (ORT intra-op 1, torch 1, TFLite 1); rates are samples per CPU-second of the
+process (wall-clock rates are in the JSON). Prints a table, writes JSON and a PNG.
 
     .venv/bin/python bench/ondevice.py [--depths 2 4 8] [--batches 1 32] [--width 256] [--steps 200]
 """
@@ -39,11 +40,14 @@ from targets import load_target  # noqa: E402
 
 
 def _rate(fn, steps: int, batch: int) -> float:
+    """Samples per CPU-second of this process (single-threaded runtimes: less distorted by other load
+    than wall time); the wall-clock rate is kept in ``_rate.wall``."""
     fn()  # warm-up
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         fn()
-    return steps * batch / (time.perf_counter() - t0)
+    _rate.wall = steps * batch / (time.perf_counter() - t0)
+    return steps * batch / max(time.process_time() - c0, 1e-9)
 
 
 def bp_torch(spec, params, x, y, steps):
@@ -93,6 +97,7 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam"):
                 manifest = compile_model(spec, params, load_target("edge-cpu"), Path(tmp), batch=batch)
                 dev = OrtDevice(tmp, threads=1)
                 sp_ort = _rate(lambda dev=dev, x=x, y=y: dev.step(x, y), steps, batch)
+                sp_ort_wall = _rate.wall
                 sp_mem = _ort_profile_peak(Path(tmp), "update", lambda d, x=x, y=y: d.step(x, y))
                 tfl = None
                 if tfl_bench:
@@ -105,12 +110,14 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam"):
             trainer = SigpropTrainer(spec, params, seed)
             sp_torch = _rate(lambda trainer=trainer, x=x, y=y: trainer.train_step(x, y), max(steps // 4, 10), batch)
             bp_rate, bp_mem = bp_torch(spec, params, x, y, steps)
+            bp_wall = _rate.wall
             row = {
                 "depth": depth,
                 "batch": batch,
                 "width": width,
                 "optimizer": optimizer,
-                "sp_ort_samples_per_s": sp_ort,
+                "sp_ort_samples_per_s": sp_ort, "sp_ort_wall_samples_per_s": sp_ort_wall,
+                "bp_torch_wall_samples_per_s": bp_wall,
                 "sp_torch_samples_per_s": sp_torch,
                 "bp_torch_samples_per_s": bp_rate,
                 "sp_ort_transient_bytes": sp_mem,
@@ -134,13 +141,15 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam"):
 
 def table(rows) -> str:
     head = (
-        "| depth | batch | SP/ORT samples/s | SP/torch samples/s | BP/torch samples/s | SP÷BP speed "
+        "| depth | batch | SP/ORT samples/s | SP/TFLite samples/s | SP/torch samples/s | BP/torch samples/s "
+        "| SP÷BP speed "
         "| SP transient (ORT) B | SP planned B | largest layer B | SP÷layer | BP transient B | BP÷SP memory |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
-            f"| {r['depth']} | {r['batch']} | {r['sp_ort_samples_per_s']:.0f} | {r['sp_torch_samples_per_s']:.0f} | "
+            f"| {r['depth']} | {r['batch']} | {r['sp_ort_samples_per_s']:.0f} | "
+            f"{r.get('tflite_samples_per_cpu_second', float('nan')):.0f} | {r['sp_torch_samples_per_s']:.0f} | "
             f"{r['bp_torch_samples_per_s']:.0f} | {r['sp_over_bp_speed']:.2f} | {r['sp_ort_transient_bytes']:,} | "
             f"{r['sp_planned_transient_bytes']:,} | {r['largest_layer_working_set_bytes']:,} | "
             f"{r['sp_over_largest_layer']:.2f} | {r['bp_transient_bytes']:,} | {r['bp_over_sp_memory']:.2f} |"

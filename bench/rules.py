@@ -54,14 +54,15 @@ def build(args: argparse.Namespace, ds: Dataset, model: str, rule: str) -> Model
     if model == "cnn1d" and len(shape) == 3:
         shape = (1, math.prod(shape))
     lr = args.sp_lr if rule == "sigprop" else args.lr
-    rule_spec = RuleSpec(name=rule, loss=args.sp_loss, temperature=args.sp_temperature,
-                         optimizer=OptimizerSpec(name="adam", lr=lr))
-    return build_spec(model, shape, ds.num_classes, width=args.width, depth=args.depth,
-                      channels=args.channels, rule=rule_spec)
+    rule_spec = RuleSpec(
+        name=rule, loss=args.sp_loss, temperature=args.sp_temperature, optimizer=OptimizerSpec(name="adam", lr=lr)
+    )
+    return build_spec(
+        model, shape, ds.num_classes, width=args.width, depth=args.depth, channels=args.channels, rule=rule_spec
+    )
 
 
-def run_one(args: argparse.Namespace, ds: Dataset, model: str, rule: str, seed: int, epochs: int,
-            batch: int) -> dict:
+def run_one(args: argparse.Namespace, ds: Dataset, model: str, rule: str, seed: int, epochs: int, batch: int) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(seed)
     spec = build(args, ds, model, rule)
@@ -85,17 +86,28 @@ def run_one(args: argparse.Namespace, ds: Dataset, model: str, rule: str, seed: 
         t0 = time.perf_counter()
         ep_losses = []
         for s in range(0, len(idx), batch):
-            b = idx[s:s + batch]
+            b = idx[s : s + batch]
             ep_losses.append(trainer.train_step(xtr[b], ds.y_train[b]))
         epoch_times.append(time.perf_counter() - t0)
         losses.append({k: float(np.mean([d[k] for d in ep_losses])) for k in ep_losses[0]})
     peak_kib = _status_kib("VmHWM") - rss0
     acc = float((trainer.predict(xte).argmax(1) == ds.y_test).mean())
     train_acc = float((trainer.predict(xtr).argmax(1) == ds.y_train).mean())
-    return {"dataset": ds.name, "model": model, "rule": rule, "seed": seed, "epochs": epochs, "batch": batch,
-            "test_acc": acc, "train_acc": train_acc, "epoch_s": float(np.mean(epoch_times)),
-            "peak_rss_mib": peak_kib / 1024, "final_losses": losses[-1], "num_params": spec.num_params(),
-            "spec_name": spec.name}
+    return {
+        "dataset": ds.name,
+        "model": model,
+        "rule": rule,
+        "seed": seed,
+        "epochs": epochs,
+        "batch": batch,
+        "test_acc": acc,
+        "train_acc": train_acc,
+        "epoch_s": float(np.mean(epoch_times)),
+        "peak_rss_mib": peak_kib / 1024,
+        "final_losses": losses[-1],
+        "num_params": spec.num_params(),
+        "spec_name": spec.name,
+    }
 
 
 def warm_parent(rules: list[str]) -> None:
@@ -130,30 +142,61 @@ def run_forked(*a) -> dict:  # noqa: ANN002
 
 def summarise(runs: list[dict]) -> list[dict]:
     rows = []
-    keys = sorted({(r["dataset"], r["model"], r["rule"]) for r in runs},
-                  key=lambda k: (DATASETS.index(k[0]), MODELS.index(k[1]), RULES.index(k[2])))
+    keys = sorted(
+        {(r["dataset"], r["model"], r["rule"]) for r in runs},
+        key=lambda k: (DATASETS.index(k[0]), MODELS.index(k[1]), RULES.index(k[2])),
+    )
     for d, m, rule in keys:
         rs = [r for r in runs if (r["dataset"], r["model"], r["rule"]) == (d, m, rule)]
         accs = np.array([r["test_acc"] for r in rs]) * 100
         std = float(accs.std(ddof=1)) if len(rs) > 1 else 0.0
-        rows.append({"dataset": d, "model": m, "rule": rule, "n": len(rs), "epochs": rs[0]["epochs"],
-                     "batch": rs[0]["batch"],
-                     "acc_mean": float(accs.mean()), "acc_std": std,
-                     "train_acc_mean": float(np.mean([r["train_acc"] for r in rs]) * 100),
-                     "epoch_s": float(np.mean([r["epoch_s"] for r in rs])),
-                     "peak_rss_mib": float(np.mean([r["peak_rss_mib"] for r in rs])),
-                     "num_params": rs[0]["num_params"], "spec_name": rs[0]["spec_name"]})
+        rows.append(
+            {
+                "dataset": d,
+                "model": m,
+                "rule": rule,
+                "n": len(rs),
+                "epochs": rs[0]["epochs"],
+                "batch": rs[0]["batch"],
+                "acc_mean": float(accs.mean()),
+                "acc_std": std,
+                "train_acc_mean": float(np.mean([r["train_acc"] for r in rs]) * 100),
+                "epoch_s": float(np.mean([r["epoch_s"] for r in rs])),
+                "peak_rss_mib": float(np.mean([r["peak_rss_mib"] for r in rs])),
+                "num_params": rs[0]["num_params"],
+                "spec_name": rs[0]["spec_name"],
+            }
+        )
     return rows
 
 
 def table(rows: list[dict], md: bool = False) -> str:
-    head = ["dataset", "model", "rule", "test acc % (mean ± std)", "train acc %", "s/epoch", "peak RSS MiB",
-            "epochs", "batch"]
+    head = [
+        "dataset",
+        "model",
+        "rule",
+        "test acc % (mean ± std)",
+        "train acc %",
+        "s/epoch",
+        "peak RSS MiB",
+        "epochs",
+        "batch",
+    ]
     lines = []
     for r in rows:
-        lines.append([r["dataset"], r["spec_name"], r["rule"], f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}",
-                      f"{r['train_acc_mean']:.1f}", f"{r['epoch_s']:.3f}", f"{r['peak_rss_mib']:.1f}",
-                      str(r["epochs"]), str(r["batch"])])
+        lines.append(
+            [
+                r["dataset"],
+                r["spec_name"],
+                r["rule"],
+                f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}",
+                f"{r['train_acc_mean']:.1f}",
+                f"{r['epoch_s']:.3f}",
+                f"{r['peak_rss_mib']:.1f}",
+                str(r["epochs"]),
+                str(r["batch"]),
+            ]
+        )
     if md:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(c) + " |" for c in lines]
@@ -170,8 +213,9 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r["dataset"], r["model"]) for r in rows}, key=lambda k: (DATASETS.index(k[0]),
-                                                                               MODELS.index(k[1])))
+    groups = sorted(
+        {(r["dataset"], r["model"]) for r in rows}, key=lambda k: (DATASETS.index(k[0]), MODELS.index(k[1]))
+    )
     rules = [r for r in RULES if any(x["rule"] == r for x in rows)]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(1, len(rules))
@@ -185,8 +229,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
     ax.set_xticklabels([f"{d}\n{m}" for d, m in groups])
     ax.set_ylabel("test accuracy %")
-    ax.set_ylim(50, 100)
-    ax.legend(ncol=len(rules), fontsize=8, loc="lower right")
+    ax.set_ylim(40, 100)
+    ax.legend(ncol=len(rules), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +259,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results/rules.json"))
     ap.add_argument("--md", type=Path, default=Path("bench/results/rules_table.md"))
     ap.add_argument("--png", type=Path, default=Path("bench/results/rules.png"))
+    ap.add_argument("--from-json", type=Path, help="re-render table, markdown and PNG from a results JSON")
     args = ap.parse_args()
+    if args.from_json:
+        rows = json.loads(args.from_json.read_text())["summary"]
+        print(table(rows))
+        write_text(args.md, table(rows, md=True) + "\n")
+        plot(rows, args.png)
+        return
 
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -230,18 +281,26 @@ def main() -> None:
                 for seed in range(args.seeds):
                     r = run_forked(args, ds, model, rule, seed, epochs, batch)
                     runs.append(r)
-                    print(f"{dname:8s} {model:6s} {rule:8s} seed {seed}: acc {r['test_acc'] * 100:6.2f}%  "
-                          f"{r['epoch_s']:.3f} s/epoch  peak +{r['peak_rss_mib']:.1f} MiB  "
-                          f"losses {', '.join(f'{k}={v:.3f}' for k, v in r['final_losses'].items())}",
-                          flush=True)
+                    print(
+                        f"{dname:8s} {model:6s} {rule:8s} seed {seed}: acc {r['test_acc'] * 100:6.2f}%  "
+                        f"{r['epoch_s']:.3f} s/epoch  peak +{r['peak_rss_mib']:.1f} MiB  "
+                        f"losses {', '.join(f'{k}={v:.3f}' for k, v in r['final_losses'].items())}",
+                        flush=True,
+                    )
     rows = summarise(runs)
     print()
     print(table(rows))
     total = time.perf_counter() - t_start
     print(f"\ntotal {total:.0f} s")
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result = {"config": cfg, "command": "python " + " ".join(sys.argv), "torch": torch.__version__,
-              "total_s": total, "summary": rows, "runs": runs}
+    result = {
+        "config": cfg,
+        "command": "python " + " ".join(sys.argv),
+        "torch": torch.__version__,
+        "total_s": total,
+        "summary": rows,
+        "runs": runs,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.out, json.dumps(result, indent=2))
     args.md.parent.mkdir(parents=True, exist_ok=True)

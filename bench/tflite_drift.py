@@ -86,6 +86,9 @@ def run(steps: int, batch: int, optimizer: str, lr: float, width: int, depth: in
 
 
 def main() -> None:
+    import torch
+
+    torch.set_num_threads(1)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=32)

@@ -238,6 +238,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Runtime-specific options given on the command line (e.g. the TFLite interpreter)."""
+    return {k: getattr(args, k) for k in ("interpreter", "resolver") if getattr(args, k, None)}
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runtime options (TFLite builds)")
+    g.add_argument("--interpreter", default=None, help="litert (ai-edge-litert, default) or tflite_runtime")
+    g.add_argument("--resolver", default=None, help="TFLite kernels: auto (default), builtin or reference")
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from edgesp.data import load_dataset
     from firmware_sim import read_manifest, simulator_module
@@ -256,6 +267,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         continual=args.continual,
         lr=args.lr,
+        **_runtime_options(args),
     )
     print(
         f"on-device learning ({manifest['runtime']}): accuracy {res['accuracy_before']:.4f} -> "
@@ -277,7 +289,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.build)
     sim = simulator_module(manifest["runtime"])
-    res = sim.profile(Path(args.build), batch=args.batch)
+    res = sim.profile(Path(args.build), batch=args.batch, **_runtime_options(args))
     print(f"memory profile ({manifest['runtime']}, batch {res.get('batch')}):")
     for key in ("inference", "update_step", "bp_baseline"):
         if key in res:
@@ -346,12 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None)
     s.add_argument("--png", default=None, help="learning-curve PNG (default BUILD/simulate_curve.png)")
     s.add_argument("--quiet", action="store_true")
+    _add_runtime_args(s)
     s.set_defaults(func=cmd_simulate)
 
     m = sub.add_parser("profile", help="measure and plan memory of inference and the update step")
     m.add_argument("build")
     m.add_argument("--batch", type=int, default=None)
     m.add_argument("--json", default=None)
+    _add_runtime_args(m)
     m.set_defaults(func=cmd_profile)
 
     d = sub.add_parser("demo", help="train -> compile -> simulate -> profile on the embedded digits set")

@@ -214,20 +214,22 @@ def profile(build_dir: Path, batch: int | None = None, **options: Any) -> dict[s
 # --------------------------------------------------------------------------- benchmark
 def bench_step(build_dir: str | Path, steps: int = 200, interpreter: str = DEFAULT_INTERPRETER,
                resolver: str = "auto", warmup: int = 10) -> dict[str, Any]:
-    """Update-step throughput in this process (samples/s over ``steps`` calls after ``warmup``, 1 thread)
-    and the update step's peak RSS increase (fresh process, see :func:`profile`)."""
+    """Update-step throughput in this process (samples/s over ``steps`` calls after ``warmup``, 1 thread;
+    also per CPU-second of this process, which a loaded machine distorts less) and the update step's peak
+    RSS increase (fresh process, see :func:`profile`)."""
     dev = TFLiteDevice(build_dir, interpreter, resolver, 1)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((dev.batch, *dev.spec.input_shape)).astype(np.float32)
     y = rng.integers(0, dev.spec.num_classes, dev.batch).astype(np.int32)
     for _ in range(warmup):
         dev.model.step(x, y, dev.lr)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         dev.model.step(x, y, dev.lr)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     mem = _measure("update", Path(build_dir), interpreter, resolver)
     return {"samples_per_second": steps * dev.batch / dt, "steps_per_second": steps / dt,
+            "samples_per_cpu_second": steps * dev.batch / max(cpu, 1e-9),
             "peak_rss_bytes": mem["measured_peak_bytes"],
             "planned_peak_bytes": dev.manifest["planned_memory"]["update_step_peak_bytes"]}
 

@@ -92,6 +92,7 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target
         "format": "edgesp-build", "format_version": 1,
         "target": target.name, "target_description": target.to_dict(), "runtime": "tflite",
         "batch": int(batch),
+        "on_device_rule": "sigprop", "sp_loss": spec.rule.loss, "trained_with": spec.rule.name,
         "artifacts": {"inference": MODEL_FILE, "update": MODEL_FILE, "state": STATE_FILE},
         "signatures": {"init": "init", "update": "step", "get": "get", "inference": "infer"},
         "hashes": {MODEL_FILE: hashlib.sha256(data).hexdigest(),

@@ -27,6 +27,9 @@ DEFAULT_INTERPRETER = "litert"
 def interpreter_module(name: str) -> Any:
     if name not in INTERPRETERS:
         raise CompileError(f"unknown TFLite interpreter {name!r}; choose one of {', '.join(INTERPRETERS)}")
+    if name == "tflite_runtime" and int(np.__version__.split(".")[0]) >= 2:
+        raise RuntimeMissingError(f"tflite-runtime 2.14 does not work with numpy {np.__version__} (needs numpy < 2): "
+                                  "use the litert interpreter (ai-edge-litert)")
     try:
         return importlib.import_module(INTERPRETERS[name])
     except ImportError as e:

@@ -56,12 +56,15 @@ class _Base:
 
     def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int) -> None:
         if spec.is_spiking:
-            raise SpecError(f"rule {spec.rule.name!r} is for non-spiking models; "
-                            "for --model snn use sp-voltage, sp-surrogate, sp-online, bptt or rtrl")
+            raise SpecError(
+                f"rule {spec.rule.name!r} is for non-spiking models; "
+                "for --model snn use sp-voltage, sp-surrogate, sp-online, bptt or rtrl"
+            )
         missing = set(spec.param_shapes()) - set(params)
         if missing:
-            raise SpecError(f"parameters missing for {sorted(missing)}: "
-                            "initialise them with edgesp.functional.init_params")
+            raise SpecError(
+                f"parameters missing for {sorted(missing)}: initialise them with edgesp.functional.init_params"
+            )
         self.spec = spec
         self.seed = seed
         self.p: dict[str, torch.Tensor] = {}
@@ -78,8 +81,9 @@ class _Base:
             [f"blocks.{i}.{k}" for k in block[0].param_shapes()] for i, block in enumerate(spec.blocks)
         ]
         self.layer_names.append([f"head.{k}" for k in spec.head.param_shapes()])
-        self.optimizers = [make_optimizer(spec.rule.optimizer, [self.p[n] for n in names])
-                           for names in self.layer_names]
+        self.optimizers = [
+            make_optimizer(spec.rule.optimizer, [self.p[n] for n in names]) for names in self.layer_names
+        ]
         self.generator = torch.Generator().manual_seed(seed)  # dropout masks
 
     # -- contract
@@ -94,8 +98,9 @@ class _Base:
     def params(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for name in self.spec.param_shapes():
-            out[name] = self._passthrough[name].copy() if name in self._passthrough else \
-                self.p[name].detach().numpy().copy()
+            out[name] = (
+                self._passthrough[name].copy() if name in self._passthrough else self.p[name].detach().numpy().copy()
+            )
         return out
 
     def _step(self, grads: dict[str, torch.Tensor]) -> None:
@@ -141,7 +146,8 @@ class FeedbackTrainer(_Base):
                 d = math.prod(spec.block_output_shape(i))
                 b = 1.0 / math.sqrt(d)
                 self.feedback[f"blocks.{i}"] = torch.tensor(
-                    rng.uniform(-b, b, (spec.num_classes, d)).astype(np.float32))
+                    rng.uniform(-b, b, (spec.num_classes, d)).astype(np.float32)
+                )
         else:
             for prefix in [f"blocks.{i}" for i in range(len(spec.blocks))] + ["head"]:
                 shape = tuple(self.p[prefix + ".weight"].shape)
@@ -194,11 +200,13 @@ class FeedbackTrainer(_Base):
                 bias_dims: tuple[int, ...] = (0,)
             elif isinstance(layer, Conv1d):
                 grads[prefix + "weight"] = torch.nn.grad.conv1d_weight(
-                    h_in, tuple(self.p[prefix + "weight"].shape), da, layer.stride, layer.padding)
+                    h_in, tuple(self.p[prefix + "weight"].shape), da, layer.stride, layer.padding
+                )
                 bias_dims = (0, 2)
             elif isinstance(layer, Conv2d):
                 grads[prefix + "weight"] = torch.nn.grad.conv2d_weight(
-                    h_in, tuple(self.p[prefix + "weight"].shape), da, layer.stride, layer.padding)
+                    h_in, tuple(self.p[prefix + "weight"].shape), da, layer.stride, layer.padding
+                )
                 bias_dims = (0, 2, 3)
             else:  # pragma: no cover - the spec guarantees a parametric first layer
                 raise SpecError(f"block {i}: no feedback rule for {type(layer).__name__}")
@@ -214,8 +222,9 @@ class FeedbackTrainer(_Base):
                     dh = torch.nn.grad.conv2d_input(tuple(h_in.shape), fb, da, layer.stride, layer.padding)
         return grads
 
-    def gradients(self, x: np.ndarray, y: np.ndarray,
-                  error: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], float]:
+    def gradients(
+        self, x: np.ndarray, y: np.ndarray, error: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], float]:
         """ΔW for a batch (optionally with a given output error e instead of the CE error) and the CE."""
         yt = torch.as_tensor(np.asarray(y)).long()
         c = self.forward(self._inputs(x))
@@ -249,8 +258,9 @@ class LocalTrainer(_Base):
             b = 1.0 / math.sqrt(d)
             w = rng.uniform(-b, b, (spec.num_classes, d)).astype(np.float32)
             bias = rng.uniform(-b, b, (spec.num_classes,)).astype(np.float32)
-            self.aux.append({"weight": torch.tensor(w, requires_grad=True),
-                             "bias": torch.tensor(bias, requires_grad=True)})
+            self.aux.append(
+                {"weight": torch.tensor(w, requires_grad=True), "bias": torch.tensor(bias, requires_grad=True)}
+            )
         self.optimizers = [
             make_optimizer(spec.rule.optimizer, [self.p[n] for n in names] + list(self.aux[i].values()))
             for i, names in enumerate(self.layer_names[:-1])
@@ -289,7 +299,7 @@ class LocalTrainer(_Base):
             loss = F.cross_entropy(F.linear(self._aux_features(i, out), aux["weight"], aux["bias"]), yt)
             names = self.layer_names[i]
             g = torch.autograd.grad(loss, [self.p[n] for n in names] + [aux["weight"], aux["bias"]])
-            grads.update(zip(names, g[:len(names)], strict=True))
+            grads.update(zip(names, g[: len(names)], strict=True))
             aux["weight"].grad, aux["bias"].grad = g[len(names)], g[len(names) + 1]
             losses[f"block{i}"] = float(loss.detach())
             h = out.detach()

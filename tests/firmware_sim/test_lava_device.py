@@ -60,3 +60,48 @@ def test_profile_reports_per_core_memory_and_measured_peak(tmp_path):
         assert p[key]["planned_peak_bytes"] == p["planned_memory"]["total_bytes"]
         assert p[key]["worker_processes"] >= 5
     assert "bp_baseline" in p
+
+
+def test_ctrl_c_to_the_process_group_stops_the_runtime(tmp_path):
+    """Ctrl-C in a terminal sends SIGINT to every process of the group (host and Lava workers): the host must
+    get KeyboardInterrupt, stop the runtime and leave no worker behind (Lava 0.10 hangs if a worker dies)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    build = _build(tmp_path, "lava-cpu")
+    code = (
+        "import sys\n"
+        "from compilers.lava.network import LavaSession, prepare_inputs\n"
+        "from compilers.lava.network_desc import load_netdesc\n"
+        "from firmware_sim import read_manifest\n"
+        "import numpy as np\n"
+        f"b = {str(build)!r}\n"
+        "desc = load_netdesc(b, read_manifest(b))\n"
+        "x = prepare_inputs(desc, np.zeros((5000, 64)))\n"
+        "def tick(s):\n"
+        "    print('running', flush=True)\n"
+        "with LavaSession(desc, x, np.zeros(5000, int), np.ones(5000, bool)) as s:\n"
+        "    s.run_all(40, tick)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", code], cwd=root, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        group = os.getpgid(proc.pid)
+        os.killpg(group, signal.SIGINT)
+        proc.wait(timeout=30)
+        err = proc.stderr.read()
+        assert "KeyboardInterrupt" in err
+        for _ in range(50):  # multiprocessing's resource tracker exits shortly after its parent
+            left = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split()
+            if not left:
+                break
+            time.sleep(0.2)
+        assert left == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(os.getpgid(proc.pid), signal.SIGKILL)

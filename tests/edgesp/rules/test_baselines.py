@@ -39,7 +39,7 @@ def test_learns_digits(digits, rule):
     for _ in range(5):
         idx = rng.permutation(len(xtr))
         for s in range(0, len(idx), 32):
-            b = idx[s:s + 32]
+            b = idx[s : s + 32]
             losses = tr.train_step(xtr[b], digits.y_train[b])
     assert np.isfinite(losses["ce"])
     acc = (tr.predict(digits.x_test.reshape(len(digits.x_test), -1)).argmax(1) == digits.y_test).mean()
@@ -108,8 +108,9 @@ def _bp_grads(spec, params, x, y):
     return dict(zip(names, torch.autograd.grad(loss, [p[n] for n in names]), strict=True))
 
 
-@pytest.mark.parametrize("preset,shape", [("mlp", (12,)), ("cnn1d", (2, 16)), ("cnn2d", (1, 8, 8)),
-                                          ("vgg8", (3, 8, 8))])
+@pytest.mark.parametrize(
+    "preset,shape", [("mlp", (12,)), ("cnn1d", (2, 16)), ("cnn2d", (1, 8, 8)), ("vgg8", (3, 8, 8))]
+)
 def test_fa_with_weight_transport_is_bp(preset, shape):
     """FA with B_l := W_l is backpropagation: explicit Linear/conv-transpose formulas vs autograd."""
     spec = _spec(preset, shape, "fa", classes=4, width=7, channels=3)
