@@ -359,7 +359,7 @@ def table(rows) -> str:
     mib = 2**20
     head = ("| depth | batch | BP/ORT-training samples/s | BP/torch samples/s | ORT÷torch | ORT samples/CPU-s "
             "| torch samples/CPU-s | CPU÷wall | load +MiB | step-1 peak +MiB | step-2 peak +MiB | params MiB "
-            "| params+grads+moments MiB | grad rel. err vs torch | ΔW after 1 step | ΔW after N steps |")
+            "| params+grads(+Adam moments) MiB | grad rel. err vs torch | ΔW after 1 step | ΔW after N steps |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         dw = " | ".join(f"{r[k]:.1e}" if k in r else "–"

@@ -8,7 +8,8 @@ that moment. Time per epoch is the mean wall time of the training epochs (evalua
 thread by default. Digits (1×8×8) are flattened to 64 features for the MLP and to (1, 64) for the CNN.
 
     .venv/bin/python bench/rules.py [--seeds 3] [--epochs-digits 20] [--epochs-mnist1d 25]
-                                    [--batch-digits 32] [--batch-mnist1d 64] [--sp-lr/--sp-loss/--sp-temperature]
+                                    [--batch-digits 32] [--batch-mnist1d 64]
+                                    [--sp-lr/--sp-loss/--sp-temperature/--sp-signal]
 
 Prints a table, writes JSON (``--out``), a markdown table (``--md``) and a PNG of the accuracies.
 """
@@ -34,7 +35,7 @@ from edgesp.data import Dataset, load_dataset  # noqa: E402
 from edgesp.functional import init_params  # noqa: E402
 from edgesp.presets import build_spec  # noqa: E402
 from edgesp.rules import make_trainer  # noqa: E402
-from edgesp.spec import ModelSpec, OptimizerSpec, RuleSpec  # noqa: E402
+from edgesp.spec import ModelSpec, OptimizerSpec, RuleSpec, SignalSpec  # noqa: E402
 
 RULES = ("bp", "fa", "dfa", "local", "sigprop")
 DATASETS = ("digits", "mnist1d")
@@ -58,7 +59,14 @@ def build(args: argparse.Namespace, ds: Dataset, model: str, rule: str) -> Model
         name=rule, loss=args.sp_loss, temperature=args.sp_temperature, optimizer=OptimizerSpec(name="adam", lr=lr)
     )
     return build_spec(
-        model, shape, ds.num_classes, width=args.width, depth=args.depth, channels=args.channels, rule=rule_spec
+        model,
+        shape,
+        ds.num_classes,
+        width=args.width,
+        depth=args.depth,
+        channels=args.channels,
+        rule=rule_spec,
+        signal=SignalSpec(kind=args.sp_signal),
     )
 
 
@@ -255,6 +263,7 @@ def main() -> None:
     ap.add_argument("--sp-lr", type=float, default=RuleSpec().optimizer.lr, help="Adam lr of sigprop")
     ap.add_argument("--sp-loss", default=RuleSpec().loss)
     ap.add_argument("--sp-temperature", type=float, default=RuleSpec().temperature)
+    ap.add_argument("--sp-signal", default=SignalSpec().kind, choices=("learned", "fixed"), help="sigprop signal")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--out", type=Path, default=Path("bench/results/rules.json"))
     ap.add_argument("--md", type=Path, default=Path("bench/results/rules_table.md"))

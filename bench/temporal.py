@@ -199,7 +199,7 @@ def main() -> None:
     from edgesp.atomic import write_text
     from edgesp.data import load_dataset
 
-    results: dict = {"command": "python bench/temporal.py" + (" --quick" if a.quick else ""), "accuracy": [],
+    results: dict = {"command": " ".join(["python", "bench/temporal.py", *sys.argv[1:]]), "accuracy": [],
                      "cost": [], "torch_threads": 1}
     out = Path(a.out)
     if a.skip_accuracy and out.exists():  # keep the accuracy rows of an earlier run

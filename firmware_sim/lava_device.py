@@ -213,7 +213,7 @@ def _measure(desc: NetDesc, learn: bool, samples: int, seed: int) -> dict[str, A
         pss = sum(_pss_bytes(p) for p in pids)
     finally:
         sess.stop()
-    return {"measured_peak_bytes": int(sum(hwm.values())), "measured_pss_bytes": int(pss),
+    return {"measured_peak_bytes": int(pss), "measured_rss_peak_sum_bytes": int(sum(hwm.values())),
             "worker_processes": len(pids), "largest_worker_peak_bytes": int(max(hwm.values(), default=0)),
             "timesteps": sess.total_steps, "timesteps_per_second": sess.total_steps / sess.run_seconds}
 
@@ -231,9 +231,11 @@ def profile(build_dir: str | Path, batch: int | None = None, **options: Any) -> 
     update = _measure(desc, True, samples, seed)
     inference["planned_peak_bytes"] = planned_inf
     update["planned_peak_bytes"] = planned_inf
-    note = ("measured = sum of VmHWM of the Lava runtime's worker processes (one OS process per Lava process, "
-            "forked: shared pages are counted in each, so this is an upper bound; measured_pss_bytes is the "
-            "proportional share at the end of the run); planned = synapse + neuron memory on the chip's cores")
+    note = ("measured_peak_bytes = sum of the proportional set size (PSS) of the Lava runtime's worker processes "
+            "(one OS process per Lava process) at the end of the run, when the network is in steady state: pages "
+            "shared with the forked host (Python, numpy, torch) are divided among the sharers; "
+            "measured_rss_peak_sum_bytes = sum of their peak RSS (VmHWM), an upper bound that counts those "
+            "shared pages in every worker; planned = synapse + neuron memory on the chip's cores")
     return {
         "target": manifest["target"],
         "precision": desc.precision,

@@ -11,7 +11,9 @@ The session streams all N samples (T steps each) through one network in as many 
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -25,13 +27,32 @@ from compilers.lava.reference import input_frac, quantise_inputs
 from edgesp.errors import CompileError, RuntimeMissingError
 
 
+@contextlib.contextmanager
+def _lava_may_set_start_method() -> Iterator[None]:
+    """Lava's message infrastructure calls ``multiprocessing.set_start_method('fork')`` at import, which raises
+    'context has already been set' when anything in this process fixed the start method before (e.g. the
+    training loop run by ``edgesp demo``). Let that one call through with ``force=True``."""
+    import multiprocessing as mp
+
+    if mp.get_start_method(allow_none=True) is None or "lava.magma.runtime.runtime" in sys.modules:
+        yield
+        return
+    orig = mp.set_start_method
+    mp.set_start_method = functools.partial(orig, force=True)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        mp.set_start_method = orig  # type: ignore[assignment]
+
+
 def import_lava() -> dict[str, Any]:
     """The Lava pieces we need, or a one-line RuntimeMissingError."""
     try:
-        from lava.magma.core.run_conditions import RunSteps
-        from lava.magma.core.run_configs import Loihi2SimCfg
+        with _lava_may_set_start_method():
+            from lava.magma.core.run_conditions import RunSteps
+            from lava.magma.core.run_configs import Loihi2SimCfg
 
-        from compilers.lava import processes
+            from compilers.lava import processes
     except ImportError as e:
         raise RuntimeMissingError(f"lava-nc cannot be imported ({e}): run 'make setup' (lava-nc 0.10.0, numpy<2)") \
             from None
