@@ -8,8 +8,8 @@ and time per sample of one training step of batch 32 on rate-coded digits-shaped
 T = 10, 40, 100, 400, 1000, and for RTRL against the hidden width (state size) at T = 40.
 Writes bench/results/temporal.json and bench/results/temporal.png.
 
-    .venv/bin/python bench/temporal.py            # default, ≈ 10-15 min on 1 core
-    .venv/bin/python bench/temporal.py --quick    # smoke run (tiny epochs, T ≤ 100)
+    .venv/bin/python bench/temporal.py            # default (see docs/benchmarks/temporal.md for its run time)
+    .venv/bin/python bench/temporal.py --quick    # smoke run (1 epoch on 512 samples, T ≤ 100)
 """
 
 from __future__ import annotations
@@ -214,12 +214,12 @@ def main() -> None:
                             ("bptt", 128, 2, 4, 3e-3, False, None),
                             ("sp-voltage", 16, 1, 4, 3e-3, False, None),
                             ("bptt", 16, 1, 4, 3e-3, False, None),
-                            ("rtrl", 16, 1, 4, 3e-3, False, None)]),
-            "mnist1d-seq": (40, [("sp-voltage", 64, 1, 3, 3e-3, False, None),
-                                 ("sp-surrogate", 64, 1, 3, 3e-3, False, None),
-                                 ("sp-online", 64, 1, 3, 1e-3, False, None),
-                                 ("bptt", 64, 1, 3, 3e-3, False, None),
-                                 ("bptt", 64, 1, 3, 3e-3, True, None),
+                            ("rtrl", 16, 1, 2, 3e-3, False, None)]),
+            "mnist1d-seq": (40, [("sp-voltage", 64, 1, 2, 3e-3, False, None),
+                                 ("sp-surrogate", 64, 1, 2, 3e-3, False, None),
+                                 ("sp-online", 64, 1, 2, 1e-3, False, None),
+                                 ("bptt", 64, 1, 2, 3e-3, False, None),
+                                 ("bptt", 64, 1, 2, 3e-3, True, None),
                                  ("bptt", 16, 1, 2, 3e-3, False, 1000),
                                  ("rtrl", 16, 1, 2, 3e-3, False, 1000),
                                  ("bptt", 16, 1, 2, 3e-3, True, 1000),

@@ -4,7 +4,9 @@
 Notation per block i and step t: s_in[t] the block's input (encoded sample, or spikes of block i−1, detached),
 a[t] = W s_in[t] + b, LIF: u[t] = (1−du) u[t−1] + a[t], v[t] = (1−dv) v[t−1] + u[t] + bias (pre-reset
 membrane), s[t] = S(v[t]) = 1[v[t] > θ]. Sample stream h and target stream t pass the *same* W, each with its
-own neuron state. Target stream input of block 0: t0 = signal_forward(y) as a direct current every step
+own neuron state; the target stream has one row per class (C rows, by class id, so labels may change between
+steps) and each loss uses the rows of the classes in the batch (de-duplicated targets, positives = same class).
+Target stream input of block 0: t0 = signal_forward(y) as a direct current every step
 (:mod:`edgesp.encoding`); when the per-step input has fewer features than classes (1-channel sequences) the
 target enters at the first hidden layer instead: a^t_0[t] = relu(LN(P onehot(y))) with P (H_0×C) fixed,
 N(0,1), seeded by ``temporal.seed`` (the SP tutorial's "signal into the first hidden layer" option).
