@@ -96,6 +96,29 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
     )
 
 
+def _check_names(args: argparse.Namespace) -> None:
+    """Fail fast on unknown names, before any data is loaded."""
+    from edgesp.presets import PRESETS
+    from edgesp.spec import OPTIMIZERS, RULES, SIGNAL_KINDS, SP_LOSSES
+
+    for flag, value, known in (
+        ("--model", args.model, PRESETS),
+        ("--rule", args.rule, RULES),
+        ("--loss", args.loss, SP_LOSSES),
+        ("--optimizer", args.optimizer, OPTIMIZERS),
+        ("--signal", args.signal, SIGNAL_KINDS),
+    ):
+        if value not in known:
+            what = {
+                "--model": "model",
+                "--rule": "rule",
+                "--loss": "sigprop loss",
+                "--optimizer": "optimizer",
+                "--signal": "signal kind",
+            }[flag]
+            raise SpecError(f"unknown {what} {value!r} ({flag}); choose one of {', '.join(known)}")
+
+
 def _check_positive(name: str, v: int) -> None:
     if v < 1:
         raise SpecError(f"--{name} must be >= 1, got {v}")
@@ -113,6 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _check_positive("epochs", args.epochs)
     _check_positive("batch", args.batch)
+    _check_names(args)
     torch.manual_seed(args.seed)
     data = load_dataset(args.data, seed=args.seed)
     spec = _spec_from_args(args, data)
@@ -212,6 +236,7 @@ def _load_model_for_compile(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.fresh:
         if args.checkpoint:
             raise SpecError("give either a CHECKPOINT or --fresh, not both")
+        _check_names(args)
         data = load_dataset(args.data, seed=args.seed)
         spec = _spec_from_args(args, data)
         return spec, init_params(spec, args.seed)
