@@ -2,7 +2,7 @@
 #   make demo   set up .venv, then train -> compile -> simulate -> profile on the embedded digits set
 #   make test   set up .venv, then run the test suite
 PY := .venv/bin/python
-.PHONY: setup demo demo-tflite demo-lava test lint bench clean
+.PHONY: setup demo demo-tflite demo-lava test lint bench bench-ort-training clean
 
 setup:
 	@bash scripts/setup_venv.sh
@@ -18,6 +18,14 @@ demo-lava: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2 tests
+
+bench: setup
+	$(PY) bench/ondevice.py
+	$(PY) bench/ondevice.py --optimizer sgd
+
+bench-ort-training:
+	bash bench/ort_training_setup.sh
+	.venv-ort-training/bin/python bench/ort_training_bp.py
 
 lint: setup
 	$(PY) -m ruff check .
