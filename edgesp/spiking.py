@@ -60,7 +60,7 @@ class SpikeDerivativeUsed(RuntimeError):
 
 class _StrictSpike(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, v: torch.Tensor, threshold: float) -> torch.Tensor:  # noqa: D401
+    def forward(ctx, v: torch.Tensor, threshold: float) -> torch.Tensor:
         return (v > threshold).to(v.dtype)
 
     @staticmethod
