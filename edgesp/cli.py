@@ -49,24 +49,39 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=0.1, help="sigprop logit temperature (default 0.1)")
     g.add_argument("--signal", default="learned", help="signal generator: learned or fixed (default learned)")
     g.add_argument("--optimizer", default="adam", help=f"{', '.join(OPTIMIZERS)} (default adam)")
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default 1e-3; 3e-3 for sp-voltage, sp-surrogate, bptt and rtrl on spiking models)",
+    )
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--time-steps", type=int, default=None, help="spiking models: time steps per sample")
     g.add_argument("--encoding", default=None, help="spiking models: direct, rate or sequence")
     g.add_argument("--readout", default="membrane", help="spiking models: membrane or spike_count")
+    g.add_argument(
+        "--du", type=float, default=None, help="spiking models: LIF current decay (default 1; 0.5 for sequences)"
+    )
+    g.add_argument(
+        "--dv", type=float, default=None, help="spiking models: LIF voltage decay (default 0.2; 0.05 for sequences)"
+    )
 
 
 def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
     from edgesp.presets import build_spec
     from edgesp.spec import OptimizerSpec, RuleSpec, SignalSpec, TemporalSpec
 
+    lr = args.lr
+    if lr is None:  # defaults measured by bench/temporal.py (docs/benchmarks/temporal.md)
+        lr = 3e-3 if args.model == "snn" and args.rule in ("sp-voltage", "sp-surrogate", "bptt", "rtrl") else 1e-3
     rule = RuleSpec(
         name=args.rule,
         loss=args.loss,
         temperature=args.temperature,
-        optimizer=OptimizerSpec(name=args.optimizer, lr=args.lr, momentum=args.momentum),
+        optimizer=OptimizerSpec(name=args.optimizer, lr=lr, momentum=args.momentum),
     )
     temporal = None
+    lif = None
     if args.model == "snn":
         encoding = args.encoding or ("sequence" if data.sequence else "rate")
         steps = args.time_steps or (data.input_shape[-1] if encoding == "sequence" else 10)
@@ -76,8 +91,14 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
                 f"{data.input_shape[-1]} (got {steps})"
             )
         temporal = TemporalSpec(time_steps=steps, encoding=encoding, readout=args.readout, seed=args.seed)
-    elif args.time_steps or args.encoding:
-        raise SpecError("--time-steps/--encoding apply to spiking models only: add --model snn")
+        slow = encoding == "sequence"  # long sequences need slower neurons (measured: 12 % -> 28 % with BPTT)
+        du = args.du if args.du is not None else (0.5 if slow else 1.0)
+        dv = args.dv if args.dv is not None else (0.05 if slow else 0.2)
+        from edgesp.spec import LIF
+
+        lif = LIF(du=du, dv=dv)
+    elif args.time_steps or args.encoding or args.du is not None or args.dv is not None:
+        raise SpecError("--time-steps/--encoding/--du/--dv apply to spiking models only: add --model snn")
     shape = data.input_shape
     if args.model == "cnn1d" and len(shape) > 2:
         import math
@@ -93,6 +114,7 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         rule=rule,
         signal=SignalSpec(kind=args.signal),
         temporal=temporal,
+        lif=lif,
     )
 
 

@@ -29,8 +29,8 @@ def run_demo(out: Path, target: str = "edge-cpu", quick: bool = False) -> int:
     out.mkdir(parents=True, exist_ok=True)
     train_dir, build_dir = out / "train", out / "build"
     spiking = tgt.runtime == "lava"
-    model = ["--model", "snn", "--rule", "sp-voltage", "--width", "64"] if spiking else ["--model", "mlp"]
-    epochs = "1" if quick else ("3" if spiking else "10")
+    model = ["--model", "snn", "--rule", "sp-voltage", "--width", "128"] if spiking else ["--model", "mlp"]
+    epochs = "2" if quick and spiking else "1" if quick else ("4" if spiking else "10")
     quiet = ["--quiet"] if quick else []
     _run(["train", "--data", "digits", *model, "--epochs", epochs, "--out", str(train_dir), *quiet])
     _run(

@@ -5,7 +5,8 @@ Presets (sizes are options):
 - ``cnn1d``: (Conv1d k=5 pad=2 → LayerNorm → ReLU → MaxPool1d 2) × depth → Flatten → head
 - ``cnn2d``: (Conv2d k=3 pad=1 → LayerNorm → ReLU → MaxPool2d 2) × depth → Flatten → head
 - ``vgg8``:  cnn2d-like with two convs per stage (VGG8b-style, scaled to the input)
-- ``snn``:   (Linear → LIF) × depth → head on spike counts / membrane (needs temporal settings)
+- ``snn``:   (Linear → LIF) × depth → head on spike counts / membrane (needs temporal settings); ``lif``
+  sets the neuron (default LIF(du=1, dv=0.2); slower decays suit long sequences)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def build_spec(
     rule: RuleSpec | None = None,
     signal: SignalSpec | None = None,
     temporal: TemporalSpec | None = None,
+    lif: LIF | None = None,
 ) -> ModelSpec:
     rule = rule or RuleSpec()
     signal = signal or SignalSpec()
@@ -128,7 +130,7 @@ def build_spec(
         d = math.prod(shape)
         shape = (d,)
     for i in range(depth):
-        blocks.append((Linear(d if i == 0 else width, width), LIF()))
+        blocks.append((Linear(d if i == 0 else width, width), lif or LIF()))
     return ModelSpec(
         input_shape=shape,
         num_classes=num_classes,
