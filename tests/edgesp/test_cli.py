@@ -104,3 +104,34 @@ def test_corrupt_checkpoint_and_mismatched_data(trained, tmp_path):
     assert r.returncode == 2 and "corrupt" in r.stderr and "Traceback" not in r.stderr
     r = run(["evaluate", str(trained / "model.safetensors"), "--data", "mnist1d"])
     assert r.returncode == 2 and "expects" in r.stderr
+
+
+def test_spiking_train_evaluate_and_compile_for_lava(tmp_path):
+    out = tmp_path / "snn"
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "snn",
+                "--rule",
+                "sp-voltage",
+                "--width",
+                "64",
+                "--epochs",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.6  # chance 0.10; measured 0.85 with width 128
+    assert main(["evaluate", str(out / "model.safetensors"), "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    r = run(["compile", str(out / "model.safetensors"), "--target", "edge-cpu", "--out", str(tmp_path / "b")])
+    assert r.returncode == 2 and "Lava" in r.stderr
+    assert main(["compile", str(out / "model.safetensors"), "--target", "loihi2", "--out", str(tmp_path / "l")]) == 0
+    assert json.loads((tmp_path / "l" / "manifest.json").read_text())["runtime"] == "lava"
