@@ -248,21 +248,5 @@ def _infer(kind: str, ins: list[Value], attrs: dict[str, Any]) -> tuple[tuple[in
     raise ValueError(kind)
 
 
-def dependencies(program: Program, value: str) -> set[str]:
-    """Every input/state/const/op-output name that ``value`` transitively depends on (itself included)."""
-    producer = {op.output: op for op in program.ops}
-    seen: set[str] = set()
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        op = producer.get(v)
-        if op is not None:
-            stack.extend(op.inputs)
-    return seen
-
-
 def state_bytes(program: Program) -> int:
     return sum(4 * math.prod(s.value.shape) for s in program.states)
