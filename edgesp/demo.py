@@ -96,5 +96,11 @@ def run_demo(out: Path, target: str = "edge-cpu", quick: bool = False) -> int:
             f"update-step memory: measured {summary['update_step_measured_peak_bytes']:,} B, planned "
             f"{summary['update_step_planned_peak_bytes']:,} B"
         )
+    bp = prof.get("bp_baseline", {})
+    if bp.get("saved_activation_bytes") is not None:
+        print(
+            f"backprop of the same model (torch): saves {bp['saved_activation_bytes']:,} B of activations + "
+            f"{bp.get('gradient_bytes', 0):,} B of gradients per step"
+        )
     print(f"outputs in {out}/ (summary.json, simulate.json, profile.json, PNG curves); {summary['seconds']:.0f} s")
     return 0
