@@ -134,3 +134,16 @@ def test_inference_graph_matches_reference_evaluator_and_torch(build, rng):
     ref = ReferenceEvaluator(onnx.load(str(out / "inference.onnx"))).run(None, feeds)[0]
     np.testing.assert_allclose(got, ref, atol=1e-5)
     np.testing.assert_allclose(got, SigpropTrainer(spec, params).predict(x), atol=1e-5)
+
+
+def test_user_target_file_is_checked(tmp_path):
+    """A user's own TOML target: its budget is enforced and its name appears in the error and the manifest."""
+    spec, params = make(width=64)
+    tight = tmp_path / "my-mcu.toml"
+    tight.write_text('name = "my-mcu"\nruntime = "onnxruntime"\nmemory_budget_bytes = 50000\n')
+    with pytest.raises(TargetError, match=r"does not fit my-mcu: .* budget is 50,000 B"):
+        compile_model(spec, params, load_target(str(tight)), tmp_path / "b1", batch=8)
+    roomy = tmp_path / "my-sbc.toml"
+    roomy.write_text('name = "my-sbc"\nruntime = "onnxruntime"\nmemory_budget_bytes = 100000000\nthreads = 2\n')
+    manifest = compile_model(spec, params, load_target(str(roomy)), tmp_path / "b2", batch=8)
+    assert manifest["target"] == "my-sbc" and manifest["target_description"]["threads"] == 2
