@@ -17,6 +17,7 @@ demo-lava: setup
 	$(PY) -m edgesp demo --out build/demo-lava --target lava-cpu
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n 2 tests
 
 bench: setup
