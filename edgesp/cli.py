@@ -343,9 +343,43 @@ def cmd_profile(args: argparse.Namespace) -> int:
             r = res[key]
             parts = [f"{k}={v:,}" for k, v in r.items() if isinstance(v, int)]
             print(f"  {key:<12} " + "  ".join(parts))
+    png = Path(args.png) if args.png else Path(args.build) / "memory_profile.png"
+    _plot_profile(png, res, manifest["runtime"])
+    print(f"  plot: {png}")
     if args.json:
         _write_json(args.json, res)
     return 0
+
+
+def _plot_profile(png: Path, res: dict[str, Any], runtime: str) -> None:
+    """Bars in KiB: the runtime's measured peak, the plan's transient part, and BP's exact saved bytes."""
+    from edgesp.train import plot_bars
+
+    groups: dict[str, dict[str, float]] = {}
+    for key, label in (("inference", "inference"), ("update_step", "SP update step")):
+        r = res.get(key, {})
+        vals: dict[str, float] = {}
+        if isinstance(r.get("measured_peak_bytes"), int):
+            vals["measured peak (runtime)"] = r["measured_peak_bytes"] / 1024
+        planned = r.get("planned_activation_bytes", r.get("planned_peak_bytes"))
+        if isinstance(planned, int):
+            vals["planned transient (BP: exact saved + grads)"] = planned / 1024
+        if vals:
+            groups[label] = vals
+    bp = res.get("bp_baseline", {})
+    if isinstance(bp.get("saved_activation_bytes"), int):
+        groups["BP training step (torch)"] = {
+            "measured peak (runtime)": bp.get("measured_peak_bytes", 0) / 1024,
+            "planned transient (BP: exact saved + grads)": (bp["saved_activation_bytes"] + bp.get("gradient_bytes", 0))
+            / 1024,
+        }
+    if groups:
+        plot_bars(
+            png,
+            groups,
+            "KiB",
+            f"memory profile ({runtime}, batch {res.get('batch')}); BP 'planned' = saved activations + gradients",
+        )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -412,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("build")
     m.add_argument("--batch", type=int, default=None)
     m.add_argument("--json", default=None)
+    m.add_argument("--png", default=None, help="bar chart (default BUILD/memory_profile.png)")
     _add_runtime_args(m)
     m.set_defaults(func=cmd_profile)
 

@@ -106,3 +106,30 @@ def plot_curve(path: str | Path, xs: list[float], series: dict[str, list[float]]
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def plot_bars(path: str | Path, groups: dict[str, dict[str, float]], ylabel: str, title: str) -> None:
+    """Grouped bar chart (PNG, written atomically): ``groups[group][series] = value``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgesp.atomic import atomic_path
+
+    names = list(groups)
+    series = sorted({k for g in groups.values() for k in g})
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, sname in enumerate(series):
+        xs = [j + i * width for j in range(len(names))]
+        ax.bar(xs, [groups[n].get(sname, 0) for n in names], width, label=sname)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(names))], names)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

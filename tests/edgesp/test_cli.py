@@ -51,6 +51,7 @@ def test_compile_simulate_profile_from_cli(trained, tmp_path):
     for k in ("inference", "update_step"):
         assert {"measured_peak_bytes", "planned_peak_bytes"} <= set(prof[k])
     assert "measured_peak_bytes" in prof["bp_baseline"]
+    assert (build / "memory_profile.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_compile_fresh(tmp_path):
