@@ -26,7 +26,7 @@ from torch.func import jacrev, vmap
 
 from edgesp.encoding import Encoder, num_steps
 from edgesp.functional import Params
-from edgesp.snn import BlockState, Readout, block_step, empty_readout, readout_decay
+from edgesp.snn import BlockState, Readout, block_step, readout_decay, run
 from edgesp.spec import LIF, ModelSpec
 from edgesp.spiking import LIFState, SpikeFn
 
@@ -54,17 +54,9 @@ def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def bptt_loss(spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, params: Params, spike: SpikeFn,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward over all T steps keeping the autograd graph (nothing detached). Returns (loss, logits)."""
-    enc = Encoder(spec, x, generator)
-    states = [BlockState() for _ in spec.blocks]
-    ro = empty_readout(spec, x.shape[0], x)
-    decay = readout_decay(spec)
-    for t in range(num_steps(spec)):
-        h = enc.step(t)
-        for i in range(len(spec.blocks)):
-            h, _, states[i] = block_step(spec, i, h, params, states[i], spike)
-        ro = ro.step(h, decay)
-    logits = ro.logits(spec, params)
+    """Forward over all T steps keeping the autograd graph (nothing detached; the same stepping as
+    :func:`edgesp.snn.run`). Returns (loss, logits)."""
+    logits = run(spec, x, params, spike, generator)
     return _ce(logits, y), logits
 
 
