@@ -297,9 +297,17 @@ def lower_inference(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) 
     return p
 
 
+BATCH_LOSSES = ("v9", "v14", "v15")
+
+
 def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> Program:
     """The whole SP update step (see module docstring). Outputs ``loss_k`` per layer k."""
     _check_supported(spec)
+    if batch == 1 and spec.rule.loss in BATCH_LOSSES:
+        raise CompileError(
+            f"sigprop loss {spec.rule.loss} compares the samples of a batch and is constant at batch 1 (no hidden "
+            "layer would learn): compile with --loss v1 (direct label) for batch-1 on-device learning, or a batch >= 2"
+        )
     p = Program("sp_update")
     x = p.input("x", (batch, *spec.input_shape))
     y = p.input("y", (batch,), I32)

@@ -45,7 +45,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, default=128, help="hidden width of mlp/snn (default 128)")
     g.add_argument("--depth", type=int, default=2, help="number of blocks/stages (default 2)")
     g.add_argument("--channels", type=int, default=16, help="first conv stage channels (default 16)")
-    g.add_argument("--loss", default="v9", help=f"sigprop local loss: {', '.join(SP_LOSSES)} (default v9)")
+    g.add_argument(
+        "--loss",
+        default=None,
+        help=f"sigprop local loss: {', '.join(SP_LOSSES)} (default v9; with 'compile CHECKPOINT' it overrides "
+        "the checkpoint's loss for the on-device step)",
+    )
     g.add_argument("--temperature", type=float, default=0.1, help="sigprop logit temperature (default 0.1)")
     g.add_argument("--signal", default="learned", help="signal generator: learned or fixed (default learned)")
     g.add_argument("--optimizer", default="adam", help=f"{', '.join(OPTIMIZERS)} (default adam)")
@@ -76,7 +81,7 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         lr = 3e-3 if args.model == "snn" and args.rule in ("sp-voltage", "sp-surrogate", "bptt", "rtrl") else 1e-3
     rule = RuleSpec(
         name=args.rule,
-        loss=args.loss,
+        loss=args.loss or "v9",
         temperature=args.temperature,
         optimizer=OptimizerSpec(name=args.optimizer, lr=lr, momentum=args.momentum),
     )
@@ -126,7 +131,7 @@ def _check_names(args: argparse.Namespace) -> None:
     for flag, value, known in (
         ("--model", args.model, PRESETS),
         ("--rule", args.rule, RULES),
-        ("--loss", args.loss, SP_LOSSES),
+        ("--loss", args.loss or "v9", SP_LOSSES),
         ("--optimizer", args.optimizer, OPTIMIZERS),
         ("--signal", args.signal, SIGNAL_KINDS),
     ):
@@ -254,6 +259,7 @@ def _load_model_for_compile(args: argparse.Namespace) -> tuple[Any, Any]:
     from edgesp.checkpoint import load_checkpoint
     from edgesp.data import load_dataset
     from edgesp.functional import init_params
+    from edgesp.spec import SP_LOSSES
 
     if args.fresh:
         if args.checkpoint:
@@ -265,6 +271,10 @@ def _load_model_for_compile(args: argparse.Namespace) -> tuple[Any, Any]:
     if not args.checkpoint:
         raise SpecError("compile needs a CHECKPOINT (from 'edgesp train') or --fresh --data D --model M --rule R")
     spec, params, _ = load_checkpoint(args.checkpoint)
+    if args.loss:
+        if args.loss not in SP_LOSSES:
+            raise SpecError(f"unknown sigprop loss {args.loss!r} (--loss); choose one of {', '.join(SP_LOSSES)}")
+        spec = spec.replace_rule(loss=args.loss)
     return spec, params
 
 

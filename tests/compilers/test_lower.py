@@ -48,3 +48,21 @@ def test_unsupported_models_are_refused():
     spec, params = make("snn", (64,))
     with pytest.raises(CompileError, match="Lava"):
         lower_update(spec, params, 4)
+
+
+def test_batch_losses_are_refused_at_batch_one_and_v1_learns_there(rng):
+    """v9 compares the samples of a batch: at batch 1 its loss is constant, so compiling it is refused;
+    v1 (one target per class) gives the batch-1 step real gradients that match the torch trainer."""
+    spec, params = make(loss="v9")
+    with pytest.raises(CompileError, match="--loss v1"):
+        lower_update(spec, params, 1)
+    spec, params = make(loss="v1", opt="sgd")
+    prog = lower_update(spec, params, 1)
+    trainer = SigpropTrainer(spec, params, 0)
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    y = np.array([3])
+    _, new = interp.run(prog, {"x": x, "y": y.astype(np.int32), "lr": np.float32(1e-2)})
+    trainer.train_step(x, y)
+    for k, v in trainer.params().items():
+        np.testing.assert_allclose(new[k], v, atol=1e-6, err_msg=k)
+    assert np.abs(new["blocks.0.weight"] - params["blocks.0.weight"]).max() > 1e-5

@@ -136,3 +136,14 @@ def test_spiking_train_evaluate_and_compile_for_lava(tmp_path):
     assert r.returncode == 2 and "Lava" in r.stderr
     assert main(["compile", str(out / "model.safetensors"), "--target", "loihi2", "--out", str(tmp_path / "l")]) == 0
     assert json.loads((tmp_path / "l" / "manifest.json").read_text())["runtime"] == "lava"
+
+
+def test_compile_loss_override_for_batch_one(trained, tmp_path):
+    ckpt = str(trained / "model.safetensors")
+    r = run(["compile", ckpt, "--target", "edge-cpu", "--out", str(tmp_path / "b"), "--batch", "1"])
+    assert r.returncode == 2 and "--loss v1" in r.stderr and not (tmp_path / "b").exists()
+    assert (
+        main(["compile", ckpt, "--target", "edge-cpu", "--out", str(tmp_path / "b"), "--batch", "1", "--loss", "v1"])
+        == 0
+    )
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["sp_loss"] == "v1"
