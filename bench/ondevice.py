@@ -35,7 +35,7 @@ from edgesp.functional import init_params, predict_logits, to_torch  # noqa: E40
 from edgesp.presets import build_spec  # noqa: E402
 from edgesp.rules.optim import make_optimizer  # noqa: E402
 from edgesp.rules.sigprop import SigpropTrainer  # noqa: E402
-from firmware_sim.onnx_device import OrtDevice, _ort_profile_peak  # noqa: E402
+from firmware_sim.onnx_device import OrtDevice, ort_profile_peaks  # noqa: E402
 from targets import load_target  # noqa: E402
 
 
@@ -104,7 +104,7 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam"):
                 dev = OrtDevice(tmp, threads=1)
                 sp_ort = _rate(lambda dev=dev, x=x, y=y: dev.step(x, y), steps, batch)
                 sp_ort_wall = _rate.wall
-                sp_mem = _ort_profile_peak(Path(tmp), "update", lambda d, x=x, y=y: d.step(x, y))
+                sp_mem, _ = ort_profile_peaks(Path(tmp), x, y)
                 tfl = None
                 if tfl_bench:
                     try:

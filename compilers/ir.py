@@ -124,12 +124,6 @@ class Program:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.values[name].shape
 
-    def state_layer(self, name: str) -> int | None:
-        for s in self.states:
-            if s.value.name == name:
-                return s.layer
-        return None
-
     # ----------------------------------------------------------------- ops
     def op(self, kind: str, *inputs: str, hint: str | None = None, **attrs: Any) -> str:
         if kind not in KINDS:
@@ -246,7 +240,3 @@ def _infer(kind: str, ins: list[Value], attrs: dict[str, Any]) -> tuple[tuple[in
     if kind == "pad":
         return tuple(n + p0 + p1 for n, (p0, p1) in zip(ins[0].shape, attrs["pads"], strict=True)), ins[0].dtype
     raise ValueError(kind)
-
-
-def state_bytes(program: Program) -> int:
-    return sum(4 * math.prod(s.value.shape) for s in program.states)

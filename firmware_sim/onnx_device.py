@@ -147,7 +147,16 @@ class OrtDevice:
         return float((np.argmax(self.predict(x), axis=1) == y).mean())
 
     def weights(self) -> dict[str, np.ndarray]:
+        """Copies of every state value (parameters and optimizer state)."""
         return {k: np.array(v.numpy(), copy=True) for k, v in self.state.items()}
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Copies of the model parameters only (no optimizer state)."""
+        return {
+            p["name"]: np.array(self.state[p["name"]].numpy(), copy=True)
+            for p in self.params
+            if p["kind"] == "parameter"
+        }
 
 
 # ---------------------------------------------------------------------- simulation loop (shared)
@@ -279,24 +288,25 @@ def simulate(
 
 
 # ---------------------------------------------------------------------- memory profile
-def _ort_profile_peak(build_dir: Path, which: str, feeds_fn: Any) -> int:
-    """ORT's own byte count: max ``mem_in_use_peak`` over the nodes of one run (arena bytes in use)."""
+def ort_profile_peaks(build_dir: Path, x: np.ndarray, y: np.ndarray) -> tuple[int, int]:
+    """ORT's own byte counts (max ``mem_in_use_peak`` over the nodes of a run, arena bytes in use) of one
+    update step and one inference call, from a single profiled load of the build: (update, inference)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         dev = OrtDevice(build_dir, profile_prefix=str(Path(tmp) / "prof"))
-        feeds_fn(dev)
+        dev.step(x, y)
+        dev.predict(x[: dev.batch])
         peaks = []
         for sess in (dev.update, dev.inference):
-            path = sess.end_profiling()
-            events = json.loads(Path(path).read_text())
+            events = json.loads(Path(sess.end_profiling()).read_text())
             peaks.append(
                 max(
                     (int(e["args"]["mem_in_use_peak"]) for e in events if "mem_in_use_peak" in e.get("args", {})),
                     default=0,
                 )
             )
-    return peaks[0] if which == "update" else peaks[1]
+    return peaks[0], peaks[1]
 
 
 def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, Any]:
@@ -313,15 +323,9 @@ def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, An
     from firmware_sim.rss_probe import measure
 
     upd_rss, inf_rss = measure(build_dir, "update"), measure(build_dir, "inference")
-    upd_prof = _ort_profile_peak(build_dir, "update", lambda d: d.step(x, y))
-    inf_prof = _ort_profile_peak(build_dir, "inference", lambda d: d.predict(x))
+    upd_prof, inf_prof = ort_profile_peaks(build_dir, x, y)
     plan = dev.manifest["planned_memory"]
-    params = {
-        p["name"]: np.array(v.numpy(), copy=True)
-        for p, v in zip(dev.params, dev.state.values(), strict=True)
-        if p["kind"] == "parameter"
-    }
-    bp = bp_training_memory(dev.spec, params, dev.batch)
+    bp = bp_training_memory(dev.spec, dev.parameters(), dev.batch)
     bp["measured_peak_bytes"] = measure(build_dir, "bp")
     state_bytes = sum(4 * int(np.prod(p["shape"])) for p in dev.params)
     return {

@@ -35,11 +35,7 @@ def main(argv: list[str]) -> int:
     x = rng.standard_normal((dev.batch, *dev.spec.input_shape)).astype(np.float32)
     y = rng.integers(0, dev.spec.num_classes, dev.batch)
     if mode == "bp":
-        params = {
-            p["name"]: np.array(v.numpy(), copy=True)
-            for p, v in zip(dev.params, dev.state.values(), strict=True)
-            if p["kind"] == "parameter"
-        }
+        params = dev.parameters()
         spec = dev.spec
         del dev
         res = bp_training_memory(spec, params, len(x), before=_trim)
