@@ -6,8 +6,9 @@ Update step, for a fixed batch B (inputs ``x`` (B,…), ``y`` int32 (B,), ``lr``
   a sample's target is its class's row, so this equals the B-row target stream (and is ≤ B rows
   whenever B ≥ C). Sample/target logits: Y_c = h·t_clsᵀ/(τd) (B×C), Y = Y_c·Oᵀ (B×B), positives
   P = O·Oᵀ.
-* layer 0 (signal): t0 = act(LayerNorm(W_Sᵀ + b_S)) (= the generator applied to every class's one-hot);
-  if learned, L_0 = sp_loss(x, t0) updates W_S, b_S.
+* signal: z = act(LayerNorm(W_Sᵀ + b_S)) (= the generator applied to every class's one-hot).
+  Hidden placement (default): t_1 = z, h_1 = f_0(x), L_1 = sp_loss(h_1, t_1) updates block 0 and W_S, b_S
+  (both layer 1). Input placement: t_0 = z; if learned, L_0 = sp_loss(x, t_0) updates W_S, b_S (layer 0).
 * block i: h_i = f_i(h_{i−1}), t_i = f_i(t_{i−1}); L_i = sp_loss(h_i, t_i); gradients by
   :func:`compilers.autodiff.grad` restricted to block i's parameters (block inputs are constants).
 * head: L = CE(W_o h_N + b_o, y).
@@ -210,12 +211,17 @@ def emit_ce(p: Program, logits: str, onehot: str) -> str:
 
 
 def emit_signal(p: Program, spec: ModelSpec) -> str:
-    """t0 for every class: act(LayerNorm(W_Sᵀ + b_S)) reshaped to (C, *block input shape)."""
+    """z for every class: act(LayerNorm(W_Sᵀ + b_S)) shaped (C, *spec.signal_shape()); ``shape='channel'``
+    broadcasts one value per channel over block 0's positions."""
     t = p.add(p.transpose("signal.weight"), "signal.bias")
     t = layer_norm(p, t, 1e-5)
     if spec.signal.activation == "relu":
         t = p.op("relu", t)
-    return p.reshape(t, (spec.num_classes, *spec.block_input_shape()))
+    shape = spec.signal_shape()
+    if spec.signal.shape == "channel":
+        t = p.reshape(t, (spec.num_classes, shape[0], *([1] * (len(shape) - 1))))
+        t = p.broadcast_to(t, (spec.num_classes, *shape))
+    return p.reshape(t, (spec.num_classes, *shape))
 
 
 # ------------------------------------------------------------------------------------------ optimizers
@@ -226,7 +232,7 @@ def optimizer_states(spec: ModelSpec, params: dict[str, np.ndarray]) -> list[tup
     layers_done: set[int] = set()
     for name, arr in params.items():
         layer = spec.param_layer_index(name)
-        if layer == 0 and spec.signal.kind == "fixed":
+        if name.startswith("signal.") and spec.signal.kind == "fixed":
             continue
         if o.name == "adam":
             if layer not in layers_done:
@@ -319,13 +325,22 @@ def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> 
     shapes = spec.param_shapes()
 
     t = emit_signal(p, spec)
-    if spec.signal.kind == "learned":
-        l0 = emit_sp_loss(p, spec, x, t, onehot)
-        p.output("loss_0", l0)
-        names = [n for n in shapes if n.startswith("signal.")]
-        emit_optimizer(p, spec, 0, grad(p, l0, names), lr)
-    h = x
-    for i in range(len(spec.blocks)):
+    signal_names = [n for n in shapes if n.startswith("signal.")] if spec.signal.kind == "learned" else []
+    first = 0
+    if spec.signal.hidden:  # t_1 = z; one loss updates block 0 and the signal (layer 1)
+        h = emit_block(p, spec, 0, x)
+        l1 = emit_sp_loss(p, spec, h, t, onehot)
+        p.output("loss_1", l1)
+        names = [n for n in shapes if n.startswith("blocks.0.")] + signal_names
+        emit_optimizer(p, spec, 1, grad(p, l1, names), lr)
+        first = 1
+    else:
+        if signal_names:
+            l0 = emit_sp_loss(p, spec, x, t, onehot)
+            p.output("loss_0", l0)
+            emit_optimizer(p, spec, 0, grad(p, l0, signal_names), lr)
+        h = x
+    for i in range(first, len(spec.blocks)):
         h_new = emit_block(p, spec, i, h)
         t_new = emit_block(p, spec, i, t)
         li = emit_sp_loss(p, spec, h_new, t_new, onehot)

@@ -38,12 +38,13 @@ Params = dict[str, torch.Tensor]
 
 def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """Kaiming-uniform init like torch's default (U(±1/sqrt(fan_in)) for weights and biases);
-    the signal generator gets N(0, 1) weights (a random projection of the one-hot label)."""
+    the signal generator gets N(0, init_std²) weights (a random projection of the one-hot label; small so
+    that Adam's ~lr-sized steps move it: LayerNorm makes the target's scale independent of init_std)."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for name, shape in spec.param_shapes().items():
         if name == "signal.weight":
-            out[name] = rng.standard_normal(shape).astype(np.float32)
+            out[name] = (spec.signal.init_std * rng.standard_normal(shape)).astype(np.float32)
         elif name == "signal.bias":
             out[name] = np.zeros(shape, np.float32)
         else:
@@ -125,12 +126,18 @@ def block_forward(
 
 
 def signal_forward(spec: ModelSpec, labels: torch.Tensor, params: Params) -> torch.Tensor:
-    """t0 = act(LayerNorm(onehot(y) W_Sᵀ + b_S)), reshaped to the block input shape."""
+    """z = act(LayerNorm(onehot(y) W_Sᵀ + b_S)), shaped ``(len(labels), *spec.signal_shape())``: the target
+    stream's t_1 (hidden placement) or t_0 (input placement). ``shape='channel'``: one value per channel,
+    broadcast over block 0's positions (LayerNorm over the channel vector equals LayerNorm over the
+    broadcast tensor)."""
     onehot = F.one_hot(labels.long(), spec.num_classes).float()
     t = layer_norm(F.linear(onehot, params["signal.weight"], params["signal.bias"]), 1e-5)
     if spec.signal.activation == "relu":
         t = F.relu(t)
-    return t.reshape(labels.shape[0], *spec.block_input_shape())
+    shape = spec.signal_shape()
+    if spec.signal.shape == "channel":
+        t = t.reshape(labels.shape[0], shape[0], *([1] * (len(shape) - 1))).expand(labels.shape[0], *shape)
+    return t.reshape(labels.shape[0], *shape)
 
 
 def head_forward(spec: ModelSpec, h: torch.Tensor, params: Params) -> torch.Tensor:

@@ -10,7 +10,8 @@ and is validated on construction: every shape is inferred and checked, and a bad
 
 Shapes exclude the batch dimension. Conv1d activations are ``(C, L)``, Conv2d ``(C, H, W)``.
 Parameter names (used by checkpoints and compiled artifacts):
-``signal.weight``/``signal.bias`` (shape ``(D, C)``/``(D,)``, D = prod(input_shape)),
+``signal.weight``/``signal.bias`` (shape ``(D, C)``/``(D,)``, D = :attr:`ModelSpec.signal_dim`: block 0's
+output size for the default hidden placement, the input size for input placement),
 ``blocks.{i}.weight``/``blocks.{i}.bias`` for block i's parametric layer, ``head.weight``/``head.bias``.
 """
 
@@ -333,23 +334,52 @@ def layer_from_dict(d: dict[str, Any]) -> Layer:
 
 # --------------------------------------------------------------------------- signal, rule
 SIGNAL_KINDS = ("learned", "fixed")
+SIGNAL_PLACEMENTS = ("hidden", "input")
+SIGNAL_SHAPES = ("full", "channel")
 
 
 @dataclass(frozen=True)
 class SignalSpec:
-    """The target (signal) generator: t0 = act(LayerNorm(W_S · onehot(y) + b_S)) reshaped to the input
-    shape, so the target passes through the same blocks as the sample. ``kind='learned'`` trains W_S
-    with the block-0 loss between the sample x and t0; ``'fixed'`` keeps W_S at its random init.
-    ``activation`` is 'relu' (reference) or 'none'."""
+    """The target (signal) generator z = act(LayerNorm(W_S · onehot(y) + b_S)), W_S ~ N(0, init_std²).
+
+    ``placement`` says where the label enters:
+
+    - ``'hidden'`` (default, as the reference's ``ProjectionContextInput``): z is shaped like block 0's
+      *output* and is the target stream's t_1. Block 0 sees the sample only; its loss
+      L_1 = loss(f_0(x), t_1) updates block 0 *and* the signal together (the signal's parameters belong to
+      layer 1). Deeper blocks see t_{i+1} = f_i(t_i) as in plain SP.
+    - ``'input'``: z is shaped like the model input (t_0); ``kind='learned'`` trains W_S with a layer-0
+      loss between the raw sample x and t_0 (the signal's parameters are layer 0).
+
+    ``shape`` (hidden placement, conv block 0 only): ``'full'`` one number per output element (W_S: (C·L, C)
+    or (C·H·W, C)), ``'channel'`` one number per output channel, broadcast over positions (W_S: (C_out, C)).
+    ``kind='fixed'`` keeps W_S at its random init. ``activation`` is 'relu' (reference) or 'none'.
+    Checkpoints written before placement existed carry no ``placement`` key and load as ``'input'`` with
+    ``init_std = 1`` (their layout)."""
 
     kind: str = "learned"
     activation: str = "relu"
+    placement: str = "hidden"
+    shape: str = "full"
+    init_std: float = 0.05
 
     def __post_init__(self) -> None:
         if self.kind not in SIGNAL_KINDS:
             raise SpecError(f"signal kind must be one of {SIGNAL_KINDS}, got {self.kind!r}")
         if self.activation not in ("relu", "none"):
             raise SpecError(f"signal activation must be 'relu' or 'none', got {self.activation!r}")
+        if self.placement not in SIGNAL_PLACEMENTS:
+            raise SpecError(f"signal placement must be one of {SIGNAL_PLACEMENTS}, got {self.placement!r}")
+        if self.shape not in SIGNAL_SHAPES:
+            raise SpecError(f"signal shape must be one of {SIGNAL_SHAPES}, got {self.shape!r}")
+        if self.shape == "channel" and self.placement != "hidden":
+            raise SpecError("signal shape 'channel' needs placement 'hidden' (it broadcasts over block 0's positions)")
+        if not (isinstance(self.init_std, (int, float)) and math.isfinite(self.init_std) and self.init_std > 0):
+            raise SpecError(f"signal init_std must be a finite number > 0, got {self.init_std!r}")
+
+    @property
+    def hidden(self) -> bool:
+        return self.placement == "hidden"
 
 
 RULES = ("sigprop", "bp", "fa", "dfa", "local", "sp-voltage", "sp-surrogate", "sp-online", "bptt", "rtrl")
@@ -423,6 +453,15 @@ class TemporalSpec:
             raise SpecError(f"unknown readout {self.readout!r}; choose one of {', '.join(READOUTS)}")
 
 
+def _signal_from_dict(d: dict[str, Any] | None) -> SignalSpec:
+    """A spec written before signal placement existed has no ``placement``: it is the input layout."""
+    d = dict(d or {})
+    if "placement" not in d:
+        d.setdefault("placement", "input")
+        d.setdefault("init_std", 1.0)
+    return SignalSpec(**d)
+
+
 # --------------------------------------------------------------------------- model
 Block = tuple[Layer, ...]
 
@@ -465,6 +504,8 @@ class ModelSpec:
         if spiking and self.temporal is None:
             raise SpecError("a model with LIF layers needs temporal settings (time_steps, encoding)")
         self.shapes()  # validates every shape
+        if self.signal.shape == "channel" and len(self.block_output_shape(0)) < 2:
+            raise SpecError("signal shape 'channel' needs a convolutional block 0 (channels × positions); use 'full'")
         if self.head.out_features != self.num_classes:
             raise SpecError(f"head.out_features={self.head.out_features} must equal num_classes={self.num_classes}")
 
@@ -497,9 +538,25 @@ class ModelSpec:
     def block_output_shape(self, i: int) -> Shape:
         return self.shapes()[i][-1]
 
+    def signal_shape(self) -> Shape:
+        """Shape of the signal's output z per class: block 0's output (hidden placement) or block 0's
+        input (input placement). With ``shape='channel'`` W_S yields one value per channel, broadcast."""
+        if self.signal.hidden:
+            return self.block_output_shape(0)
+        return self.block_input_shape()
+
     @property
     def signal_dim(self) -> int:
-        return math.prod(self.block_input_shape())
+        """Rows of W_S: prod(signal_shape), or block 0's output channels for ``shape='channel'``."""
+        shape = self.signal_shape()
+        if self.signal.shape == "channel":
+            return shape[0]
+        return math.prod(shape)
+
+    @property
+    def signal_layer(self) -> int:
+        """Forward-order layer that owns the signal's parameters: 1 (with block 0) if hidden, else 0."""
+        return 1 if self.signal.hidden else 0
 
     @property
     def is_spiking(self) -> bool:
@@ -520,9 +577,10 @@ class ModelSpec:
         return p
 
     def param_layer_index(self, name: str) -> int:
-        """0 = signal generator, i+1 = block i, len(blocks)+1 = head (forward order)."""
+        """0 = signal generator (input placement), i+1 = block i (hidden placement: the signal too),
+        len(blocks)+1 = head (forward order)."""
         if name.startswith("signal."):
-            return 0
+            return self.signal_layer
         if name.startswith("blocks."):
             return int(name.split(".")[1]) + 1
         if name.startswith("head."):
@@ -571,7 +629,7 @@ class ModelSpec:
                 num_classes=int(d["num_classes"]),
                 blocks=tuple(tuple(layer_from_dict(la) for la in b) for b in d["blocks"]),
                 head=head,
-                signal=SignalSpec(**(d.get("signal") or {})),
+                signal=_signal_from_dict(d.get("signal")),
                 rule=RuleSpec(optimizer=opt, **rule),
                 temporal=TemporalSpec(**temporal) if temporal else None,
                 name=str(d.get("name", "model")),

@@ -3,11 +3,14 @@
 One training step on a batch (x, y):
 
 1. Signal: for the distinct classes U of the batch (``classes``, ``inv`` with y = classes[inv]),
-   t0 = act(LayerNorm(W_S·onehot(c) + b_S)) reshaped to the block input shape (U rows, not B).
-   If the signal is ``learned``, L_0 = sp_loss(x, t0) updates W_S, b_S (the sample stream x has no
-   parameters at layer 0).
-2. For each block i: h_i = f_i(h_{i−1}.detach()), t_i = f_i(t_{i−1}.detach()) with the same weights;
-   L_i = sp_loss(h_i, t_i); θ_i ← opt_i(θ_i, ∂L_i/∂θ_i). The gradient crosses no block boundary.
+   z = act(LayerNorm(W_S·onehot(c) + b_S)) (U rows, not B; :func:`edgesp.functional.signal_forward`).
+   - hidden placement (default): z *is* the target stream after block 0, t_1 = z. Block 0 runs on the
+     sample only, h_1 = f_0(x), and L_1 = sp_loss(h_1, t_1) updates block 0 and W_S, b_S with one
+     optimizer (both are layer 1): the label is embedded where the sample already has features.
+   - input placement: t_0 = z shaped like x; if ``learned``, L_0 = sp_loss(x, t_0) updates W_S, b_S
+     (the sample stream x has no parameters at layer 0); block 0 then sees both streams.
+2. For each remaining block i: h_i = f_i(h_{i−1}.detach()), t_i = f_i(t_{i−1}.detach()) with the same
+   weights; L_i = sp_loss(h_i, t_i); θ_i ← opt_i(θ_i, ∂L_i/∂θ_i). The gradient crosses no block boundary.
 3. Head: logits = W_o·h_N.detach() + b_o, L_out = CE(logits, y), its own optimizer.
 
 Prediction uses blocks + head only (no target). Because a sample's target depends only on its class,
@@ -39,12 +42,19 @@ class SigpropTrainer:
         groups: dict[int, list[torch.Tensor]] = {}
         for name, t in self.p.items():
             layer = spec.param_layer_index(name)
-            if layer == 0 and spec.signal.kind == "fixed":
+            if name.startswith("signal.") and spec.signal.kind == "fixed":
                 t.requires_grad_(False)
                 continue
             groups.setdefault(layer, []).append(t)
         for layer, ts in groups.items():
             self.optims[layer] = make_optimizer(opt, ts)
+        self.base_lr = {k: [g["lr"] for g in o.param_groups] for k, o in self.optims.items()}
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Multiply every layer's base learning rate by ``scale`` (a host-side schedule)."""
+        for k, o in self.optims.items():
+            for g, lr in zip(o.param_groups, self.base_lr[k], strict=True):
+                g["lr"] = lr * scale
 
     # ------------------------------------------------------------------ helpers
     def _targets(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,12 +107,20 @@ class SigpropTrainer:
 
         t = signal_forward(spec, rows, self.p)
         t_prev = F.one_hot(rows, spec.num_classes).float()
-        if spec.signal.kind == "learned":
-            l0 = self._loss(xt, t, inv, yt, rows, t_prev)
-            self._update(0, l0)
-            losses["loss_0"] = float(l0.detach())
-        h, t = xt, t.detach()
-        for i in range(len(spec.blocks)):
+        first = 0
+        if spec.signal.hidden:  # t_1 = z; block 0 and the signal learn from one loss (layer 1)
+            h1 = block_forward(spec, 0, xt, self.p, train=True, generator=self.generator)
+            l1 = self._loss(h1, t, inv, yt, rows, t_prev)
+            self._update(1, l1)
+            losses["loss_1"] = float(l1.detach())
+            h, t, first = h1.detach(), t.detach(), 1
+        else:
+            if spec.signal.kind == "learned":
+                l0 = self._loss(xt, t, inv, yt, rows, t_prev)
+                self._update(0, l0)
+                losses["loss_0"] = float(l0.detach())
+            h, t = xt, t.detach()
+        for i in range(first, len(spec.blocks)):
             h_new = block_forward(spec, i, h, self.p, train=True, generator=self.generator)
             t_new = block_forward(spec, i, t, self.p, train=True, sample_stream=False)
             li = self._loss(h_new, t_new, inv, yt, rows, t)
