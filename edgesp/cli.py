@@ -37,7 +37,7 @@ def _json_default(o: Any) -> Any:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from edgesp.presets import PRESETS
-    from edgesp.spec import OPTIMIZERS, RULES, SP_LOSSES
+    from edgesp.spec import OPTIMIZERS, RULES, SIGNAL_PLACEMENTS, SIGNAL_SHAPES, SP_LOSSES, RuleSpec, SignalSpec
 
     g = p.add_argument_group("model and rule")
     g.add_argument("--model", default="mlp", help=f"preset: {', '.join(PRESETS)} (default mlp)")
@@ -48,11 +48,34 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--loss",
         default=None,
-        help=f"sigprop local loss: {', '.join(SP_LOSSES)} (default v9; with 'compile CHECKPOINT' it overrides "
-        "the checkpoint's loss for the on-device step)",
+        help=f"sigprop local loss: {', '.join(SP_LOSSES)} (default {RuleSpec().loss}; with 'compile CHECKPOINT' it "
+        "overrides the checkpoint's loss for the on-device step)",
     )
-    g.add_argument("--temperature", type=float, default=0.1, help="sigprop logit temperature (default 0.1)")
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"sigprop logit temperature: Y = h·tᵀ/(τ·d) (default {RuleSpec().temperature})",
+    )
     g.add_argument("--signal", default="learned", help="signal generator: learned or fixed (default learned)")
+    g.add_argument(
+        "--signal-placement",
+        default=SignalSpec().placement,
+        help=f"where the label enters: {' or '.join(SIGNAL_PLACEMENTS)} (default {SignalSpec().placement}: "
+        "projected to block 0's output and learned with block 0)",
+    )
+    g.add_argument(
+        "--signal-shape",
+        default=SignalSpec().shape,
+        help=f"hidden signal of a conv block 0: {' or '.join(SIGNAL_SHAPES)} (default {SignalSpec().shape}; "
+        "channel = one value per channel, broadcast over positions)",
+    )
+    g.add_argument(
+        "--signal-init-std",
+        type=float,
+        default=SignalSpec().init_std,
+        help=f"std of the signal's initial weights (default {SignalSpec().init_std})",
+    )
     g.add_argument("--optimizer", default="adam", help=f"{', '.join(OPTIMIZERS)} (default adam)")
     g.add_argument(
         "--lr",
@@ -81,8 +104,8 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         lr = 3e-3 if args.model == "snn" and args.rule in ("sp-voltage", "sp-surrogate", "bptt", "rtrl") else 1e-3
     rule = RuleSpec(
         name=args.rule,
-        loss=args.loss or "v9",
-        temperature=args.temperature,
+        loss=args.loss or RuleSpec().loss,
+        temperature=args.temperature if args.temperature is not None else RuleSpec().temperature,
         optimizer=OptimizerSpec(name=args.optimizer, lr=lr, momentum=args.momentum),
     )
     temporal = None
@@ -117,7 +140,12 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         depth=args.depth,
         channels=args.channels,
         rule=rule,
-        signal=SignalSpec(kind=args.signal),
+        signal=SignalSpec(
+            kind=args.signal,
+            placement=args.signal_placement,
+            shape=args.signal_shape,
+            init_std=args.signal_init_std,
+        ),
         temporal=temporal,
         lif=lif,
     )
@@ -126,14 +154,16 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
 def _check_names(args: argparse.Namespace) -> None:
     """Fail fast on unknown names, before any data is loaded."""
     from edgesp.presets import PRESETS
-    from edgesp.spec import OPTIMIZERS, RULES, SIGNAL_KINDS, SP_LOSSES
+    from edgesp.spec import OPTIMIZERS, RULES, SIGNAL_KINDS, SIGNAL_PLACEMENTS, SIGNAL_SHAPES, SP_LOSSES, RuleSpec
 
     for flag, value, known in (
         ("--model", args.model, PRESETS),
         ("--rule", args.rule, RULES),
-        ("--loss", args.loss or "v9", SP_LOSSES),
+        ("--loss", args.loss or RuleSpec().loss, SP_LOSSES),
         ("--optimizer", args.optimizer, OPTIMIZERS),
         ("--signal", args.signal, SIGNAL_KINDS),
+        ("--signal-placement", args.signal_placement, SIGNAL_PLACEMENTS),
+        ("--signal-shape", args.signal_shape, SIGNAL_SHAPES),
     ):
         if value not in known:
             what = {
@@ -142,6 +172,8 @@ def _check_names(args: argparse.Namespace) -> None:
                 "--loss": "sigprop loss",
                 "--optimizer": "optimizer",
                 "--signal": "signal kind",
+                "--signal-placement": "signal placement",
+                "--signal-shape": "signal shape",
             }[flag]
             raise SpecError(f"unknown {what} {value!r} ({flag}); choose one of {', '.join(known)}")
 

@@ -8,15 +8,44 @@ from compilers.ir import Program
 from compilers.lower import lower_update
 from compilers.onnx import manifest_parameters
 from compilers.onnx_emit import to_onnx
+from edgesp.spec import SignalSpec
 from tests.compilers.helpers import make
 
+SIGNALS = {
+    "hidden": SignalSpec(),
+    "channel": SignalSpec(shape="channel"),
+    "input": SignalSpec(placement="input"),
+}
 
-@pytest.mark.parametrize("preset,shape", [("mlp", (64,)), ("cnn1d", (1, 40)), ("cnn2d", (1, 8, 8))])
-def test_compiled_update_steps_are_forward_only(preset, shape):
-    spec, params = make(preset, shape, depth=3 if preset == "mlp" else 2)
+
+CASES = [
+    (preset, shape, signal)
+    for preset, shape in [("mlp", (64,)), ("cnn1d", (1, 40)), ("cnn2d", (1, 8, 8))]
+    for signal in sorted(SIGNALS)
+    if not (signal == "channel" and preset == "mlp")  # channel signals need a conv block 0 (see test_spec)
+]
+
+
+@pytest.mark.parametrize("preset,shape,signal", CASES)
+def test_compiled_update_steps_are_forward_only(preset, shape, signal):
+    spec, params = make(preset, shape, depth=3 if preset == "mlp" else 2, signal=SIGNALS[signal])
     prog = lower_update(spec, params, 8)
     check_program(prog)
     check_onnx(to_onnx(prog), manifest_parameters(spec, prog))
+
+
+def test_hidden_signal_updates_with_block_0_and_never_sees_later_layers():
+    """Hidden placement: the signal's new weights depend on block 0's weights (one joint loss, layer 1) and
+    on no later layer's state. Tagged layer 0 instead, the same update reads block 0 (a later layer) and the
+    checker refuses it: the layer tag is what the property is checked against."""
+    spec, params = make("mlp", (64,), depth=3)
+    prog = lower_update(spec, params, 8)
+    check_program(prog)
+    sig = next(s for s in prog.states if s.value.name == "signal.weight")
+    assert sig.layer == 1
+    sig.layer = 0  # pretend the signal were layer 0: its update reads block 0's weights (layer 1)
+    with pytest.raises(ForwardOnlyError, match="signal.weight .layer 0. depends on later-layer state blocks.0"):
+        check_program(prog)
 
 
 def _violating_program() -> Program:

@@ -9,6 +9,7 @@ from onnx.reference import ReferenceEvaluator
 from compilers import compile_model
 from edgesp.errors import TargetError
 from edgesp.rules.sigprop import SigpropTrainer
+from edgesp.spec import SignalSpec
 from targets import load_target
 from tests.compilers.helpers import make
 
@@ -43,7 +44,7 @@ def test_artifacts_are_valid_single_file_models(build):
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["runtime"] == "onnxruntime" and on_disk["target"] == "edge-cpu"
     layers = [p["layer"] for p in on_disk["parameters"]]
-    assert layers == sorted(layers) and layers[0] == 0
+    assert layers == sorted(layers) and layers[0] == 1  # hidden placement: the signal learns with block 0
     upd_outputs = {o.name for o in onnx.load(str(out / "update.onnx")).graph.output}
     for p in on_disk["parameters"]:
         assert p["update_output"] in upd_outputs
@@ -65,12 +66,22 @@ def test_ort_matches_onnx_reference_evaluator(build, rng):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("preset,shape,opt", [("mlp", (64,), "adam"), ("cnn1d", (1, 40), "sgd")])
-def test_n_steps_in_ort_match_torch(rng, tmp_path, preset, shape, opt):
-    """50 SP steps in ORT vs the torch trainer. Tolerance 1e-4 absolute on weights: float32 rounding
-    differences (summation order, fused Gemm accumulation) compound through Adam's normalisation
-    (measured ~1e-6)."""
-    spec, params = make(preset, shape, "v9", opt, lr=1e-3 if opt == "adam" else 1e-2, depth=3 if preset == "mlp" else 2)
+@pytest.mark.parametrize(
+    "preset,shape,opt,loss,signal",
+    [
+        ("mlp", (64,), "adam", "v9", SignalSpec()),
+        ("mlp", (64,), "adam", "v1", SignalSpec(placement="input", init_std=1.0)),
+        ("cnn1d", (1, 40), "sgd", "v9", SignalSpec()),
+        ("cnn1d", (1, 40), "adam", "v1", SignalSpec(shape="channel")),
+    ],
+    ids=["mlp-hidden", "mlp-input-v1", "cnn1d-hidden-sgd", "cnn1d-channel-v1"],
+)
+def test_n_steps_in_ort_match_torch(rng, tmp_path, preset, shape, opt, loss, signal):
+    """50 SP steps in ORT vs the torch trainer, for every signal placement/shape. Tolerance 1e-4 absolute
+    on weights: float32 rounding differences (summation order, fused Gemm accumulation) compound through
+    Adam's normalisation (measured ~1e-6)."""
+    lr = 1e-3 if opt == "adam" else 1e-2
+    spec, params = make(preset, shape, loss, opt, lr=lr, depth=3 if preset == "mlp" else 2, signal=signal)
     compile_model(spec, params, load_target("edge-cpu"), tmp_path, batch=16)
     from firmware_sim.onnx_device import OrtDevice
 
@@ -123,7 +134,7 @@ def test_bp_trained_checkpoint_keeps_learning_with_sp_on_device(tmp_path, digits
     x = digits.x_test.reshape(len(digits.x_test), 64)
     np.testing.assert_allclose(dev.predict(x[:16]), trainer.predict(x[:16]), atol=1e-4)
     losses = dev.step(x[:16], digits.y_test[:16])
-    assert set(losses) == {"loss_0", "loss_1", "loss_2", "loss_3"}
+    assert set(losses) == {"loss_1", "loss_2", "loss_3"}  # hidden placement: no layer-0 loss
 
 
 def test_inference_graph_matches_reference_evaluator_and_torch(build, rng):

@@ -75,15 +75,30 @@ CASES = {
     "softmax": (lambda p, a: p.op("softmax", a), ((2, 3, 4),), {}),
     "log_softmax": (lambda p, a: p.op("log_softmax", a), ((3, 7),), {}),
     "onehot": (lambda p, y: p.op("onehot", y, depth=5), (), {"int_input": (6,)}),
-    "gather": (lambda p, a: p.op("gather", a, p.const(np.array([2, 0, 2, -1]), "i", "int32"), axis=0),
-               ((3, 4),), {}),
-    "gather_axis1": (lambda p, a: p.op("gather", a, p.const(np.array([[1, 3], [0, 0]]), "i", "int32"),
-                                       axis=1), ((3, 4),), {}),
+    "gather": (lambda p, a: p.op("gather", a, p.const(np.array([2, 0, 2, -1]), "i", "int32"), axis=0), ((3, 4),), {}),
+    "gather_axis1": (
+        lambda p, a: p.op("gather", a, p.const(np.array([[1, 3], [0, 0]]), "i", "int32"), axis=1),
+        ((3, 4),),
+        {},
+    ),
     "pad": (lambda p, a: p.op("pad", a, pads=((0, 0), (1, 2), (2, 1))), ((2, 3, 4),), {}),
     "const_output": (lambda p, a: p.const(np.arange(4, dtype=np.float32)), ((3, 4),), {}),
 }
-APPROX = {"exp", "log", "tanh", "softmax", "log_softmax", "sqrt", "matmul", "matmul_fc", "matmul_adjx",
-          "reduce_sum", "reduce_mean", "reduce_all_scalar", "div"}
+APPROX = {
+    "exp",
+    "log",
+    "tanh",
+    "softmax",
+    "log_softmax",
+    "sqrt",
+    "matmul",
+    "matmul_fc",
+    "matmul_adjx",
+    "reduce_sum",
+    "reduce_mean",
+    "reduce_all_scalar",
+    "div",
+}
 
 
 @pytest.mark.parametrize("interpreter", INTERPRETERS)
@@ -166,8 +181,11 @@ def test_weights_change_inside_interpreter_and_match_reference(interpreter: str)
 @pytest.mark.parametrize("interpreter", INTERPRETERS)
 def test_get_before_init_is_refused(interpreter: str) -> None:
     m, _, _ = _stateful_model(interpreter)
-    for call in (m.get, lambda: m.infer(np.zeros((4, 3), np.float32)),
-                 lambda: m.step(np.zeros((4, 3), np.float32), np.zeros(4, np.int32), 0.1)):
+    for call in (
+        m.get,
+        lambda: m.infer(np.zeros((4, 3), np.float32)),
+        lambda: m.step(np.zeros((4, 3), np.float32), np.zeros(4, np.int32), 0.1),
+    ):
         with pytest.raises(CompileError, match="before init"):
             call()
 
@@ -265,17 +283,23 @@ def test_sp_steps_match_numpy_torch_and_onnx_in_both_interpreters(mlp_builds) ->
             assert np.abs(w[k] - params[k]).max() > 1e-3  # every parameter learned inside the interpreter
 
 
-@pytest.mark.parametrize("preset,shape,opt", [("cnn1d", (1, 40), "sgd"), ("cnn2d", (1, 8, 8), "adam")])
-def test_conv_programs_match_numpy_reference(preset: str, shape: tuple, opt: str, tmp_path) -> None:
-    """Conv lowering (pad, gather im2col, transposes, pools) in both interpreters: 3 steps vs the numpy
-    interpreter (atol 5e-6: float32 sums of up to C·K² products in a different order)."""
+@pytest.mark.parametrize(
+    "preset,shape,opt,signal_shape",
+    [("cnn1d", (1, 40), "sgd", "full"), ("cnn2d", (1, 8, 8), "adam", "full"), ("cnn1d", (1, 40), "adam", "channel")],
+)
+def test_conv_programs_match_numpy_reference(preset: str, shape: tuple, opt: str, signal_shape: str, tmp_path) -> None:
+    """Conv lowering (pad, gather im2col, transposes, pools, the channel signal's broadcast) in both
+    interpreters: 3 steps vs the numpy interpreter (atol 5e-6: float32 sums of up to C·K² products in a
+    different order)."""
     from compilers.lower import lower_update
     from compilers.tflite import compile_model
+    from edgesp.spec import SignalSpec
     from firmware_sim.tflite_device import TFLiteDevice
     from targets import load_target
     from tests.compilers.helpers import make
 
-    spec, params = make(preset, shape, "v9", opt, lr=1e-2, width=16, depth=2, channels=4)
+    signal = SignalSpec(shape=signal_shape)
+    spec, params = make(preset, shape, "v9", opt, lr=1e-2, width=16, depth=2, channels=4, signal=signal)
     compile_model(spec, params, load_target("edge-cpu-tflite"), tmp_path, 8)
     prog = lower_update(spec, params, 8)
     devs = [TFLiteDevice(tmp_path, n) for n in INTERPRETERS]
@@ -309,7 +333,7 @@ def test_manifest_layout(mlp_builds) -> None:
     assert manifest["runtime"] == "tflite" and manifest["target"] == "edge-cpu-tflite" and manifest["batch"] == 16
     assert manifest["artifacts"]["inference"] == manifest["artifacts"]["update"] == "model.tflite"
     layers = [p["layer"] for p in manifest["parameters"]]
-    assert layers == sorted(layers) and layers[0] == 0 and layers[-1] == len(spec.blocks) + 1
+    assert layers == sorted(layers) and layers[0] == spec.signal_layer and layers[-1] == len(spec.blocks) + 1
     names = {p["name"] for p in manifest["parameters"] if p["kind"] == "parameter"}
     assert names == set(params)
     with np.load(root / "tfl" / "state.npz", allow_pickle=False) as z:
@@ -323,7 +347,8 @@ def test_manifest_layout(mlp_builds) -> None:
     sigs = TFLiteModel(root / "tfl" / "model.tflite").signatures
     assert set(sigs) == {"init", "step", "get", "infer"}
     assert sorted(sigs["step"]["inputs"]) == ["lr", "x", "y"]
-    assert sorted(sigs["step"]["outputs"]) == [f"loss_{k}" for k in range(len(spec.blocks) + 2)]
+    # hidden placement: the signal learns under block 0's loss (loss_1); there is no layer-0 loss
+    assert sorted(sigs["step"]["outputs"]) == [f"loss_{k}" for k in range(1, len(spec.blocks) + 2)]
 
 
 def test_target_checks_give_one_line_errors(tmp_path) -> None:

@@ -57,3 +57,34 @@ def test_wrong_shapes_rejected_and_nothing_written(tmp_path, spec_params):
     with pytest.raises(CheckpointError, match="head.weight"):
         save_checkpoint(tmp_path / "m.safetensors", spec, bad)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_from_before_signal_placement_loads_in_its_own_layout(tmp_path):
+    """A checkpoint written before ``SignalSpec.placement`` existed (signal dict without it, W_S shaped
+    like the input) loads as input placement, trains, and compiles: its layout is kept, not reinterpreted."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from compilers.lower import lower_update
+    from edgesp.checkpoint import FORMAT, FORMAT_VERSION, _digest
+    from edgesp.rules.sigprop import SigpropTrainer
+    from edgesp.spec import SignalSpec
+
+    spec = build_spec("mlp", (64,), 10, width=16, signal=SignalSpec(placement="input", init_std=1.0))
+    params = init_params(spec, 0)
+    d = spec.to_dict()
+    d["signal"] = {"kind": "learned", "activation": "relu"}
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "spec": json.dumps(d),
+        "sha256": _digest(params),
+        "extra": "{}",
+    }
+    save_file(params, str(tmp_path / "old.safetensors"), metadata=meta)
+    loaded, lparams, _ = load_checkpoint(tmp_path / "old.safetensors")
+    assert loaded == spec and lparams["signal.weight"].shape == (64, 10)
+    losses = SigpropTrainer(loaded, lparams).train_step(np.ones((4, 64), np.float32), np.array([0, 1, 2, 0]))
+    assert "loss_0" in losses  # the input-placement signal keeps its own layer-0 loss
+    assert {o for o in lower_update(loaded, lparams, 4).outputs} >= {"loss_0", "loss_1"}

@@ -21,6 +21,7 @@ from edgesp.spec import (
     ModelSpec,
     ReLU,
     RuleSpec,
+    SignalSpec,
     Tanh,
     TemporalSpec,
     layer_from_dict,
@@ -117,4 +118,37 @@ def test_param_layer_index_is_forward_order():
     spec = build_spec("mlp", (64,), 10, depth=3)
     layers = [spec.param_layer_index(n) for n in spec.param_shapes()]
     assert layers == sorted(layers)
-    assert layers[0] == 0 and layers[-1] == 4
+    # hidden placement (default): the signal is layer 1, trained with block 0
+    assert layers[0] == 1 and spec.param_layer_index("blocks.0.weight") == 1 and layers[-1] == 4
+    legacy = build_spec("mlp", (64,), 10, depth=3, signal=SignalSpec(placement="input"))
+    assert [legacy.param_layer_index(n) for n in legacy.param_shapes()][0] == 0
+
+
+def test_signal_shapes_follow_placement():
+    mlp = build_spec("mlp", (64,), 10, width=32)
+    assert mlp.signal_shape() == (32,) and mlp.param_shapes()["signal.weight"] == (32, 10)
+    cnn = build_spec("cnn1d", (1, 40), 10, channels=4)
+    assert cnn.signal_shape() == (4, 20) and cnn.param_shapes()["signal.weight"] == (80, 10)
+    chan = build_spec("cnn1d", (1, 40), 10, channels=4, signal=SignalSpec(shape="channel"))
+    assert chan.signal_shape() == (4, 20) and chan.param_shapes()["signal.weight"] == (4, 10)
+    inp = build_spec("cnn1d", (1, 40), 10, channels=4, signal=SignalSpec(placement="input"))
+    assert inp.signal_shape() == (1, 40) and inp.param_shapes()["signal.weight"] == (40, 10)
+    with pytest.raises(SpecError, match="needs a convolutional block 0"):
+        build_spec("mlp", (64,), 10, signal=SignalSpec(shape="channel"))
+    with pytest.raises(SpecError, match="needs placement 'hidden'"):
+        SignalSpec(placement="input", shape="channel")
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(SpecError, match="init_std"):
+            SignalSpec(init_std=bad)
+    with pytest.raises(SpecError, match="placement"):
+        SignalSpec(placement="output")
+
+
+def test_signal_fields_round_trip_and_legacy_specs_load_as_input_placement():
+    spec = build_spec("cnn1d", (1, 40), 10, channels=4, signal=SignalSpec(shape="channel", init_std=0.2))
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    d = spec.to_dict()
+    d["signal"] = {"kind": "learned", "activation": "relu"}  # written before placement existed
+    old = ModelSpec.from_dict(d)
+    assert old.signal.placement == "input" and old.signal.init_std == 1.0
+    assert old.param_shapes()["signal.weight"] == (40, 10)

@@ -22,8 +22,9 @@ def build(tmp_path_factory):
 
 @pytest.mark.parametrize("interpreter", ["litert", "tflite_runtime"])
 def test_simulate_learns_from_scratch(build, digits, tmp_path, interpreter):
-    res = simulate(build, digits, steps=150, seed=0, out_png=tmp_path / "c.png", progress=False,
-                   interpreter=interpreter)
+    res = simulate(
+        build, digits, steps=150, seed=0, out_png=tmp_path / "c.png", progress=False, interpreter=interpreter
+    )
     assert res["accuracy_before"] < 0.35 and res["accuracy_after"] > 0.7  # measured 0.11 -> ~0.85
     assert res["steps"] == 150 and res["samples_per_second"] > 0 and res["interpreter"] == interpreter
     assert res["runtime"] == "tflite"
@@ -41,7 +42,7 @@ def test_weights_stay_and_change_inside_the_interpreter(build, digits):
     dev = TFLiteDevice(build)
     before = dev.weights()
     for i in range(3):
-        dev.step(digits.x_train[16 * i:16 * (i + 1)].reshape(16, 64), digits.y_train[16 * i:16 * (i + 1)])
+        dev.step(digits.x_train[16 * i : 16 * (i + 1)].reshape(16, 64), digits.y_train[16 * i : 16 * (i + 1)])
     after = dev.weights()
     assert float(after["opt.1.step"]) == 3.0  # the Adam step counter lives in a variable too
     assert all(np.abs(after[k] - before[k]).max() > 0 for k in before if not k.endswith(".step"))
@@ -101,8 +102,27 @@ def test_cli_compile_simulate_profile(tmp_path, capsys):
     from edgesp.cli import main
 
     out = tmp_path / "b"
-    assert main(["compile", "--fresh", "--data", "digits", "--model", "mlp", "--width", "32", "--target",
-                 "edge-cpu-tflite", "--out", str(out), "--batch", "16"]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                "--fresh",
+                "--data",
+                "digits",
+                "--model",
+                "mlp",
+                "--width",
+                "32",
+                "--target",
+                "edge-cpu-tflite",
+                "--out",
+                str(out),
+                "--batch",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert (out / "model.tflite").exists()
     assert main(["simulate", str(out), "--steps", "30", "--quiet", "--json", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["runtime"] == "tflite"
