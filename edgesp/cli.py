@@ -81,7 +81,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--lr",
         type=float,
         default=None,
-        help="learning rate (default 1e-3; 3e-3 for sp-voltage, sp-surrogate, bptt and rtrl on spiking models)",
+        help="learning rate (default 1e-3; 3e-3 for sp-voltage, sp-surrogate, bptt and rtrl on spiking models); "
+        "with 'compile CHECKPOINT': the on-device learning rate (default: the checkpoint's × 0.1)",
     )
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--time-steps", type=int, default=None, help="spiking models: time steps per sample")
@@ -302,12 +303,14 @@ def _load_model_for_compile(args: argparse.Namespace) -> tuple[Any, Any]:
         return spec, init_params(spec, args.seed)
     if not args.checkpoint:
         raise SpecError("compile needs a CHECKPOINT (from 'edgesp train') or --fresh --data D --model M --rule R")
+    from compilers import finetune_spec
+
     spec, params, _ = load_checkpoint(args.checkpoint)
     if args.loss:
         if args.loss not in SP_LOSSES:
             raise SpecError(f"unknown sigprop loss {args.loss!r} (--loss); choose one of {', '.join(SP_LOSSES)}")
         spec = spec.replace_rule(loss=args.loss)
-    return spec, params
+    return finetune_spec(spec, args.lr), params
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

@@ -151,3 +151,15 @@ def test_compile_loss_override_for_batch_one(trained, tmp_path):
         == 0
     )
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["sp_loss"] == "v1"
+
+
+def test_compiled_checkpoint_learns_on_at_a_finetuning_rate(trained, tmp_path):
+    """A trained checkpoint compiles with the on-device lr = host lr × 0.1 unless --lr says otherwise."""
+    ckpt = str(trained / "model.safetensors")
+    assert main(["compile", ckpt, "--target", "edge-cpu", "--out", str(tmp_path / "a"), "--batch", "4"]) == 0
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["learning_rate"] == pytest.approx(1e-4)
+    cmd = ["compile", ckpt, "--target", "edge-cpu-tflite", "--out", str(tmp_path / "b"), "--batch", "4", "--lr", "5e-3"]
+    assert main(cmd) == 0
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["learning_rate"] == pytest.approx(5e-3)
+    r = run(["compile", ckpt, "--target", "edge-cpu", "--out", str(tmp_path / "c"), "--lr", "nan"])
+    assert r.returncode == 2 and "learning rate must be a finite number" in r.stderr and not (tmp_path / "c").exists()
