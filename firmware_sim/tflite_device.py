@@ -111,7 +111,7 @@ def simulate(build_dir: Path, dataset: Dataset, steps: int, batch: int | None = 
     """Stream ``steps`` shuffled batches through ``step`` (the shared loop of
     :func:`firmware_sim.onnx_device.run_learning`: test accuracy with ``infer`` before, along and after;
     samples/s counts ``step`` calls only; ``continual`` feeds the classes in stages of two)."""
-    from firmware_sim.onnx_device import run_learning
+    from firmware_sim.learning import run_learning
 
     if steps < 1:
         raise DataError("steps must be >= 1")
