@@ -9,6 +9,9 @@ It must check the target (fit, precision), write every artifact atomically, and 
 with at least: ``target`` (name), ``runtime``, ``artifacts`` {``inference``, ``update``: file names},
 ``parameters`` (forward order: ``name``, ``layer``, ``shape``, ``update_output``), ``spec`` (the model
 spec dict), ``batch``, ``planned_memory``. Backends read the spec, never the training code.
+
+A backend may also expose ``export_inference(spec, params, out_dir, batch) -> {file: sha256}``: standalone
+inference artifacts with the given (e.g. learned on device) weights baked in, runnable without edgesp.
 """
 
 from __future__ import annotations
@@ -49,6 +52,18 @@ def finetune_spec(spec: ModelSpec, lr: float | None = None) -> ModelSpec:
     if not (lr > 0 and np.isfinite(lr)):
         raise CompileError(f"the on-device learning rate must be a finite number > 0, got {lr}")
     return spec.replace_rule(optimizer=replace(spec.rule.optimizer, lr=float(lr)))
+
+
+def export_inference(
+    runtime: str, spec: ModelSpec, params: dict[str, np.ndarray], out_dir: str | Path, batch: int = 1
+) -> dict[str, str]:
+    """Standalone inference artifacts for ``runtime`` with ``params`` baked in; {file name: sha256}."""
+    if batch < 1:
+        raise CompileError("batch must be >= 1")
+    module = backend_module(runtime)
+    if not hasattr(module, "export_inference"):
+        raise CompileError(f"the {runtime} backend cannot export standalone inference artifacts yet")
+    return module.export_inference(spec, params, Path(out_dir), batch)
 
 
 def backend_module(runtime: str) -> Any:

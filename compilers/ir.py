@@ -195,6 +195,23 @@ class Program:
         return self.op("broadcast_to", a, shape=tuple(shape))
 
 
+def freeze_states(program: Program, values: dict[str, np.ndarray]) -> Program:
+    """A copy of a program without state updates whose states are constants holding ``values`` (float32,
+    shapes checked): a standalone program (e.g. inference with learned weights baked in)."""
+    from dataclasses import replace
+
+    if program.state_updates:
+        raise ValueError("only programs without state updates (inference) can be frozen")
+    consts = dict(program.consts)
+    for s in program.states:
+        name = s.value.name
+        arr = np.asarray(values[name], np.float32)
+        if arr.shape != s.value.shape:
+            raise ValueError(f"state {name}: value of shape {arr.shape}, the program needs {s.value.shape}")
+        consts[name] = arr
+    return replace(program, states=[], consts=consts, values=dict(program.values))
+
+
 def _freeze(v: Any) -> Any:
     if isinstance(v, list):
         return tuple(_freeze(x) for x in v)

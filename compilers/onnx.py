@@ -1,6 +1,8 @@
 """ONNX backend: ``compile_model`` writes ``inference.onnx``, ``update.onnx`` and ``manifest.json``.
 
-* ``inference.onnx``: (x (B,…), parameters) → logits.
+* ``inference.onnx``: (x (B,…), parameters) → logits. The compiled parameters are also initializers of the
+  same names, so the file runs alone (``InferenceSession("inference.onnx").run(None, {"x": x})``) while the
+  device feeds its current weights over them.
 * ``update.onnx``: (x, y int32, lr, every parameter and optimizer state) → (loss_0…loss_{N+1},
   ``<state>__new``): the whole SP step, forward-only (checked on the graph at every compile).
 * ``initial_state.npz``: initial parameters and optimizer state (load with ``allow_pickle=False``).
@@ -71,7 +73,7 @@ def compile_model(
     check_program(update_prog)
     infer_prog = lower_inference(spec, params, batch)
     update_model = to_onnx(update_prog, doc=f"edgesp SP update step for {spec.name}")
-    infer_model = to_onnx(infer_prog, doc=f"edgesp inference for {spec.name}")
+    infer_model = to_onnx(infer_prog, doc=f"edgesp inference for {spec.name}", state_defaults=True)
     for m in (update_model, infer_model):
         try:
             onnx.checker.check_model(m, full_check=True)
@@ -125,6 +127,22 @@ def compile_model(
 
     write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # last: marks a complete build
     return manifest
+
+
+def export_inference(spec: ModelSpec, params: dict[str, np.ndarray], out_dir: Path, batch: int) -> dict[str, str]:
+    """Write a standalone ``inference.onnx`` (x (batch,…) → logits) with ``params`` baked in as initializers
+    (no parameter inputs). Returns {file name: sha256}."""
+    from compilers.ir import freeze_states
+
+    prog = freeze_states(lower_inference(spec, params, batch), params)
+    model = to_onnx(prog, doc=f"edgesp inference for {spec.name} (exported)")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise CompileError(f"exported ONNX graph failed the checker: {str(e).splitlines()[0]}") from None
+    data = model.SerializeToString()
+    write_bytes(Path(out_dir) / "inference.onnx", data)
+    return {"inference.onnx": hashlib.sha256(data).hexdigest()}
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

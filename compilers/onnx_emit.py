@@ -161,7 +161,10 @@ class _Emitter:
             raise ValueError(f"no ONNX lowering for {k}")
 
 
-def to_onnx(program: Program, doc: str = "") -> onnx.ModelProto:
+def to_onnx(program: Program, doc: str = "", state_defaults: bool = False) -> onnx.ModelProto:
+    """The program as an ONNX model: inputs, then every state as a graph input. ``state_defaults`` also writes
+    each state's initial value as an initializer of the same name, so the model runs with only its true
+    inputs while a caller may still feed (override) the states (ONNX IR ≥ 4)."""
     from dataclasses import replace
 
     program = replace(program, ops=program.live_ops())
@@ -194,6 +197,8 @@ def to_onnx(program: Program, doc: str = "") -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info(v.name, _dtype(v.dtype), list(v.shape)) for v in program.inputs]
     for s in program.states:
         inputs.append(helper.make_tensor_value_info(s.value.name, TensorProto.FLOAT, list(s.value.shape)))
+        if state_defaults:
+            inits.append(numpy_helper.from_array(np.asarray(s.init, np.float32), s.value.name))
     outputs = []
     for name, value in [*program.outputs.items(), *((s + NEW_SUFFIX, v) for s, v in program.state_updates.items())]:
         if value != name:

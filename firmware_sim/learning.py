@@ -3,7 +3,9 @@ device's update step, evaluate on the test split along the way, optionally in co
 arrive two at a time), and report the curve (JSON-ready dict, PNG).
 
 A device is anything with ``step(x, y, lr) -> dict[str, float]`` (one update on a batch; returns the
-per-layer losses) and ``accuracy(x, y) -> float``.
+per-layer losses), ``accuracy(x, y) -> float`` and ``parameters() -> dict[str, np.ndarray]`` (the model's
+current weights, named as the spec's parameters). ``save_state`` writes those weights after the run as a
+``.npz`` (float32, no pickles) that ``edgesp export`` turns into a checkpoint and standalone artifacts.
 """
 
 from __future__ import annotations
@@ -15,8 +17,19 @@ from typing import Any
 import numpy as np
 
 from edgesp.data import Dataset, adapt_inputs
-from edgesp.errors import DataError
+from edgesp.errors import DataError, check_finite_losses, check_finite_weights
 from edgesp.spec import ModelSpec
+
+
+# Divergence policy (the same as host training): a non-finite loss after any step, or a non-finite weight at an
+# evaluation point, stops the run with DivergedError naming the step and the fix; no curve, PNG or state is written.
+DIVERGED_FIX = "lower the on-device learning rate (simulate --lr, or compile --lr)"
+
+
+def check_lr(lr: float | None) -> None:
+    """An on-device learning rate must be None (the build's) or a finite number > 0."""
+    if lr is not None and not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
+        raise DataError(f"the on-device learning rate must be a finite number > 0, got {lr}: pass e.g. --lr 1e-4")
 
 
 def prepare_data(spec: ModelSpec, data: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -42,12 +55,18 @@ def run_learning(
     continual: bool = False,
     lr: float | None = None,
     runtime: str = "onnxruntime",
+    save_state: Path | None = None,
 ) -> dict[str, Any]:
     """Stream ``steps`` batches through ``device.step`` (any runtime with step/accuracy) and report."""
+    if save_state is not None:
+        check_writable(Path(save_state))
     from tqdm import tqdm
 
     from edgesp.train import plot_curve
 
+    check_lr(lr)
+    if steps < 1:
+        raise DataError(f"steps must be >= 1, got {steps}")
     xtr, ytr, xte, yte = prepare_data(spec, data)
     rng = np.random.default_rng(seed)
     n_eval = min(10, steps)
@@ -74,8 +93,11 @@ def run_learning(
                 losses = device.step(xtr[idx], ytr[idx], lr)
                 step_time += time.perf_counter() - t0
                 done += 1
+                check_finite_losses(losses, "on-device learning", f"at step {done}", DIVERGED_FIX)
                 bar.update(1)
                 if done % eval_every == 0 or done == steps_per_stage * len(stages):
+                    if hasattr(device, "weights"):
+                        check_finite_weights(device.weights(), "on-device learning", f"by step {done}", DIVERGED_FIX)
                     curve_steps.append(done)
                     curve_acc.append(device.accuracy(xte, yte))
                     bar.set_postfix(
@@ -110,6 +132,9 @@ def run_learning(
     }
     if continual:
         result["continual"] = {"stages": stage_reports}
+    if save_state is not None:
+        write_state(Path(save_state), device.parameters())
+        result["state"] = str(save_state)
     if out_png:
         plot_curve(
             out_png,
@@ -120,6 +145,45 @@ def run_learning(
         )
         result["plot"] = str(out_png)
     return result
+
+
+def check_writable(path: Path) -> None:
+    """Refuse an output path before any work: its folder must exist and be writable, and it must not be a folder."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder: give a file name for the learned state, e.g. {path / 'state.npz'}")
+    if not folder.is_dir():
+        raise DataError(f"cannot write {path}: the folder {folder} does not exist (create it first)")
+    import os
+
+    if not os.access(folder, os.W_OK):
+        raise DataError(f"cannot write {path}: the folder {folder} is not writable (choose another location)")
+
+
+def write_state(path: Path, params: dict[str, np.ndarray]) -> None:
+    """The learned parameters as an ``.npz`` (float32; written atomically)."""
+    import io
+
+    from edgesp.atomic import write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v, np.float32) for k, v in params.items()})
+    write_bytes(path, buf.getvalue())
+
+
+def read_state(path: Path) -> dict[str, np.ndarray]:
+    """Arrays of a state file written by :func:`write_state` (refuses pickles and non-float data)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise DataError(f"state file {path} not found: write it with 'simulate BUILD --save-state FILE'") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"state file {path} is not a readable .npz ({e}): re-create it with --save-state") from None
+    for k, v in arrays.items():
+        if v.dtype.kind != "f" or not np.all(np.isfinite(v)):
+            raise DataError(f"state file {path}: {k} is not finite float data: re-create it with --save-state")
+    return {k: v.astype(np.float32) for k, v in arrays.items()}
 
 
 def _stages(num_classes: int, per_stage: int = 2) -> list[list[int]]:

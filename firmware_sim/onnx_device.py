@@ -169,6 +169,7 @@ def simulate(
     progress: bool = True,
     continual: bool = False,
     lr: float | None = None,
+    save_state: Path | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     device = OrtDevice(build_dir)
@@ -176,7 +177,9 @@ def simulate(
         raise DataError(f"the build was compiled for batch {device.batch}, not {batch}: recompile with --batch {batch}")
     from firmware_sim.learning import run_learning
 
-    res = run_learning(device, device.spec, dataset, steps, device.batch, seed, out_png, progress, continual, lr)
+    res = run_learning(
+        device, device.spec, dataset, steps, device.batch, seed, out_png, progress, continual, lr, save_state=save_state
+    )
     res["build"] = str(build_dir)
     return res
 

@@ -70,10 +70,7 @@ class TFLiteDevice:
         """One SP update inside the interpreter; returns the per-layer local losses."""
         self.check_batch(x)
         out = self.model.step(np.asarray(x, np.float32), y, self.lr if lr is None else lr)
-        losses = {k: float(v) for k, v in out.items()}
-        if not all(np.isfinite(v) for v in losses.values()):
-            raise DataError(f"the on-device loss diverged ({losses}): lower the learning rate (--lr)")
-        return losses
+        return {k: float(v) for k, v in out.items()}  # non-finite losses: firmware_sim.learning stops the run
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits for any number of samples; the last chunk is zero-padded to the static batch."""
@@ -92,6 +89,11 @@ class TFLiteDevice:
     def weights(self) -> dict[str, np.ndarray]:
         """Every state variable (parameters and optimizer state), read with the ``get`` signature."""
         return self.model.get()
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """The model parameters only (no optimizer state)."""
+        names = {p["name"] for p in self.manifest["parameters"] if p["kind"] == "parameter"}
+        return {k: v for k, v in self.weights().items() if k in names}
 
 
 def _verify_hashes(build_dir: Path, manifest: dict[str, Any]) -> None:
@@ -121,7 +123,7 @@ def simulate(build_dir: Path, dataset: Dataset, steps: int, batch: int | None = 
         raise DataError(f"the build was compiled for batch {device.batch}, not {batch}: recompile with "
                         f"--batch {batch}")
     res = run_learning(device, device.spec, dataset, steps, device.batch, seed, out_png, progress, continual,
-                       lr, runtime=f"tflite ({device.model.name})")
+                       lr, runtime=f"tflite ({device.model.name})", save_state=options.get("save_state"))
     res.update(runtime="tflite", interpreter=device.model.name, resolver=options.get("resolver", "auto"),
                build=str(build_dir))
     return res

@@ -23,4 +23,11 @@ def build_model(*args: Any, **kwargs: Any) -> bytes:
     return _build(*args, **kwargs)
 
 
-__all__ = ["build_model", "compile_model"]
+def export_inference(*args: Any, **kwargs: Any) -> dict[str, str]:
+    """See :func:`compilers.tflite.compile.export_inference`."""
+    from compilers.tflite.compile import export_inference as _export
+
+    return _export(*args, **kwargs)
+
+
+__all__ = ["build_model", "compile_model", "export_inference"]

@@ -49,6 +49,19 @@ def build_model(update: Program, inference: Program) -> bytes:
     return w.finish()
 
 
+def export_inference(spec: ModelSpec, params: dict[str, np.ndarray], out_dir: Path, batch: int) -> dict[str, str]:
+    """Write a standalone ``inference.tflite`` with one signature ``infer(x (batch,…)) → logits`` and
+    ``params`` as constant buffers (no variables, nothing to initialise). Returns {file name: sha256}."""
+    from compilers.ir import freeze_states
+
+    prog = freeze_states(lower_inference(spec, params, batch), params)
+    w = ModelWriter(description=f"edgesp inference for {spec.name} (exported)")
+    w.add_program(prog, "infer", assign=False)
+    data = w.finish()
+    write_bytes(Path(out_dir) / "inference.tflite", data)
+    return {"inference.tflite": hashlib.sha256(data).hexdigest()}
+
+
 def manifest_parameters(update: Program) -> list[dict[str, Any]]:
     """Every state (parameters, then optimizer state, per layer in forward order). ``update_output`` is
     the key of the ``get`` signature output holding the state's current value (the state's own name)."""
