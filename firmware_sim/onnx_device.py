@@ -73,7 +73,10 @@ class OrtDevice:
             if p["update_output"]
         }
         self.update_outputs = [o.name for o in self.update.get_outputs()]
-        self.param_names = [i.name for i in self.inference.get_inputs() if i.name != "x"]
+        # the parameters are overridable initializers of inference.onnx (ORT lists them apart from its inputs)
+        self.param_names = [i.name for i in self.inference.get_inputs() if i.name != "x"] + [
+            i.name for i in self.inference.get_overridable_initializers()
+        ]
         self.lr = float(self.manifest.get("learning_rate", self.spec.rule.optimizer.lr))
 
     def _verify_hashes(self) -> None:
