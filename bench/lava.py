@@ -74,8 +74,11 @@ def throughput(build: Path, x: np.ndarray, y: np.ndarray, learn: bool) -> dict[s
     finally:
         sess.stop()
     steps = sess.total_steps - 1
-    return {"timesteps_per_second": steps / dt, "cpu_ms_per_timestep": 1e3 * cpu / steps,
-            "startup_seconds": sess.first_run_seconds}
+    return {
+        "timesteps_per_second": steps / dt,
+        "cpu_ms_per_timestep": 1e3 * cpu / steps,
+        "startup_seconds": sess.first_run_seconds,
+    }
 
 
 def reference_accuracy(build: Path, ds, n_train: int, seed: int) -> dict[str, float]:
@@ -90,8 +93,7 @@ def reference_accuracy(build: Path, ds, n_train: int, seed: int) -> dict[str, fl
     ref.run(prepare_inputs(desc, ds.x_train[order]), ds.y_train[order], np.ones(n_train, bool))
     dt = time.perf_counter() - t0
     acc1 = float((ref.run(xte, ds.y_test, np.zeros(len(xte), bool)).argmax(1) == ds.y_test).mean())
-    return {"accuracy_before": acc0, "accuracy_after": acc1,
-            "timesteps_per_second": n_train * desc.time_steps / dt}
+    return {"accuracy_before": acc0, "accuracy_after": acc1, "timesteps_per_second": n_train * desc.time_steps / dt}
 
 
 def main() -> None:
@@ -111,9 +113,15 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset("digits")
-    spec = build_spec("snn", ds.input_shape, ds.num_classes, width=args.width, depth=args.depth,
-                      rule=RuleSpec(name="sp-voltage", optimizer=OptimizerSpec(name="sgd", lr=args.lr)),
-                      temporal=TemporalSpec(time_steps=args.time_steps, encoding=args.encoding))
+    spec = build_spec(
+        "snn",
+        ds.input_shape,
+        ds.num_classes,
+        width=args.width,
+        depth=args.depth,
+        rule=RuleSpec(name="sp-voltage", optimizer=OptimizerSpec(name="sgd", lr=args.lr)),
+        temporal=TemporalSpec(time_steps=args.time_steps, encoding=args.encoding),
+    )
     params = init_params(spec, args.seed)
     n_train = int(round(args.epochs * len(ds.y_train)))
     rows = []
@@ -121,54 +129,96 @@ def main() -> None:
         for tname in args.targets.split(","):
             build = Path(tmp) / tname
             manifest = compile_model(spec, params, load_target(tname), build, 1)
-            xs, ys = ds.x_train[:args.throughput_samples], ds.y_train[:args.throughput_samples]
+            xs, ys = ds.x_train[: args.throughput_samples], ds.y_train[: args.throughput_samples]
             runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
             for _ in range(args.repeats):  # alternate, keep the best: the machine may be shared
                 for learn in (False, True):
                     runs[learn].append(throughput(build, xs, ys, learn=learn))
             plain = max(runs[False], key=lambda r: r["timesteps_per_second"])
             learning = max(runs[True], key=lambda r: r["timesteps_per_second"])
-            sim = lava_device.simulate(build, ds, n_train, None, args.seed, out / f"lava_{tname}.png", False,
-                                       curve_points=4, curve_eval=100)
+            sim = lava_device.simulate(
+                build, ds, n_train, None, args.seed, out / f"lava_{tname}.png", False, curve_points=4, curve_eval=100
+            )
             ref = reference_accuracy(build, ds, n_train, args.seed)
             q = manifest["quantisation"]
-            rows.append({
-                "target": tname, "precision": manifest["precision"], "cores_used": manifest["cores_used"],
-                "timesteps_per_second_plain": plain["timesteps_per_second"],
-                "timesteps_per_second_learning": learning["timesteps_per_second"],
-                "learning_cost_ratio": plain["timesteps_per_second"] / learning["timesteps_per_second"],
-                "cpu_ms_per_timestep_plain": min(r["cpu_ms_per_timestep"] for r in runs[False]),
-                "cpu_ms_per_timestep_learning": min(r["cpu_ms_per_timestep"] for r in runs[True]),
-                "startup_seconds": learning["startup_seconds"],
-                "accuracy_before": sim["accuracy_before"], "accuracy_after": sim["accuracy_after"],
-                "train_samples": n_train, "simulate_timesteps": sim["timesteps"],
-                "simulate_timesteps_per_second": sim["timesteps_per_second"],
-                "samples_per_second": sim["samples_per_second"], "curve": sim["curve"],
-                "reference_accuracy_after": ref["accuracy_after"],
-                "reference_timesteps_per_second": ref["timesteps_per_second"],
-                "weight_quant_rel_rms_max": q["weight_rel_rms_max"] if q else 0.0,
-                "planned_memory_bytes": manifest["planned_memory"]["total_bytes"],
-            })
+            rows.append(
+                {
+                    "target": tname,
+                    "precision": manifest["precision"],
+                    "cores_used": manifest["cores_used"],
+                    "timesteps_per_second_plain": plain["timesteps_per_second"],
+                    "timesteps_per_second_learning": learning["timesteps_per_second"],
+                    "learning_cost_ratio": plain["timesteps_per_second"] / learning["timesteps_per_second"],
+                    "cpu_ms_per_timestep_plain": min(r["cpu_ms_per_timestep"] for r in runs[False]),
+                    "cpu_ms_per_timestep_learning": min(r["cpu_ms_per_timestep"] for r in runs[True]),
+                    "startup_seconds": learning["startup_seconds"],
+                    "accuracy_before": sim["accuracy_before"],
+                    "accuracy_after": sim["accuracy_after"],
+                    "train_samples": n_train,
+                    "simulate_timesteps": sim["timesteps"],
+                    "simulate_timesteps_per_second": sim["timesteps_per_second"],
+                    "samples_per_second": sim["samples_per_second"],
+                    "curve": sim["curve"],
+                    "reference_accuracy_after": ref["accuracy_after"],
+                    "reference_timesteps_per_second": ref["timesteps_per_second"],
+                    "weight_quant_rel_rms_max": q["weight_rel_rms_max"] if q else 0.0,
+                    "planned_memory_bytes": manifest["planned_memory"]["total_bytes"],
+                }
+            )
             print(f"done {tname}", flush=True)
-    config = {"dataset": "digits", "model": spec.name, "width": args.width, "depth": args.depth,
-              "time_steps": args.time_steps, "encoding": args.encoding, "loss": "v1 (sp-voltage, batch 1)",
-              "lr": args.lr, "epochs": args.epochs, "throughput_samples": args.throughput_samples,
-              "throughput_repeats": args.repeats, "throughput": "best of the repeats, steady state (start-up excluded)",
-              "command": "python " + " ".join(sys.argv)}
+    config = {
+        "dataset": "digits",
+        "model": spec.name,
+        "width": args.width,
+        "depth": args.depth,
+        "time_steps": args.time_steps,
+        "encoding": args.encoding,
+        "loss": "v1 (sp-voltage, batch 1)",
+        "lr": args.lr,
+        "epochs": args.epochs,
+        "throughput_samples": args.throughput_samples,
+        "throughput_repeats": args.repeats,
+        "throughput": "best of the repeats, steady state (start-up excluded)",
+        "command": "python " + " ".join(sys.argv),
+    }
     (out / "lava.json").write_text(json.dumps({"config": config, "results": rows}, indent=2))
     for r in rows:
         r["learning_cpu_cost_ratio"] = r["cpu_ms_per_timestep_learning"] / r["cpu_ms_per_timestep_plain"]
     (out / "lava.json").write_text(json.dumps({"config": config, "results": rows}, indent=2))
-    hdr = ("target", "prec", "cores", "ts/s plain", "ts/s learn", "CPU ms/step plain", "CPU ms/step learn",
-           "CPU cost x", "acc before", "acc after", "numpy ref after", "wq err")
+    hdr = (
+        "target",
+        "prec",
+        "cores",
+        "ts/s plain",
+        "ts/s learn",
+        "CPU ms/step plain",
+        "CPU ms/step learn",
+        "CPU cost x",
+        "acc before",
+        "acc after",
+        "numpy ref after",
+        "wq err",
+    )
     print(" | ".join(hdr))
     for r in rows:
-        print(" | ".join([r["target"], r["precision"], str(r["cores_used"]),
-                          f"{r['timesteps_per_second_plain']:.0f}", f"{r['timesteps_per_second_learning']:.0f}",
-                          f"{r['cpu_ms_per_timestep_plain']:.2f}", f"{r['cpu_ms_per_timestep_learning']:.2f}",
-                          f"{r['learning_cpu_cost_ratio']:.2f}", f"{r['accuracy_before']:.3f}",
-                          f"{r['accuracy_after']:.3f}", f"{r['reference_accuracy_after']:.3f}",
-                          f"{r['weight_quant_rel_rms_max']:.4f}"]))
+        print(
+            " | ".join(
+                [
+                    r["target"],
+                    r["precision"],
+                    str(r["cores_used"]),
+                    f"{r['timesteps_per_second_plain']:.0f}",
+                    f"{r['timesteps_per_second_learning']:.0f}",
+                    f"{r['cpu_ms_per_timestep_plain']:.2f}",
+                    f"{r['cpu_ms_per_timestep_learning']:.2f}",
+                    f"{r['learning_cpu_cost_ratio']:.2f}",
+                    f"{r['accuracy_before']:.3f}",
+                    f"{r['accuracy_after']:.3f}",
+                    f"{r['reference_accuracy_after']:.3f}",
+                    f"{r['weight_quant_rel_rms_max']:.4f}",
+                ]
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ def _load(build_dir: Path) -> tuple[dict[str, Any], NetDesc, ModelSpec]:
     return manifest, load_netdesc(build_dir, manifest), ModelSpec.from_dict(manifest["spec"])
 
 
-def _schedule(ds: Dataset, spec: ModelSpec, n_train: int, eval_n: int, curve_points: int, curve_eval: int,
-              seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, int, int, int]]]:
+def _schedule(
+    ds: Dataset, spec: ModelSpec, n_train: int, eval_n: int, curve_points: int, curve_eval: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, int, int, int]]]:
     """Concatenated stream (x, y, learn) and its segments (kind, start, stop, trained-so-far)."""
     if ds.num_classes > spec.num_classes:
         raise DataError(f"{ds.name} has {ds.num_classes} classes, the model {spec.num_classes}")
@@ -45,11 +46,12 @@ def _schedule(ds: Dataset, spec: ModelSpec, n_train: int, eval_n: int, curve_poi
     order = np.concatenate([rng.permutation(len(xtr)) for _ in range(-(-n_train // len(xtr)))])[:n_train]
     eval_n = min(eval_n, len(xte)) if eval_n > 0 else len(xte)
     curve_eval = min(curve_eval, eval_n)
-    parts: list[tuple[np.ndarray, np.ndarray, bool, str, int]] = [(xte[:eval_n], ds.y_test[:eval_n], False,
-                                                                   "before", 0)]
+    parts: list[tuple[np.ndarray, np.ndarray, bool, str, int]] = [
+        (xte[:eval_n], ds.y_test[:eval_n], False, "before", 0)
+    ]
     bounds = np.linspace(0, n_train, curve_points + 1).astype(int)
     for j in range(curve_points):
-        idx = order[bounds[j]:bounds[j + 1]]
+        idx = order[bounds[j] : bounds[j + 1]]
         parts.append((xtr[idx], ds.y_train[idx], True, "train", int(bounds[j + 1])))
         if j < curve_points - 1:
             parts.append((xte[:curve_eval], ds.y_test[:curve_eval], False, "curve", int(bounds[j + 1])))
@@ -64,8 +66,16 @@ def _schedule(ds: Dataset, spec: ModelSpec, n_train: int, eval_n: int, curve_poi
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(ls), segs
 
 
-def simulate(build_dir: str | Path, dataset: Dataset, steps: int, batch: int | None = None, seed: int = 0,
-             out_png: str | Path | None = None, progress: bool = False, **options: Any) -> dict[str, Any]:
+def simulate(
+    build_dir: str | Path,
+    dataset: Dataset,
+    steps: int,
+    batch: int | None = None,
+    seed: int = 0,
+    out_png: str | Path | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
     """Options: eval_samples (test samples for before/after, default all), curve_points (default 4),
     curve_eval (test samples per intermediate point, default 100), chunk_samples (samples per Lava run call,
     default 50), learning (default True; False streams the same schedule with the rule switched off),
@@ -84,9 +94,15 @@ def simulate(build_dir: str | Path, dataset: Dataset, steps: int, batch: int | N
         desc.lr = desc.lr_head = lr
     import_lava()
     n_train = int(steps) if steps and steps > 0 else len(dataset.x_train)
-    x, y, learn, segs = _schedule(dataset, spec, n_train, int(options.get("eval_samples", 0)),
-                                  max(1, int(options.get("curve_points", 4))), int(options.get("curve_eval", 100)),
-                                  seed)
+    x, y, learn, segs = _schedule(
+        dataset,
+        spec,
+        n_train,
+        int(options.get("eval_samples", 0)),
+        max(1, int(options.get("curve_points", 4))),
+        int(options.get("curve_eval", 100)),
+        seed,
+    )
     if not options.get("learning", True):
         learn[:] = False
     T = desc.time_steps
@@ -99,6 +115,7 @@ def simulate(build_dir: str | Path, dataset: Dataset, steps: int, batch: int | N
     t_wall = time.perf_counter()
     sess = LavaSession(desc, prepare_inputs(desc, x), y, learn, seed=seed)
     try:
+
         def tick(s: LavaSession) -> None:
             if bar is not None:
                 bar.n = min(len(y), max(0, (s.steps_done - len(desc.layers)) // T))
@@ -144,8 +161,7 @@ def simulate(build_dir: str | Path, dataset: Dataset, steps: int, batch: int | N
         "cores_used": manifest.get("cores_used"),
         "learning": bool(options.get("learning", True)),
         "lr": desc.lr,
-        "weights_changed": bool(any(np.any(w != la.weight)
-                                    for (w, _), la in zip(final, desc.layers, strict=True))),
+        "weights_changed": bool(any(np.any(w != la.weight) for (w, _), la in zip(final, desc.layers, strict=True))),
         "eval_samples": segs[0][2] - segs[0][1],
     }
     if out_png is not None:
@@ -164,8 +180,12 @@ def _plot(result: dict[str, Any], out_png: Path) -> None:
     c = result["curve"]
     ax.plot([p["train_samples"] for p in c], [p["accuracy"] for p in c], "o-", label="test accuracy")
     tr = result["online_train_accuracy"]
-    ax.plot([p["train_samples"] for p in tr], [p["online_accuracy"] for p in tr], "s--",
-            label="online train accuracy (during learning)")
+    ax.plot(
+        [p["train_samples"] for p in tr],
+        [p["online_accuracy"] for p in tr],
+        "s--",
+        label="online train accuracy (during learning)",
+    )
     ax.set_xlabel("training samples streamed (T time steps each)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
@@ -213,9 +233,14 @@ def _measure(desc: NetDesc, learn: bool, samples: int, seed: int) -> dict[str, A
         pss = sum(_pss_bytes(p) for p in pids)
     finally:
         sess.stop()
-    return {"measured_peak_bytes": int(pss), "measured_rss_peak_sum_bytes": int(sum(hwm.values())),
-            "worker_processes": len(pids), "largest_worker_peak_bytes": int(max(hwm.values(), default=0)),
-            "timesteps": sess.total_steps, "timesteps_per_second": sess.total_steps / sess.run_seconds}
+    return {
+        "measured_peak_bytes": int(pss),
+        "measured_rss_peak_sum_bytes": int(sum(hwm.values())),
+        "worker_processes": len(pids),
+        "largest_worker_peak_bytes": int(max(hwm.values(), default=0)),
+        "timesteps": sess.total_steps,
+        "timesteps_per_second": sess.total_steps / sess.run_seconds,
+    }
 
 
 def profile(build_dir: str | Path, batch: int | None = None, **options: Any) -> dict[str, Any]:
@@ -231,11 +256,13 @@ def profile(build_dir: str | Path, batch: int | None = None, **options: Any) -> 
     update = _measure(desc, True, samples, seed)
     inference["planned_peak_bytes"] = planned_inf
     update["planned_peak_bytes"] = planned_inf
-    note = ("measured_peak_bytes = sum of the proportional set size (PSS) of the Lava runtime's worker processes "
-            "(one OS process per Lava process) at the end of the run, when the network is in steady state: pages "
-            "shared with the forked host (Python, numpy, torch) are divided among the sharers; "
-            "measured_rss_peak_sum_bytes = sum of their peak RSS (VmHWM), an upper bound that counts those "
-            "shared pages in every worker; planned = synapse + neuron memory on the chip's cores")
+    note = (
+        "measured_peak_bytes = sum of the proportional set size (PSS) of the Lava runtime's worker processes "
+        "(one OS process per Lava process) at the end of the run, when the network is in steady state: pages "
+        "shared with the forked host (Python, numpy, torch) are divided among the sharers; "
+        "measured_rss_peak_sum_bytes = sum of their peak RSS (VmHWM), an upper bound that counts those "
+        "shared pages in every worker; planned = synapse + neuron memory on the chip's cores"
+    )
     return {
         "target": manifest["target"],
         "precision": desc.precision,
@@ -245,8 +272,10 @@ def profile(build_dir: str | Path, batch: int | None = None, **options: Any) -> 
         "planned_memory": pm,
         "inference": inference,
         "update_step": update,
-        "bp_baseline": {"measured_peak_bytes": None,
-                        "note": "no backprop baseline on a neuromorphic target (BPTT is not an on-chip rule)"},
+        "bp_baseline": {
+            "measured_peak_bytes": None,
+            "note": "no backprop baseline on a neuromorphic target (BPTT is not an on-chip rule)",
+        },
         "main_process_peak_bytes": _status_bytes(__import__("os").getpid(), "VmHWM"),
         "note": note,
     }

@@ -4,10 +4,24 @@ Lava processes that learns on-chip with the SP-voltage rule (see :mod:`compilers
 ``compile_model`` checks the spec, lowers the weights (fixed_pt: Loihi quantisation with its error reported),
 maps layers to cores and checks the target's per-core limits (:mod:`compilers.lava.plan`), and writes:
 
-- ``network.npz`` (artifact ``inference``): weights, biases, the target-signal table — numpy arrays, no pickles;
+- ``network.npz`` (artifact ``inference``): weights, biases, the target-signal table (and W_S, b_S when the
+  signal learns) — numpy arrays, no pickles;
 - ``learning.json`` (artifact ``update``): the on-chip rule (loss, learning rates, fixed-point shifts);
 - ``manifest.json``: target, runtime "lava", artifacts, parameters, spec, batch, planned_memory, cores_used,
   quantisation, network (the scalar description :class:`NetDesc` is rebuilt from).
+
+Signal placement (``spec.signal.placement``):
+
+- ``'hidden'`` (default): the table z (C, H_0) = act(LayerNorm(W_S e_c + b_S)) is block 0's target current:
+  block 0's target compartments receive a^t_0[t] = z every step (in place of W_0 t_0 + b_0); W_0 learns from
+  the sample row only. ``signal.kind='learned'``: W_S, b_S learn from the same block-0 loss, from the third
+  factor of the target rows (∂L/∂z = δ_t), back through act and LayerNorm, plain SGD with the layer's lr
+  (fixed_pt: the same 2^−k), in float64 on the host / embedded CPU (Loihi 2's embedded cores: LayerNorm's
+  backward needs a reduction and a division, which the synaptic learning engine does not compute); the
+  table is recomputed after each update (fixed_pt: re-quantised to SIGMA fractional bits). ``'fixed'``: the
+  table is constant.
+- ``'input'`` (checkpoints written before placement existed): the table (C, D_in) is the target stream's
+  input t_0, a fixed table on the host (W_S is not learned on Lava: its gradient would cross W_0).
 
 Lava processes cannot be serialised: :mod:`compilers.lava.network` builds them from these files at simulate
 time. This module does not import Lava, so compiling works without the runtime.
@@ -43,13 +57,15 @@ def _check_params(spec: ModelSpec, params: dict[str, np.ndarray]) -> None:
             raise CompileError(f"weight {name!r} has shape {tuple(np.shape(params[name]))}, the spec needs {shape}")
 
 
-def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path,
-                  batch: int = 1) -> dict[str, Any]:
+def compile_model(
+    spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path, batch: int = 1
+) -> dict[str, Any]:
     if target.runtime != "lava":
         raise TargetError(f"target {target.name!r} runs {target.runtime}, not lava")
     if target.precision not in PRECISIONS:
-        raise TargetError(f"target {target.name!r}: lava precision must be one of {', '.join(PRECISIONS)}, "
-                          f"got {target.precision!r}")
+        raise TargetError(
+            f"target {target.name!r}: lava precision must be one of {', '.join(PRECISIONS)}, got {target.precision!r}"
+        )
     _check_params(spec, params)
     desc, qreport = lower(spec, params, target.precision)
     mapping = plan(desc, target)
@@ -60,21 +76,42 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target
     write_bytes(out_dir / INFERENCE_FILE, buf.getvalue())
     learning = {
         "rule": "sp-voltage (on-chip, online, batch 1)",
-        "loss": desc.loss, "temperature": desc.temperature, "lr": desc.lr, "lr_head": desc.lr_head,
+        "loss": desc.loss,
+        "temperature": desc.temperature,
+        "lr": desc.lr,
+        "lr_head": desc.lr_head,
         "update": "W -= lr * sum_r delta[r]^T s_in[r]; b -= lr * sum_r delta[r] (third factor delta = dL/dv)",
+        "signal": _signal_note(desc),
         "head": "per-step cross-entropy on z_t = W s_in + b",
-        "fixed_pt": ({"lr_shift": rule.lr_shift(desc.lr), "delta_bits": rule.DELTA_BITS,
-                      "delta_frac_bits": rule.DELTA_FRAC, "rounding": "stochastic"} if desc.fixed else None),
+        "fixed_pt": (
+            {
+                "lr_shift": rule.lr_shift(desc.lr),
+                "delta_bits": rule.DELTA_BITS,
+                "delta_frac_bits": rule.DELTA_FRAC,
+                "rounding": "stochastic",
+            }
+            if desc.fixed
+            else None
+        ),
     }
     write_text(out_dir / UPDATE_FILE, json.dumps(learning, indent=2))
     n_layers = len(desc.layers)
     parameters = []
     for name, shape in spec.param_shapes().items():
         layer = spec.param_layer_index(name)
-        on_chip = layer >= 1
-        var = f"dense{layer - 1}.{'weights' if name.endswith('weight') else 'bias'}" if on_chip else None
-        parameters.append({"name": name, "layer": layer, "shape": list(shape), "update_output": var,
-                           "on_chip": on_chip})
+        kind = "weights" if name.endswith("weight") else "bias"
+        entry: dict[str, Any] = {"name": name, "layer": layer, "shape": list(shape)}
+        if name.startswith("signal."):  # never in the synaptic memory: a table on the host / embedded CPU
+            learned = desc.signal_learn
+            entry.update(
+                update_output=f"dense0.{name.replace('.', '_')}" if learned else None,
+                on_chip=False,
+                learned=learned,
+                where="embedded CPU (float64)" if learned else "fixed table",
+            )
+        else:
+            entry.update(update_output=f"dense{layer - 1}.{kind}", on_chip=True, learned=True)
+        parameters.append(entry)
     manifest = {
         "target": target.name,
         "target_spec": target.to_dict(),
@@ -88,15 +125,29 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target
         "planned_memory": mapping["planned_memory"],
         "cores_used": mapping["cores_used"],
         "cores_available": mapping["cores_available"],
-        "core_map": [{k: d[k] for k in ("layer", "kind", "n_in", "n_out", "rows", "cores")}
-                     for d in mapping["layers"]],
+        "core_map": [{k: d[k] for k in ("layer", "kind", "n_in", "n_out", "rows", "cores")} for d in mapping["layers"]],
         "quantisation": qreport or None,
         "network": desc.scalars(),
-        "notes": ("streams one sample at a time (T steps); signal generator is a fixed table on the host; "
-                  f"{n_layers - 1} SP blocks + readout"),
+        "notes": f"streams one sample at a time (T steps); {_signal_note(desc)}; {n_layers - 1} SP blocks + readout",
     }
     write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, default=_json_default))
     return manifest
+
+
+def _signal_note(desc: Any) -> str:
+    c, d = desc.table.shape
+    if not desc.hidden:
+        return (
+            f"input signal placement (legacy): the target table ({c}, {d}) enters as the target stream's input; "
+            "W_S is a fixed table on the host (not learned on Lava)"
+        )
+    where = (
+        "W_S, b_S learn on the embedded CPU (float64 SGD from block 0's target-row third factor, back "
+        "through LayerNorm; table recomputed after each update)"
+        if desc.signal_learn
+        else "W_S is fixed (signal kind 'fixed'): constant table"
+    )
+    return f"hidden signal placement: the target table ({c}, {d}) is injected as block 0's target current; {where}"
 
 
 def _json_default(o: Any) -> Any:

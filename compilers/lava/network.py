@@ -54,8 +54,9 @@ def import_lava() -> dict[str, Any]:
 
             from compilers.lava import processes
     except ImportError as e:
-        raise RuntimeMissingError(f"lava-nc cannot be imported ({e}): run 'make setup' (lava-nc 0.10.0, numpy<2)") \
-            from None
+        raise RuntimeMissingError(
+            f"lava-nc cannot be imported ({e}): run 'make setup' (lava-nc 0.10.0, numpy<2)"
+        ) from None
     return {"RunSteps": RunSteps, "Loihi2SimCfg": Loihi2SimCfg, "processes": processes}
 
 
@@ -89,8 +90,9 @@ def _workers_ignore_sigint(first: bool) -> Iterator[None]:
 class LavaSession:
     """One process network for one stream of samples. ``learn[n]`` switches the on-chip rule per sample."""
 
-    def __init__(self, desc: NetDesc, inputs: np.ndarray, labels: np.ndarray, learn: np.ndarray, seed: int = 0,
-                 trace: int = 0) -> None:
+    def __init__(
+        self, desc: NetDesc, inputs: np.ndarray, labels: np.ndarray, learn: np.ndarray, seed: int = 0, trace: int = 0
+    ) -> None:
         lv = import_lava()
         self._RunSteps = lv["RunSteps"]
         P = lv["processes"]
@@ -101,27 +103,91 @@ class LavaSession:
         learn = np.asarray(learn, bool)
         self.n = len(labels)
         T, R = desc.time_steps, desc.rows
-        self.source = P.SPSource(inputs=inputs, labels=labels, table=desc.table, rows=R, loss=desc.loss,
-                                 time_steps=T, encoding=desc.encoding, seed=desc.encoding_seed, name="source")
+        self.source = P.SPSource(
+            inputs=inputs,
+            labels=labels,
+            table=desc.table,
+            rows=desc.in_rows,
+            loss=desc.loss,
+            time_steps=T,
+            encoding=desc.encoding,
+            seed=desc.encoding_seed,
+            hidden=desc.hidden,
+            name="source",
+        )
         self.denses, self.lifs, self.readout = [], [], None
         prev = self.source.s_out
         g_in = input_frac(desc) if desc.fixed else 0
         for i, la in enumerate(desc.layers):
             head = la.kind == "readout"
-            dense = P.SPDense(weights=la.weight, bias=la.bias, rows=R, learn=learn, delay=i + 1, time_steps=T,
-                              lr=desc.lr_head if head else desc.lr, weight_exp=la.weight_exp, g_in=g_in,
-                              head=head, seed=seed, layer=i, readout=la.readout, dv=la.dv, dv_int=la.dv_int,
-                              name=f"dense{i}")
+            inject: dict[str, Any] = {}
+            if i == 0:
+                inject["in_rows"] = desc.in_rows
+            if i == 0 and desc.hidden:  # block 0 injects the target current (and learns W_S if learned)
+                inject.update(
+                    table=desc.table, labels=labels, loss=desc.loss, signal_act=desc.signal_act, fixed=desc.fixed
+                )
+                if desc.signal_learn:
+                    inject.update(
+                        signal_weight=np.asarray(desc.signal_weight, np.float64),
+                        signal_bias=np.asarray(desc.signal_bias, np.float64),
+                    )
+            dense = P.SPDense(
+                weights=la.weight,
+                bias=la.bias,
+                rows=R,
+                learn=learn,
+                delay=i + 1,
+                time_steps=T,
+                lr=desc.lr_head if head else desc.lr,
+                weight_exp=la.weight_exp,
+                g_in=g_in,
+                head=head,
+                seed=seed,
+                layer=i,
+                readout=la.readout,
+                dv=la.dv,
+                dv_int=la.dv_int,
+                name=f"dense{i}",
+                **inject,
+            )
             prev.connect(dense.s_in)
             if head:
-                post = P.SPReadout(rows=R, num_classes=la.n_out, labels=labels, learn=learn, delay=i + 1,
-                                   time_steps=T, readout=la.readout, dv=la.dv, dv_int=la.dv_int, name="readout")
+                post = P.SPReadout(
+                    rows=R,
+                    num_classes=la.n_out,
+                    labels=labels,
+                    learn=learn,
+                    delay=i + 1,
+                    time_steps=T,
+                    readout=la.readout,
+                    dv=la.dv,
+                    dv_int=la.dv_int,
+                    name="readout",
+                )
                 self.readout = post
             else:
-                post = P.SPLIF(rows=R, n=la.n_out, du=la.du, dv=la.dv, threshold=la.threshold, reset=la.reset,
-                               lif_bias=la.lif_bias, labels=labels, learn=learn, delay=i + 1, time_steps=T,
-                               loss=desc.loss, temperature=desc.temperature, du_int=la.du_int, dv_int=la.dv_int,
-                               vth_int=la.vth_int, lif_bias_int=la.lif_bias_int, trace=trace, name=f"lif{i}")
+                post = P.SPLIF(
+                    rows=R,
+                    n=la.n_out,
+                    du=la.du,
+                    dv=la.dv,
+                    threshold=la.threshold,
+                    reset=la.reset,
+                    lif_bias=la.lif_bias,
+                    labels=labels,
+                    learn=learn,
+                    delay=i + 1,
+                    time_steps=T,
+                    loss=desc.loss,
+                    temperature=desc.temperature,
+                    du_int=la.du_int,
+                    dv_int=la.dv_int,
+                    vth_int=la.vth_int,
+                    lif_bias_int=la.lif_bias_int,
+                    trace=trace,
+                    name=f"lif{i}",
+                )
                 self.lifs.append(post)
             dense.a_out.connect(post.a_in)
             post.err_out.connect(dense.err_in)
@@ -162,8 +228,10 @@ class LavaSession:
         for proc in self.processes():
             step = int(np.asarray(proc.error.get()).ravel()[0])
             if step:
-                raise CompileError(f"Lava process {proc.name} failed at time step {step} (traceback above): "
-                                   "the runtime was stopped; check the build and the data")
+                raise CompileError(
+                    f"Lava process {proc.name} failed at time step {step} (traceback above): "
+                    "the runtime was stopped; check the build and the data"
+                )
 
     def run_all(self, chunk: int | None = None, callback: Any = None) -> None:
         """Run to the end in calls of ``chunk`` steps; the first call is one step, so ``first_run_seconds``
@@ -193,6 +261,16 @@ class LavaSession:
 
     def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(np.asarray(d.weights.get()), np.asarray(d.bias.get())) for d in self.denses]
+
+    def signal(self) -> dict[str, np.ndarray]:
+        """Block 0's target-signal table (hidden placement: as injected now) and, if learned, W_S and b_S."""
+        d0 = self.denses[0]
+        if not self.desc.hidden:
+            return {"table": np.asarray(self.desc.table)}
+        out = {"table": np.asarray(d0.table.get())}
+        if self.desc.signal_learn:
+            out.update(signal_weight=np.asarray(d0.signal_weight.get()), signal_bias=np.asarray(d0.signal_bias.get()))
+        return out
 
     def traces(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(np.asarray(lif.trace_v.get()), np.asarray(lif.trace_s.get())) for lif in self.lifs]

@@ -2,7 +2,10 @@
 
 ``network.npz`` holds the arrays (no pickles): ``layer{i}.weight``/``layer{i}.bias`` (float32 for floating_pt;
 int32 even mantissas for fixed_pt) and ``signal.table`` (C, D): the SP target signal of every class,
-t0_c = act(LayerNorm(W_S e_c + b_S)), float32 (fixed_pt: int32 with INPUT_FRAC fractional bits).
+z_c = act(LayerNorm(W_S e_c + b_S)). Placement ``'hidden'`` (the spec's default): D = H_0, block 0's width; z_c
+is the current a^t_0 injected into block 0's target compartments every step (float32; fixed_pt: int32 in
+block 0's current units, SIGMA fractional bits). Placement ``'input'`` (legacy checkpoints): D = the input
+size; z_c is the target stream's input t_0 (float32; fixed_pt: int32 with INPUT_FRAC fractional bits).
 ``manifest['network']`` holds the scalars: per layer kind ('lif' | 'readout'), sizes, decays, threshold,
 reset, weight exponent; the precision, encoding, T, loss, temperature, learning rates.
 """
@@ -20,11 +23,11 @@ from edgesp.errors import CompileError
 
 @dataclass
 class LayerDesc:
-    kind: str                 # 'lif' (hidden SP block) | 'readout' (output head; dv = readout decay)
+    kind: str  # 'lif' (hidden SP block) | 'readout' (output head; dv = readout decay)
     n_in: int
     n_out: int
-    weight: np.ndarray        # (n_out, n_in)
-    bias: np.ndarray          # (n_out,)
+    weight: np.ndarray  # (n_out, n_in)
+    bias: np.ndarray  # (n_out,)
     du: float = 1.0
     dv: float = 0.0
     threshold: float = 1.0
@@ -32,28 +35,43 @@ class LayerDesc:
     lif_bias: float = 0.0
     spiking: bool = True
     readout: str = "membrane"  # head only: 'membrane' (leaky integrator with dv) | 'spike_count'
-    weight_exp: int = 0       # fixed_pt only
-    du_int: int = 0           # fixed_pt only (Lava LIF 'du' register)
+    weight_exp: int = 0  # fixed_pt only
+    du_int: int = 0  # fixed_pt only (Lava LIF 'du' register)
     dv_int: int = 0
     vth_int: int = 0
-    lif_bias_int: int = 0     # in v units (already MSB-aligned)
+    lif_bias_int: int = 0  # in v units (already MSB-aligned)
     cores: list[int] = field(default_factory=list)
 
 
 @dataclass
 class NetDesc:
-    precision: str            # 'floating_pt' | 'fixed_pt'
+    precision: str  # 'floating_pt' | 'fixed_pt'
     time_steps: int
-    encoding: str             # 'direct' | 'rate' | 'sequence'
+    encoding: str  # 'direct' | 'rate' | 'sequence'
     encoding_seed: int
-    loss: str                 # 'v1' | 'l2'
+    loss: str  # 'v1' | 'l2'
     temperature: float
     lr: float
     lr_head: float
     num_classes: int
-    input_dim: int
-    table: np.ndarray         # (C, D)
+    input_dim: int  # size of one step of the sample input (block 0's n_in)
+    table: np.ndarray  # (C, D): D = H_0 (hidden placement) or input_dim (input placement)
     layers: list[LayerDesc]
+    placement: str = "input"  # 'hidden' | 'input'; builds written before placement existed are 'input'
+    signal_learn: bool = False  # hidden placement: W_S, b_S learn (on the embedded CPU) from block 0's δ
+    signal_act: str = "relu"  # 'relu' | 'none'
+    signal_weight: np.ndarray | None = None  # (H_0, C) float64 W_S, only when signal_learn
+    signal_bias: np.ndarray | None = None  # (H_0,) float64 b_S, only when signal_learn
+
+    @property
+    def hidden(self) -> bool:
+        """The target enters block 0's compartments as a current (not the input)."""
+        return self.placement == "hidden"
+
+    @property
+    def in_rows(self) -> int:
+        """Rows of the source's messages: the sample only (hidden placement) or sample + target rows."""
+        return 1 if self.hidden else self.rows
 
     @property
     def rows(self) -> int:
@@ -69,30 +87,54 @@ class NetDesc:
         return self.precision == "fixed_pt"
 
     def scalars(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("precision", "time_steps", "encoding", "encoding_seed", "loss",
-                                             "temperature", "lr", "lr_head", "num_classes", "input_dim")}
-        out["layers"] = [{k: v for k, v in la.__dict__.items() if k not in ("weight", "bias")}
-                         for la in self.layers]
+        out = {
+            k: getattr(self, k)
+            for k in (
+                "precision",
+                "time_steps",
+                "encoding",
+                "encoding_seed",
+                "loss",
+                "temperature",
+                "lr",
+                "lr_head",
+                "num_classes",
+                "input_dim",
+                "placement",
+                "signal_learn",
+                "signal_act",
+            )
+        }
+        out["layers"] = [{k: v for k, v in la.__dict__.items() if k not in ("weight", "bias")} for la in self.layers]
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"signal.table": self.table}
+        if self.signal_weight is not None:
+            out["signal.weight"] = self.signal_weight
+            out["signal.bias"] = self.signal_bias
         for i, la in enumerate(self.layers):
             out[f"layer{i}.weight"] = la.weight
             out[f"layer{i}.bias"] = la.bias
         return out
 
     def copy(self) -> NetDesc:
-        layers = [LayerDesc(**{**la.__dict__, "weight": la.weight.copy(), "bias": la.bias.copy(),
-                               "cores": list(la.cores)}) for la in self.layers]
-        return NetDesc(**{**self.__dict__, "table": self.table.copy(), "layers": layers})
+        layers = [
+            LayerDesc(**{**la.__dict__, "weight": la.weight.copy(), "bias": la.bias.copy(), "cores": list(la.cores)})
+            for la in self.layers
+        ]
+        extra = {
+            k: None if getattr(self, k) is None else getattr(self, k).copy() for k in ("signal_weight", "signal_bias")
+        }
+        return NetDesc(**{**self.__dict__, "table": self.table.copy(), "layers": layers, **extra})
 
 
 def load_netdesc(build_dir: str | Path, manifest: dict[str, Any]) -> NetDesc:
     build_dir = Path(build_dir)
     if "network" not in manifest:
-        raise CompileError(f"{build_dir}/manifest.json has no 'network' section: re-run 'edgesp compile' "
-                           "with a lava target")
+        raise CompileError(
+            f"{build_dir}/manifest.json has no 'network' section: re-run 'edgesp compile' with a lava target"
+        )
     path = build_dir / manifest["artifacts"]["inference"]
     if not path.exists():
         raise CompileError(f"{path} is missing: re-run 'edgesp compile'")
@@ -108,4 +150,12 @@ def load_netdesc(build_dir: str | Path, manifest: dict[str, Any]) -> NetDesc:
             layers.append(LayerDesc(**ld, weight=arrays[f"layer{i}.weight"], bias=arrays[f"layer{i}.bias"]))
         except KeyError as e:
             raise CompileError(f"{path} lacks {e.args[0]!r}: re-run 'edgesp compile'") from None
-    return NetDesc(**sc, table=arrays["signal.table"], layers=layers)
+    if sc.get("signal_learn") and "signal.weight" not in arrays:
+        raise CompileError(f"{path} lacks 'signal.weight' (learned signal): re-run 'edgesp compile'")
+    return NetDesc(
+        **sc,
+        table=arrays["signal.table"],
+        layers=layers,
+        signal_weight=arrays.get("signal.weight"),
+        signal_bias=arrays.get("signal.bias"),
+    )

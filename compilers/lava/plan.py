@@ -10,8 +10,9 @@ core's single copy of the synaptic memory, so synapses are counted once and neur
 
 Memory: synapses (n_in + 1)·n_out × weight_bits; state per compartment u, v (24-bit each on Loihi, float64
 each in the floating_pt simulation); the learning engine's third factor δ per compartment (16-bit / float64).
-The readout (head) uses one row. The target-signal table and input injection run on the host/embedded CPUs
-and are not counted as neuromorphic cores.
+The readout (head) uses one row. The target-signal table (hidden placement: block 0's target current,
+C·H_0 values; input placement: the target input), the input injection and, for a learned signal, the W_S
+update run on the host/embedded CPUs and are not counted as neuromorphic cores.
 """
 
 from __future__ import annotations
@@ -47,16 +48,20 @@ def plan(desc: NetDesc, target: Target) -> dict[str, Any]:
         rows = 1 if la.kind == "readout" else desc.rows
         where = f"layer {i} ({la.kind}, {la.n_in}->{la.n_out}, {rows} streams)"
         if fan_in is not None and rows * la.n_in > fan_in:
-            raise TargetError(f"{where} needs {rows * la.n_in} input axons per core > fan-in {fan_in} of "
-                              f"{target.name}: reduce the input size or --width")
+            raise TargetError(
+                f"{where} needs {rows * la.n_in} input axons per core > fan-in {fan_in} of "
+                f"{target.name}: reduce the input size or --width"
+            )
         per_core = la.n_out
         if npc is not None:
             per_core = min(per_core, npc // rows)
         if spc is not None:
             per_core = min(per_core, spc // (la.n_in + 1))
         if per_core < 1:
-            raise TargetError(f"{where}: one neuron needs {la.n_in + 1} synapses and {rows} compartments, more "
-                              f"than a core of {target.name} holds ({spc} synapses, {npc} neurons): reduce --width")
+            raise TargetError(
+                f"{where}: one neuron needs {la.n_in + 1} synapses and {rows} compartments, more "
+                f"than a core of {target.name} holds ({spc} synapses, {npc} neurons): reduce --width"
+            )
         n_cores = math.ceil(la.n_out / per_core)
         cores = list(range(next_core, next_core + n_cores))
         next_core += n_cores
@@ -64,21 +69,39 @@ def plan(desc: NetDesc, target: Target) -> dict[str, Any]:
         for c in range(n_cores):
             n = min(per_core, la.n_out - c * per_core)
             syn = (la.n_in + 1) * n
-            per.append({"core": cores[c], "neurons": n, "compartments": n * rows, "synapses": syn,
-                        "synapse_bytes": math.ceil(syn * wbits / 8),
-                        "neuron_bytes": math.ceil(n * rows * (state_bytes + delta_bytes))})
-        layers.append({"layer": i, "kind": la.kind, "n_in": la.n_in, "n_out": la.n_out, "rows": rows,
-                       "cores": cores, "per_core": per})
+            per.append(
+                {
+                    "core": cores[c],
+                    "neurons": n,
+                    "compartments": n * rows,
+                    "synapses": syn,
+                    "synapse_bytes": math.ceil(syn * wbits / 8),
+                    "neuron_bytes": math.ceil(n * rows * (state_bytes + delta_bytes)),
+                }
+            )
+        layers.append(
+            {
+                "layer": i,
+                "kind": la.kind,
+                "n_in": la.n_in,
+                "n_out": la.n_out,
+                "rows": rows,
+                "cores": cores,
+                "per_core": per,
+            }
+        )
         la.cores = cores
     for i in range(len(layers) - 1):
         nxt = len(layers[i + 1]["cores"])
         if fan_out is not None and nxt > fan_out:
             raise TargetError(f"layer {i} fans out to {nxt} cores > fan-out {fan_out} of {target.name}: reduce --width")
     if max_cores is not None and next_core > max_cores * chips:
-        sizes = ", ".join(f"layer {d['layer']} {d['n_in']}->{d['n_out']}×{d['rows']} streams: {len(d['cores'])}"
-                          for d in layers)
-        raise TargetError(f"model needs {next_core} cores but {target.name} has {max_cores * chips} "
-                          f"({sizes}): reduce --width/--depth")
+        sizes = ", ".join(
+            f"layer {d['layer']} {d['n_in']}->{d['n_out']}×{d['rows']} streams: {len(d['cores'])}" for d in layers
+        )
+        raise TargetError(
+            f"model needs {next_core} cores but {target.name} has {max_cores * chips} ({sizes}): reduce --width/--depth"
+        )
     cores = [pc for d in layers for pc in d["per_core"]]
     syn_b = sum(c["synapse_bytes"] for c in cores)
     neu_b = sum(c["neuron_bytes"] for c in cores)
@@ -86,6 +109,12 @@ def plan(desc: NetDesc, target: Target) -> dict[str, Any]:
         "cores_used": next_core,
         "cores_available": max_cores * chips if max_cores else None,
         "layers": layers,
-        "planned_memory": {"synapse_bytes": syn_b, "neuron_bytes": neu_b, "total_bytes": syn_b + neu_b,
-                           "update_step_peak_bytes": syn_b + neu_b, "weight_bits": wbits, "per_core": cores},
+        "planned_memory": {
+            "synapse_bytes": syn_b,
+            "neuron_bytes": neu_b,
+            "total_bytes": syn_b + neu_b,
+            "update_step_peak_bytes": syn_b + neu_b,
+            "weight_bits": wbits,
+            "per_core": cores,
+        },
     }

@@ -60,12 +60,36 @@ def _window(time_step: int, delay: int, T: int, n: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- processes
 class SPSource(AbstractProcess):
     """Streams N samples, T steps each (a ring-buffer-like source that computes each step's payload):
-    s_out (R, D) = encode([x_n[:, k mod Tx]; target rows]). inputs (N, D, Tx); table (C, D)."""
+    s_out (rows, D) = encode([x_n[:, k mod Tx]; target rows]), inputs (N, D, Tx), table (C, D) (input
+    placement); with ``hidden=True`` (hidden placement) only the sample row (rows = 1): the target is injected
+    by block 0's SPDense."""
 
-    def __init__(self, *, inputs: np.ndarray, labels: np.ndarray, table: np.ndarray, rows: int, loss: str,
-                 time_steps: int, encoding: str, seed: int, **kwargs) -> None:
-        super().__init__(inputs=inputs, labels=labels, table=table, rows=rows, loss=loss, time_steps=time_steps,
-                         encoding=encoding, seed=seed, **kwargs)
+    def __init__(
+        self,
+        *,
+        inputs: np.ndarray,
+        labels: np.ndarray,
+        table: np.ndarray,
+        rows: int,
+        loss: str,
+        time_steps: int,
+        encoding: str,
+        seed: int,
+        hidden: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            inputs=inputs,
+            labels=labels,
+            table=table,
+            rows=rows,
+            loss=loss,
+            time_steps=time_steps,
+            encoding=encoding,
+            seed=seed,
+            hidden=hidden,
+            **kwargs,
+        )
         self.inputs = Var(shape=inputs.shape, init=inputs)
         self.labels = Var(shape=labels.shape, init=labels)
         self.table = Var(shape=table.shape, init=table)
@@ -77,25 +101,90 @@ class SPDense(AbstractProcess):
     """Learning synapses: a[r] = W s_in[r] + b (sent one step later); on learning steps
     W −= lr δᵀ s_prev, b −= lr Σ_r δ[r] with δ from the post-synaptic neurons (third factor).
     As the head (``head=True``, row 0 only) it keeps the pre-synaptic trace e, β of the readout and learns
-    W −= lr g f, b −= lr g β_f (see :mod:`compilers.lava.rule`)."""
+    W −= lr g f, b −= lr g β_f (see :mod:`compilers.lava.rule`).
 
-    def __init__(self, *, weights: np.ndarray, bias: np.ndarray, rows: int, learn: np.ndarray, delay: int,
-                 time_steps: int, lr: float, weight_exp: int = 0, g_in: int = 0, head: bool = False,
-                 seed: int = 0, layer: int = 0, readout: str = "membrane", dv: float = 0.0, dv_int: int = 0,
-                 **kwargs) -> None:
-        super().__init__(weights=weights, bias=bias, rows=rows, learn=learn, delay=delay, time_steps=time_steps,
-                         lr=lr, weight_exp=weight_exp, g_in=g_in, head=head, seed=seed, layer=layer,
-                         readout=readout, dv=dv, dv_int=dv_int, **kwargs)
+    Block 0 with hidden signal placement (``table`` given): s_in holds the sample row only (``in_rows`` = 1);
+    the target rows' current is injected from the target-signal table, a[1+j] = z_j (every class for v1, the
+    sample's class for l2; ``labels`` give the class), and W learns from the sample row alone. With
+    ``signal_weight``/``signal_bias`` given, W_S and b_S learn too, from the target rows' δ (∂L/∂z = δ), back
+    through act and LayerNorm (:func:`compilers.lava.rule.signal_step`), and the table is recomputed: this
+    is embedded-CPU work (float64, also in fixed_pt, where the new table is re-quantised), not the synaptic
+    learning engine."""
+
+    def __init__(
+        self,
+        *,
+        weights: np.ndarray,
+        bias: np.ndarray,
+        rows: int,
+        learn: np.ndarray,
+        delay: int,
+        time_steps: int,
+        lr: float,
+        weight_exp: int = 0,
+        g_in: int = 0,
+        head: bool = False,
+        seed: int = 0,
+        layer: int = 0,
+        readout: str = "membrane",
+        dv: float = 0.0,
+        dv_int: int = 0,
+        in_rows: int | None = None,
+        table: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        loss: str = "v1",
+        signal_weight: np.ndarray | None = None,
+        signal_bias: np.ndarray | None = None,
+        signal_act: str = "relu",
+        fixed: bool = False,
+        **kwargs,
+    ) -> None:
+        in_rows = rows if in_rows is None else in_rows
+        inject = table is not None
+        signal_learn = signal_weight is not None
+        super().__init__(
+            weights=weights,
+            bias=bias,
+            rows=rows,
+            learn=learn,
+            delay=delay,
+            time_steps=time_steps,
+            lr=lr,
+            weight_exp=weight_exp,
+            g_in=g_in,
+            head=head,
+            seed=seed,
+            layer=layer,
+            readout=readout,
+            dv=dv,
+            dv_int=dv_int,
+            in_rows=in_rows,
+            inject=inject,
+            loss=loss,
+            signal_learn=signal_learn,
+            signal_act=signal_act,
+            fixed=fixed,
+            **kwargs,
+        )
         n_out, n_in = weights.shape
-        self.s_in = InPort(shape=(rows, n_in))
+        self.s_in = InPort(shape=(in_rows, n_in))
         self.a_out = OutPort(shape=(rows, n_out))
         self.err_in = InPort(shape=(rows, n_out))
         self.weights = Var(shape=weights.shape, init=weights)
         self.bias = Var(shape=bias.shape, init=bias)
         self.learn = Var(shape=learn.shape, init=learn)
-        self.s_prev = Var(shape=(rows, n_in), init=0)
+        self.s_prev = Var(shape=(in_rows, n_in), init=0)
         self.a_buff = Var(shape=(rows, n_out), init=0)
         self.error = Var(shape=(1,), init=0)
+        # hidden placement (block 0): target table, labels, and the learned signal generator (placeholders else)
+        table = np.zeros((1, 1)) if table is None else table
+        labels = np.zeros(1, np.int64) if labels is None else labels
+        ws = np.zeros((1, 1)) if signal_weight is None else signal_weight
+        bs = np.zeros(1) if signal_bias is None else signal_bias
+        self.table = Var(shape=table.shape, init=table)
+        self.labels = Var(shape=labels.shape, init=labels)
+        self.signal_weight = Var(shape=ws.shape, init=ws)
+        self.signal_bias = Var(shape=bs.shape, init=bs)
 
 
 class SPLIF(AbstractProcess):
@@ -103,14 +192,50 @@ class SPLIF(AbstractProcess):
     δ = ∂L/∂v (zero on non-learning steps). ``trace`` > 0 records pre-reset v and spikes of the first
     ``trace`` active steps (for parity tests)."""
 
-    def __init__(self, *, rows: int, n: int, du: float, dv: float, threshold: float, reset: str, lif_bias: float,
-                 labels: np.ndarray, learn: np.ndarray, delay: int, time_steps: int, loss: str,
-                 temperature: float, du_int: int = 0, dv_int: int = 0, vth_int: int = 0, lif_bias_int: int = 0,
-                 trace: int = 0, **kwargs) -> None:
-        super().__init__(rows=rows, n=n, du=du, dv=dv, threshold=threshold, reset=reset, lif_bias=lif_bias,
-                         labels=labels, learn=learn, delay=delay, time_steps=time_steps, loss=loss,
-                         temperature=temperature, du_int=du_int, dv_int=dv_int, vth_int=vth_int,
-                         lif_bias_int=lif_bias_int, trace=trace, **kwargs)
+    def __init__(
+        self,
+        *,
+        rows: int,
+        n: int,
+        du: float,
+        dv: float,
+        threshold: float,
+        reset: str,
+        lif_bias: float,
+        labels: np.ndarray,
+        learn: np.ndarray,
+        delay: int,
+        time_steps: int,
+        loss: str,
+        temperature: float,
+        du_int: int = 0,
+        dv_int: int = 0,
+        vth_int: int = 0,
+        lif_bias_int: int = 0,
+        trace: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            rows=rows,
+            n=n,
+            du=du,
+            dv=dv,
+            threshold=threshold,
+            reset=reset,
+            lif_bias=lif_bias,
+            labels=labels,
+            learn=learn,
+            delay=delay,
+            time_steps=time_steps,
+            loss=loss,
+            temperature=temperature,
+            du_int=du_int,
+            dv_int=dv_int,
+            vth_int=vth_int,
+            lif_bias_int=lif_bias_int,
+            trace=trace,
+            **kwargs,
+        )
         self.a_in = InPort(shape=(rows, n))
         self.s_out = OutPort(shape=(rows, n))
         self.err_out = OutPort(shape=(rows, n))
@@ -128,10 +253,32 @@ class SPReadout(AbstractProcess):
     o ← o + z_t with logits o/(k+1); logits[n] = the readout at the sample's last step (real units).
     Sends the cross-entropy error softmax(o_t) − onehot(y) as third factor on learning steps."""
 
-    def __init__(self, *, rows: int, num_classes: int, labels: np.ndarray, learn: np.ndarray, delay: int,
-                 time_steps: int, readout: str = "membrane", dv: float = 0.0, dv_int: int = 0, **kwargs) -> None:
-        super().__init__(rows=rows, num_classes=num_classes, labels=labels, learn=learn, delay=delay,
-                         time_steps=time_steps, readout=readout, dv=dv, dv_int=dv_int, **kwargs)
+    def __init__(
+        self,
+        *,
+        rows: int,
+        num_classes: int,
+        labels: np.ndarray,
+        learn: np.ndarray,
+        delay: int,
+        time_steps: int,
+        readout: str = "membrane",
+        dv: float = 0.0,
+        dv_int: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            rows=rows,
+            num_classes=num_classes,
+            labels=labels,
+            learn=learn,
+            delay=delay,
+            time_steps=time_steps,
+            readout=readout,
+            dv=dv,
+            dv_int=dv_int,
+            **kwargs,
+        )
         self.a_in = InPort(shape=(rows, num_classes))
         self.err_out = OutPort(shape=(rows, num_classes))
         self.labels = Var(shape=labels.shape, init=labels)
@@ -160,8 +307,11 @@ class _SourceModel(_Guarded):
             return np.zeros(self.s_out.shape)
         y = int(self.labels[n_idx])
         x = self.inputs[n_idx][:, k % self.inputs.shape[2]]
-        tgt = self.table if p["loss"] == "v1" else self.table[[y]]
-        rows = np.concatenate([x[None, :], tgt], 0)
+        if p["hidden"]:
+            rows = x[None, :]
+        else:
+            tgt = self.table if p["loss"] == "v1" else self.table[[y]]
+            rows = np.concatenate([x[None, :], tgt], 0)
         return encode(rows, p["encoding"], p["seed"], n_idx, k, self.fixed)
 
 
@@ -189,10 +339,37 @@ class PySPSourceFixed(_SourceModel):
 
 
 # --------------------------------------------------------------------------- dense models
+class _InjectMixin:
+    """Hidden placement, block 0: the target rows' current and the signal generator's update."""
+
+    def _target_current(self, dtype) -> np.ndarray:
+        p = self.proc_params
+        n_in, _ = _window(self.time_step, p["delay"] - 1, p["time_steps"], self.learn.shape[0])
+        k_rows = self.a_buff.shape[0] - p["in_rows"]
+        if n_in < 0:
+            return np.zeros((k_rows, self.a_buff.shape[1]), dtype)
+        rows = self.table if p["loss"] == "v1" else self.table[[int(self.labels[n_in])]]
+        return np.asarray(rows, dtype)
+
+    def _learn_signal(self, delta_t: np.ndarray, y: int) -> None:
+        p = self.proc_params
+        _, _, table = rule.signal_step(
+            self.signal_weight,
+            self.signal_bias,
+            delta_t,
+            y,
+            p["loss"],
+            p["signal_act"],
+            rule.signal_lr(p["lr"], p["fixed"]),
+            p["fixed"],
+        )
+        self.table[:] = table
+
+
 @implements(proc=SPDense, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PySPDenseFloat(_Guarded):
+class PySPDenseFloat(_InjectMixin, _Guarded):
     s_in: PyInPort = FLOAT_IN
     a_out: PyOutPort = FLOAT_PORT
     err_in: PyInPort = FLOAT_IN
@@ -202,6 +379,10 @@ class PySPDenseFloat(_Guarded):
     s_prev: np.ndarray = LavaPyType(np.ndarray, float)
     a_buff: np.ndarray = LavaPyType(np.ndarray, float)
     error: np.ndarray = LavaPyType(np.ndarray, int)
+    table: np.ndarray = LavaPyType(np.ndarray, float)
+    labels: np.ndarray = LavaPyType(np.ndarray, int)
+    signal_weight: np.ndarray = LavaPyType(np.ndarray, float)
+    signal_bias: np.ndarray = LavaPyType(np.ndarray, float)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
@@ -230,8 +411,11 @@ class PySPDenseFloat(_Guarded):
                 self.weights -= lr * np.outer(err[0], feat)
                 self.bias -= lr * err[0] * (self.beta if membrane else 1.0)
             else:
-                self.weights -= lr * (err.T @ self.s_prev)
-                self.bias -= lr * err.sum(0)
+                m = p["in_rows"]
+                self.weights -= lr * (err[:m].T @ self.s_prev)
+                self.bias -= lr * err[:m].sum(0)
+                if p["signal_learn"]:
+                    self._learn_signal(err[m:], int(self.labels[n_idx]))
         if p["head"]:
             self.a_buff[0] = self.weights @ s[0] + self.bias
             _, k_next = _window(self.time_step + 1, p["delay"], p["time_steps"], self.learn.shape[0])
@@ -241,14 +425,15 @@ class PySPDenseFloat(_Guarded):
             else:
                 self.e, self.beta = decay * self.e + s[0], decay * self.beta + 1.0
         else:
-            self.a_buff[:] = s @ self.weights.T + self.bias
+            a = s @ self.weights.T + self.bias
+            self.a_buff[:] = np.concatenate([a, self._target_current(a.dtype)], 0) if p["inject"] else a
         self.s_prev[:] = s
 
 
 @implements(proc=SPDense, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
-class PySPDenseFixed(_Guarded):
+class PySPDenseFixed(_InjectMixin, _Guarded):
     """Bit-level: a = shift(Σ W_int s_int, e − g_in) + shift(b_int, e); integer update with stochastic rounding."""
 
     s_in: PyInPort = INT_IN
@@ -260,6 +445,10 @@ class PySPDenseFixed(_Guarded):
     s_prev: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
     a_buff: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
     error: np.ndarray = LavaPyType(np.ndarray, int)
+    table: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=16)
+    labels: np.ndarray = LavaPyType(np.ndarray, int)
+    signal_weight: np.ndarray = LavaPyType(np.ndarray, float)  # embedded-CPU state (float64)
+    signal_bias: np.ndarray = LavaPyType(np.ndarray, float)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
@@ -288,14 +477,17 @@ class PySPDenseFixed(_Guarded):
             if p["head"]:
                 feat = self.e if membrane else self.e // (k + 1)
                 bf = self.beta if membrane else 1 << tf
-                dw, db = rule.fixed_weight_update(err[:1], feat[None, :], tf, np.array([bf]),
-                                                  rule.lr_shift(p["lr"]), e, self.rng)
+                dw, db = rule.fixed_weight_update(
+                    err[:1], feat[None, :], tf, np.array([bf]), rule.lr_shift(p["lr"]), e, self.rng
+                )
             else:
-                ones = np.full(err.shape[0], 1 << g_in, np.int64)
-                dw, db = rule.fixed_weight_update(err, self.s_prev, g_in, ones, rule.lr_shift(p["lr"]), e,
-                                                  self.rng)
+                m = p["in_rows"]
+                ones = np.full(m, 1 << g_in, np.int64)
+                dw, db = rule.fixed_weight_update(err[:m], self.s_prev, g_in, ones, rule.lr_shift(p["lr"]), e, self.rng)
             self.weights[:] = np.clip(self.weights + dw, rule.W_MIN, rule.W_MAX)
             self.bias[:] = np.clip(self.bias + db, rule.W_MIN, rule.W_MAX)
+            if not p["head"] and p["signal_learn"]:
+                self._learn_signal(err[p["in_rows"] :], int(self.labels[n_idx]))
         b = rule.shift(self.bias, e)
         if p["head"]:
             self.a_buff[0] = rule.shift(self.weights @ s[0], e - g_in) + b
@@ -309,7 +501,8 @@ class PySPDenseFixed(_Guarded):
             else:
                 self.e = self.e + spk
         else:
-            self.a_buff[:] = rule.shift(s @ self.weights.T, e - g_in) + b
+            a = rule.shift(s @ self.weights.T, e - g_in) + b
+            self.a_buff[:] = np.concatenate([a, self._target_current(np.int64)], 0) if p["inject"] else a
         self.s_prev[:] = s
 
 
@@ -484,9 +677,9 @@ class PySPReadoutFixed(_ReadoutBase):
             self.o = np.zeros(a.shape, np.int64)
         if p["readout"] == "membrane":
             self.o = rule.decay_fixed(self.o, p["dv_int"]) + a
-            return self.o / float(2 ** rule.SIGMA)
+            return self.o / float(2**rule.SIGMA)
         self.o = self.o + a
-        return self.o / float(2 ** rule.SIGMA) / (k + 1)
+        return self.o / float(2**rule.SIGMA) / (k + 1)
 
     def third_factor(self, g: np.ndarray) -> np.ndarray:
         return rule.quantise_delta(g)

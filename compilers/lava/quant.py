@@ -3,8 +3,9 @@
 fixed_pt (see :mod:`compilers.lava.rule`): per layer one weight exponent e (3-bit signed range −8..7) chosen
 as the smallest with max|W, b|·S/2^e ≤ 254; W_int = 2·round(W·S/2^(e+1)) (even ints, 8-bit signed mantissa);
 threshold θ_int = round(θ·S) (17-bit); decays du_int = round(du·4096) − 1, dv_int = round(dv·4096) (12-bit);
-the target-signal table and graded inputs with INPUT_FRAC fractional bits. The report gives, per tensor,
-max |error| and relative RMS error of the dequantised value.
+graded inputs with INPUT_FRAC fractional bits; the target-signal table with SIGMA fractional bits (hidden
+placement: it is block 0's target current, in the units of a) or INPUT_FRAC (input placement: it is an input).
+The report gives, per tensor, max |error| and relative RMS error of the dequantised value.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from edgesp.errors import CompileError
 from edgesp.spec import LIF, Linear, ModelSpec
 
 WEIGHT_EXP_RANGE = (-8, 7)
-VTH_MAX = 2 ** 17 - 1
+VTH_MAX = 2**17 - 1
 
 
 def signal_table(spec: ModelSpec, params: dict[str, np.ndarray]) -> np.ndarray:
-    """t0_c = act(LayerNorm(W_S e_c + b_S)) for every class c: (C, D)."""
+    """z_c = act(LayerNorm(W_S e_c + b_S)) for every class c: (C, D), D = ``spec.signal_dim`` (block 0's width
+    for hidden placement, the input size for input placement); float64, as edgesp.functional.signal_forward."""
     z = np.asarray(params["signal.weight"], np.float64).T + np.asarray(params["signal.bias"], np.float64)
     z = (z - z.mean(1, keepdims=True)) / np.sqrt(z.var(1, keepdims=True) + 1e-5)
     if spec.signal.activation == "relu":
@@ -35,8 +37,10 @@ def signal_table(spec: ModelSpec, params: dict[str, np.ndarray]) -> np.ndarray:
 def check_spec(spec: ModelSpec) -> None:
     """Only Linear → LIF blocks and a Linear head lower to Lava synapses + compartments."""
     if not spec.is_spiking:
-        raise CompileError(f"model {spec.name!r} is not spiking: lava targets need --model snn "
-                           "(blocks Linear → LIF with temporal settings)")
+        raise CompileError(
+            f"model {spec.name!r} is not spiking: lava targets need --model snn "
+            "(blocks Linear → LIF with temporal settings)"
+        )
     for i, block in enumerate(spec.blocks):
         kinds = [type(la).__name__ for la in block]
         if len(block) != 2 or not isinstance(block[0], Linear) or not isinstance(block[1], LIF):
@@ -46,7 +50,7 @@ def check_spec(spec: ModelSpec) -> None:
 
 
 def _rel_rms(q: np.ndarray, x: np.ndarray) -> float:
-    den = float(np.sqrt(np.mean(x ** 2))) or 1.0
+    den = float(np.sqrt(np.mean(x**2))) or 1.0
     return float(np.sqrt(np.mean((q - x) ** 2)) / den)
 
 
@@ -56,7 +60,7 @@ def _err(q: np.ndarray, x: np.ndarray) -> dict[str, float]:
 
 def weight_exponent(w: np.ndarray, b: np.ndarray) -> int:
     m = max(float(np.max(np.abs(w))), float(np.max(np.abs(b))) if b.size else 0.0, 1e-12)
-    e = math.ceil(math.log2(m * 2 ** rule.SIGMA / rule.W_MAX))
+    e = math.ceil(math.log2(m * 2**rule.SIGMA / rule.W_MAX))
     return int(min(max(e, WEIGHT_EXP_RANGE[0]), WEIGHT_EXP_RANGE[1]))
 
 
@@ -75,6 +79,13 @@ def lower(spec: ModelSpec, params: dict[str, np.ndarray], precision: str) -> tup
     temporal = spec.temporal
     assert temporal is not None
     loss = "l2" if spec.rule.loss == "l2" else "v1"
+    input_dim = math.prod(spec.block_input_shape())
+    if not spec.signal.hidden and input_dim < spec.num_classes:
+        raise CompileError(
+            f"input signal placement: one input step has {input_dim} features, fewer than the "
+            f"{spec.num_classes} classes, so the target table LayerNorm(W_S onehot) cannot tell them "
+            "apart: train or create the model with --signal-placement hidden"
+        )
     table = signal_table(spec, params)
     layers: list[LayerDesc] = []
     names = [(f"blocks.{i}", spec.blocks[i][0], spec.blocks[i][1]) for i in range(len(spec.blocks))]
@@ -82,29 +93,61 @@ def lower(spec: ModelSpec, params: dict[str, np.ndarray], precision: str) -> tup
     for prefix, lin, lif in names:
         w = np.asarray(params[f"{prefix}.weight"], np.float64)
         b = np.asarray(params.get(f"{prefix}.bias", np.zeros(lin.out_features)), np.float64)
-        kw: dict[str, Any] = {"kind": "readout" if lif is None else "lif", "n_in": lin.in_features,
-                              "n_out": lin.out_features, "weight": w.astype(np.float32), "bias": b.astype(np.float32)}
+        kw: dict[str, Any] = {
+            "kind": "readout" if lif is None else "lif",
+            "n_in": lin.in_features,
+            "n_out": lin.out_features,
+            "weight": w.astype(np.float32),
+            "bias": b.astype(np.float32),
+        }
         if lif is not None:
-            kw.update(du=float(lif.du), dv=float(lif.dv), threshold=float(lif.threshold), reset=lif.reset,
-                      lif_bias=float(lif.bias), spiking=True)
+            kw.update(
+                du=float(lif.du),
+                dv=float(lif.dv),
+                threshold=float(lif.threshold),
+                reset=lif.reset,
+                lif_bias=float(lif.bias),
+                spiking=True,
+            )
         else:  # readout as edgesp.snn: membrane decays by the dv of the last block's LIF
             kw.update(readout=temporal.readout, dv=float(spec.blocks[-1][1].dv), spiking=False)
         layers.append(LayerDesc(**kw))
     lr = float(spec.rule.optimizer.lr)
     steps = spec.input_shape[-1] if temporal.encoding == "sequence" else temporal.time_steps
-    desc = NetDesc(precision=precision, time_steps=steps, encoding=temporal.encoding,
-                   encoding_seed=temporal.seed, loss=loss, temperature=float(spec.rule.temperature), lr=lr,
-                   lr_head=lr, num_classes=spec.num_classes, input_dim=spec.signal_dim,
-                   table=table.astype(np.float32), layers=layers)
+    desc = NetDesc(
+        precision=precision,
+        time_steps=steps,
+        encoding=temporal.encoding,
+        encoding_seed=temporal.seed,
+        loss=loss,
+        temperature=float(spec.rule.temperature),
+        lr=lr,
+        lr_head=lr,
+        num_classes=spec.num_classes,
+        input_dim=input_dim,
+        table=table.astype(np.float32),
+        layers=layers,
+        placement=spec.signal.placement,
+        signal_act=spec.signal.activation,
+    )
+    if spec.signal.hidden and spec.signal.kind == "learned":
+        desc.signal_learn = True
+        desc.signal_weight = np.asarray(params["signal.weight"], np.float64).copy()
+        desc.signal_bias = np.asarray(params["signal.bias"], np.float64).copy()
     if precision == "floating_pt":
         return desc, {}
     return _to_fixed(desc)
 
 
 def _to_fixed(desc: NetDesc) -> tuple[NetDesc, dict[str, Any]]:
-    S = 2.0 ** rule.SIGMA
-    report: dict[str, Any] = {"scale_S": S, "weight_bits": 8, "state_bits": rule.UV_BITS,
-                              "decay_bits": rule.DECAY_BITS, "tensors": {}}
+    S = 2.0**rule.SIGMA
+    report: dict[str, Any] = {
+        "scale_S": S,
+        "weight_bits": 8,
+        "state_bits": rule.UV_BITS,
+        "decay_bits": rule.DECAY_BITS,
+        "tensors": {},
+    }
     for i, la in enumerate(desc.layers):
         w, b = la.weight.astype(np.float64), la.bias.astype(np.float64)
         e = weight_exponent(w, b)
@@ -117,20 +160,23 @@ def _to_fixed(desc: NetDesc) -> tuple[NetDesc, dict[str, Any]]:
             la.dv_int = int(np.clip(round(la.dv * 4096), 0, 4095))
             la.vth_int = int(round(la.threshold * S))
             if not 0 < la.vth_int <= VTH_MAX:
-                raise CompileError(f"layer {i}: threshold {la.threshold} does not fit Loihi's 17-bit threshold "
-                                   f"at scale {S:g}: use a threshold in (0, {VTH_MAX / S:g}]")
-            la.lif_bias_int = int(round(la.lif_bias * S * 2 ** rule.ACT_SHIFT))
+                raise CompileError(
+                    f"layer {i}: threshold {la.threshold} does not fit Loihi's 17-bit threshold "
+                    f"at scale {S:g}: use a threshold in (0, {VTH_MAX / S:g}]"
+                )
+            la.lif_bias_int = int(round(la.lif_bias * S * 2**rule.ACT_SHIFT))
             report["tensors"][f"layer{i}.du"] = {"value": la.du, "quantised": (la.du_int + 1) / 4096}
             report["tensors"][f"layer{i}.dv"] = {"value": la.dv, "quantised": la.dv_int / 4096}
             report["tensors"][f"layer{i}.threshold"] = {"value": la.threshold, "quantised": la.vth_int / S}
         else:
             la.dv_int = int(np.clip(round(la.dv * 4096), 0, 4095))
             report["tensors"][f"layer{i}.readout_dv"] = {"value": la.dv, "quantised": la.dv_int / 4096}
-    tq = np.clip(np.rint(desc.table.astype(np.float64) * 2 ** rule.INPUT_FRAC), -2 ** 15, 2 ** 15 - 1)
-    report["tensors"]["signal.table"] = _err(tq / 2 ** rule.INPUT_FRAC, desc.table.astype(np.float64))
+    frac = rule.table_frac(desc.hidden)
+    tq = rule.quantise_table(desc.table.astype(np.float64), desc.hidden)
+    report["tensors"]["signal.table"] = {"frac_bits": frac, **_err(tq / 2**frac, desc.table.astype(np.float64))}
     desc.table = tq.astype(np.int32)
     k = rule.lr_shift(desc.lr)
-    report["lr"] = {"value": desc.lr, "quantised": 2.0 ** -k, "shift": k}
+    report["lr"] = {"value": desc.lr, "quantised": 2.0**-k, "shift": k}
     errs = [v["rel_rms"] for n, v in report["tensors"].items() if n.endswith(".weight")]
     report["weight_rel_rms_max"] = max(errs)
     return desc, report

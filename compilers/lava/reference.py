@@ -26,7 +26,7 @@ def encode(values: np.ndarray, encoding: str, seed: int, n: int, k: int, fixed: 
     rng = np.random.default_rng([seed, n, k])
     spikes = rng.random(x.shape) < p
     out = values.copy()
-    out[0] = spikes * (2 ** rule.INPUT_FRAC if fixed else 1.0)
+    out[0] = spikes * (2**rule.INPUT_FRAC if fixed else 1.0)
     return out
 
 
@@ -35,15 +35,22 @@ def input_frac(desc: NetDesc) -> int:
     return rule.INPUT_FRAC
 
 
+def target_rows(desc: NetDesc, label: int) -> np.ndarray:
+    """The K target rows of the table: every class (v1) or the sample's class (l2)."""
+    return desc.table if desc.loss == "v1" else desc.table[[label]]
+
+
 def stream_rows(desc: NetDesc, x_step: np.ndarray, label: int) -> np.ndarray:
-    """(R, D) values for one step: row 0 the sample, then the target signal rows."""
-    tgt = desc.table if desc.loss == "v1" else desc.table[[label]]
-    return np.concatenate([x_step[None, :], tgt.astype(x_step.dtype)], 0)
+    """(in_rows, D_in) values for one step: row 0 the sample, then (input placement only) the target rows.
+    With hidden placement the target does not enter at the input: block 0 injects it as current."""
+    if desc.hidden:
+        return x_step[None, :]
+    return np.concatenate([x_step[None, :], target_rows(desc, label).astype(x_step.dtype)], 0)
 
 
 def quantise_inputs(x: np.ndarray) -> np.ndarray:
     """Real inputs -> INPUT_FRAC fixed ints (saturating 16-bit)."""
-    return np.clip(np.rint(x * 2 ** rule.INPUT_FRAC), -2 ** 15, 2 ** 15 - 1).astype(np.int64)
+    return np.clip(np.rint(x * 2**rule.INPUT_FRAC), -(2**15), 2**15 - 1).astype(np.int64)
 
 
 class ReferenceNet:
@@ -57,6 +64,9 @@ class ReferenceNet:
             la.weight = la.weight.astype(dt)
             la.bias = la.bias.astype(dt)
         self.rngs = [np.random.default_rng([seed, i]) for i in range(len(self.d.layers))]
+        if self.d.signal_learn:
+            self.d.signal_weight = np.asarray(self.d.signal_weight, np.float64).copy()
+            self.d.signal_bias = np.asarray(self.d.signal_bias, np.float64).copy()
         self.trace: list[list[dict[str, np.ndarray]]] | None = None
 
     def run(self, inputs: np.ndarray, labels: np.ndarray, learn: np.ndarray, record: bool = False) -> np.ndarray:
@@ -86,7 +96,8 @@ class ReferenceNet:
                     logits = self._readout(li, la, s[0], k, ro, y, learn)
                     break
                 u, v = state[li]
-                s_next, u, v, v_pre = self._lif(li, la, s, u, v, y, learn, g_in)
+                inject = target_rows(d, y) if li == 0 and d.hidden else None
+                s_next, u, v, v_pre = self._lif(li, la, s, u, v, y, learn, g_in, inject)
                 state[li] = (u, v)
                 rec.append({"v": v_pre, "s": s_next})
                 s, g_in = s_next, 0
@@ -95,10 +106,14 @@ class ReferenceNet:
         return logits
 
     # -- hidden layer
-    def _lif(self, li, la, s, u, v, y, learn, g_in):
+    def _lif(self, li, la, s, u, v, y, learn, g_in, inject=None):
+        """One step of a hidden layer. ``inject`` (hidden placement, block 0): the target rows' current
+        a^t_0 = z (the table rows), in place of W s + b; then only the sample row passes (and trains) W."""
         d = self.d
         if self.fixed:
             a = rule.shift(s @ la.weight.T, la.weight_exp - g_in) + rule.shift(la.bias, la.weight_exp)
+            if inject is not None:
+                a = np.concatenate([a, inject.astype(np.int64)], 0)
             u = rule.wrap_u(rule.decay_fixed(u, la.du_int + 1) + np.left_shift(a, rule.ACT_SHIFT))
             v = rule.clip_v(rule.decay_fixed(v, la.dv_int) + u + la.lif_bias_int)
             v_pre = v.copy()
@@ -108,12 +123,17 @@ class ReferenceNet:
                 v_real = v_pre / float(2 ** (rule.SIGMA + rule.ACT_SHIFT))
                 dint = rule.quantise_delta(rule.hidden_delta(v_real, y, d.loss, d.temperature))
                 ones = np.full(s.shape[0], 1 << g_in, np.int64)
-                dw, db = rule.fixed_weight_update(dint, s, g_in, ones, rule.lr_shift(d.lr), la.weight_exp,
-                                                  self.rngs[li])
+                dw, db = rule.fixed_weight_update(
+                    dint[: s.shape[0]], s, g_in, ones, rule.lr_shift(d.lr), la.weight_exp, self.rngs[li]
+                )
                 la.weight = np.clip(la.weight + dw, rule.W_MIN, rule.W_MAX)
                 la.bias = np.clip(la.bias + db, rule.W_MIN, rule.W_MAX)
+                if inject is not None and d.signal_learn:
+                    self._learn_signal(dint[s.shape[0] :], y)
             return spk.astype(np.int64), u, v, v_pre
         a = s @ la.weight.T + la.bias
+        if inject is not None:
+            a = np.concatenate([a, inject.astype(np.float64)], 0)
         u = (1.0 - la.du) * u + a
         v = (1.0 - la.dv) * v + u + la.lif_bias
         v_pre = v.copy()
@@ -121,9 +141,24 @@ class ReferenceNet:
         v = v * (1.0 - spk) if la.reset == "zero" else v - la.threshold * spk
         if learn:
             delta = rule.hidden_delta(v_pre, y, d.loss, d.temperature)
-            la.weight -= d.lr * delta.T @ s
-            la.bias -= d.lr * delta.sum(0)
+            la.weight -= d.lr * delta[: s.shape[0]].T @ s
+            la.bias -= d.lr * delta[: s.shape[0]].sum(0)
+            if inject is not None and d.signal_learn:
+                self._learn_signal(delta[s.shape[0] :], y)
         return spk, u, v, v_pre
+
+    def _learn_signal(self, delta_t: np.ndarray, y: int) -> None:
+        d = self.d
+        _, _, d.table = rule.signal_step(
+            d.signal_weight,
+            d.signal_bias,
+            delta_t,
+            y,
+            d.loss,
+            d.signal_act,
+            rule.signal_lr(d.lr, self.fixed),
+            self.fixed,
+        )
 
     # -- output head: readout compartment o, pre-synaptic trace e and bias factor beta
     def _readout(self, li, la, s, k, ro, y, learn):
@@ -135,17 +170,24 @@ class ReferenceNet:
                 ro["o"] = rule.decay_fixed(ro["o"], la.dv_int) + a
                 ro["e"] = rule.decay_fixed(ro["e"], la.dv_int) + (s.astype(np.int64) << rule.TRACE_FRAC)
                 ro["beta"] = int(rule.decay_fixed(np.int64(ro["beta"]), la.dv_int)) + (1 << rule.TRACE_FRAC)
-                logit = ro["o"] / float(2 ** rule.SIGMA)
+                logit = ro["o"] / float(2**rule.SIGMA)
                 feat, bf = ro["e"], ro["beta"]
             else:
                 ro["o"] = ro["o"] + a
                 ro["e"] = ro["e"] + (s.astype(np.int64) << rule.TRACE_FRAC)
-                logit = ro["o"] / float(2 ** rule.SIGMA) / (k + 1)
+                logit = ro["o"] / float(2**rule.SIGMA) / (k + 1)
                 feat, bf = ro["e"] // (k + 1), 1 << rule.TRACE_FRAC
             if learn:
                 dint = rule.quantise_delta(rule.head_delta(logit, y))[None, :]
-                dw, db = rule.fixed_weight_update(dint, feat[None, :], rule.TRACE_FRAC, np.array([bf]),
-                                                  rule.lr_shift(d.lr_head), la.weight_exp, self.rngs[li])
+                dw, db = rule.fixed_weight_update(
+                    dint,
+                    feat[None, :],
+                    rule.TRACE_FRAC,
+                    np.array([bf]),
+                    rule.lr_shift(d.lr_head),
+                    la.weight_exp,
+                    self.rngs[li],
+                )
                 la.weight = np.clip(la.weight + dw, rule.W_MIN, rule.W_MAX)
                 la.bias = np.clip(la.bias + db, rule.W_MIN, rule.W_MAX)
             return logit

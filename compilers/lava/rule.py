@@ -7,6 +7,16 @@ Per time step, per hidden layer (rows r: 0 = sample stream, 1..K = target stream
     δ = ∂L/∂v (on the pre-reset v; ∂v/∂W through the current step's input only)
     ΔW = −lr Σ_r δ[r]ᵀ s_in[r],   Δb = −lr Σ_r δ[r]            (pre-synaptic input × third factor δ)
 
+Signal placement 'hidden' (default), block 0: the target rows do not pass W_0; their current is the table,
+a[1+j] = z_j with z_c = act(LayerNorm(W_S e_c + b_S)) (C, H_0), and ΔW_0, Δb_0 use the sample row only.
+A learned signal takes one SGD step per learning step from the target rows' δ: ∂L/∂z_c = δ[1+c] (v1; l2: the
+one target row is class y), since ∂v[t]/∂a[t] = 1 with the previous state detached; then back through act and
+LayerNorm (:func:`signal_grad`), W_S −= lr ∂L/∂W_S, b_S −= lr ∂L/∂b_S, and the table is recomputed. This runs
+in float64 (host / Loihi 2 embedded CPU) in both precisions; fixed_pt feeds it the integer δ / 2^DELTA_FRAC,
+uses lr = 2^−k and re-quantises the table (:func:`quantise_table`, SIGMA fractional bits, round half to even,
+saturating 16-bit) — deterministic, so the Lava run and the numpy reference stay bit-exact.
+Placement 'input' (legacy): the table (C, D_in) is the target rows' input and passes W_0 like the sample.
+
 Local losses on the membrane potential (``loss``):
 - ``v1`` (default; SP's input_label_direct, = v9/v14 at batch 1 with one target row per class):
   K = C target rows, one per class (the target signal of class c through the layer's synapses),
@@ -39,15 +49,21 @@ import math
 
 import numpy as np
 
-ACT_SHIFT = 6          # Loihi MSB alignment of activation and threshold (lava.proc.lif AbstractPyLifModelFixed)
-DECAY_BITS = 12        # du, dv are 12-bit
-UV_BITS = 24           # u, v are signed 24-bit
-W_MIN, W_MAX = -256, 254   # 8-bit signed mantissa, Lava's representation (LSB of the int is always 0)
-DELTA_FRAC = 8         # fractional bits of the integer third factor
-DELTA_BITS = 16        # width of the integer third factor (assumption; see docs)
-INPUT_FRAC = 6         # fractional bits of graded input payloads (direct encoding) in fixed_pt
-TRACE_FRAC = 8         # fractional bits of the head's pre-synaptic trace e (fixed_pt)
-SIGMA = 8              # log2 of the voltage scale S (threshold 1.0 -> 256 -> MSB-aligned 16384)
+ACT_SHIFT = 6  # Loihi MSB alignment of activation and threshold (lava.proc.lif AbstractPyLifModelFixed)
+DECAY_BITS = 12  # du, dv are 12-bit
+UV_BITS = 24  # u, v are signed 24-bit
+W_MIN, W_MAX = -256, 254  # 8-bit signed mantissa, Lava's representation (LSB of the int is always 0)
+DELTA_FRAC = 8  # fractional bits of the integer third factor
+DELTA_BITS = 16  # width of the integer third factor (assumption; see docs)
+INPUT_FRAC = 6  # fractional bits of graded input payloads (direct encoding) in fixed_pt
+TRACE_FRAC = 8  # fractional bits of the head's pre-synaptic trace e (fixed_pt)
+SIGMA = 8  # log2 of the voltage scale S (threshold 1.0 -> 256 -> MSB-aligned 16384)
+
+
+def table_frac(hidden: bool) -> int:
+    """Fractional bits of the fixed_pt target-signal table: SIGMA when it is block 0's target current (hidden
+    placement, the units of a), INPUT_FRAC when it is the target stream's input (input placement)."""
+    return SIGMA if hidden else INPUT_FRAC
 
 
 def shift(x: np.ndarray | int, k: int) -> np.ndarray:
@@ -86,6 +102,53 @@ def hidden_delta(v: np.ndarray, y: int, loss: str, temperature: float) -> np.nda
     return delta
 
 
+def signal_forward(ws: np.ndarray, bs: np.ndarray, act: str) -> np.ndarray:
+    """z_c = act(LayerNorm(W_S e_c + b_S)) for every class: (C, D) float64 (LayerNorm eps 1e-5, biased var)."""
+    p = np.asarray(ws, np.float64).T + np.asarray(bs, np.float64)
+    xhat = (p - p.mean(1, keepdims=True)) / np.sqrt(p.var(1, keepdims=True) + 1e-5)
+    return np.maximum(xhat, 0.0) if act == "relu" else xhat
+
+
+def quantise_table(z: np.ndarray, hidden: bool) -> np.ndarray:
+    """Real target table -> saturating 16-bit ints with ``table_frac(hidden)`` fractional bits (round half even)."""
+    return np.clip(np.rint(np.asarray(z, np.float64) * 2 ** table_frac(hidden)), -(2**15), 2**15 - 1).astype(np.int64)
+
+
+def signal_lr(lr: float, fixed: bool) -> float:
+    """Learning rate of W_S: the layer's lr (fixed_pt: the same power of two 2^−k as the synapses)."""
+    return 2.0 ** -lr_shift(lr) if fixed else lr
+
+
+def signal_step(
+    ws: np.ndarray, bs: np.ndarray, delta_t: np.ndarray, y: int, loss: str, act: str, lr: float, fixed: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One SGD step of the signal generator from block 0's third factor of the target rows, δ_t (K, H_0):
+    real (floating_pt) or DELTA_FRAC ints (fixed_pt). ∂L/∂z_c = δ_t[c] (v1: K = C rows, one per class; l2: the
+    one row is class y) because z_c is the current of that row and ∂v/∂a = 1 at the current step. Returns the
+    new W_S, b_S (float64, in place) and the new table (float64, or quantised ints for fixed_pt)."""
+    dt = np.asarray(delta_t, np.float64) / (2**DELTA_FRAC if fixed else 1.0)
+    if loss == "v1":
+        dz = dt
+    else:
+        dz = np.zeros((ws.shape[1], ws.shape[0]))
+        dz[y] = dt[0]
+    gw, gb = signal_grad(ws, bs, dz, act)
+    ws -= lr * gw
+    bs -= lr * gb
+    z = signal_forward(ws, bs, act)
+    return ws, bs, quantise_table(z, True) if fixed else z
+
+
+def signal_grad(ws: np.ndarray, bs: np.ndarray, dz: np.ndarray, act: str) -> tuple[np.ndarray, np.ndarray]:
+    """(∂L/∂W_S, ∂L/∂b_S) from dz = ∂L/∂z (C, D), back through act and LayerNorm (float64)."""
+    p = np.asarray(ws, np.float64).T + np.asarray(bs, np.float64)
+    inv_std = 1.0 / np.sqrt(p.var(1, keepdims=True) + 1e-5)
+    xhat = (p - p.mean(1, keepdims=True)) * inv_std
+    g = dz * (xhat > 0) if act == "relu" else dz
+    dp = inv_std * (g - g.mean(1, keepdims=True) - xhat * (g * xhat).mean(1, keepdims=True))
+    return dp.T, dp.sum(0)
+
+
 def head_delta(z: np.ndarray, y: int) -> np.ndarray:
     """δ = ∂CE/∂z for the per-step head logits z (C,)."""
     g = softmax(z.astype(np.float64))
@@ -96,7 +159,7 @@ def head_delta(z: np.ndarray, y: int) -> np.ndarray:
 def quantise_delta(delta: np.ndarray) -> np.ndarray:
     """Real third factor -> signed DELTA_BITS integer with DELTA_FRAC fractional bits (round, saturate)."""
     lim = 2 ** (DELTA_BITS - 1)
-    return np.clip(np.rint(delta * 2 ** DELTA_FRAC), -lim, lim - 1).astype(np.int64)
+    return np.clip(np.rint(delta * 2**DELTA_FRAC), -lim, lim - 1).astype(np.int64)
 
 
 def lr_shift(lr: float) -> int:
@@ -104,8 +167,15 @@ def lr_shift(lr: float) -> int:
     return max(0, int(round(-math.log2(lr))))
 
 
-def fixed_weight_update(delta_int: np.ndarray, pre: np.ndarray, pre_frac: int, bias_pre: np.ndarray, k: int,
-                        e: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def fixed_weight_update(
+    delta_int: np.ndarray,
+    pre: np.ndarray,
+    pre_frac: int,
+    bias_pre: np.ndarray,
+    k: int,
+    e: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """Integer ΔW (even ints) and Δb for δ_int (R, n_out), pre-synaptic values pre (R, n_in) and the bias
     synapse's pre-synaptic value bias_pre (R,), both ints with ``pre_frac`` fractional bits:
     ΔW_int = 2·sround(−δ_intᵀ pre / 2^m), m = k + DELTA_FRAC + pre_frac + e − SIGMA + 1 (drawn W first, then b)."""

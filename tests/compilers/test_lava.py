@@ -18,7 +18,7 @@ from compilers.lava.reference import ReferenceNet, encode
 from edgesp.errors import CompileError, RuntimeMissingError, TargetError
 from edgesp.functional import init_params
 from edgesp.presets import build_spec
-from edgesp.spec import LIF, Linear, ModelSpec, OptimizerSpec, RuleSpec, TemporalSpec
+from edgesp.spec import LIF, Linear, ModelSpec, OptimizerSpec, RuleSpec, SignalSpec, TemporalSpec
 from edgesp.spiking import LIFState, lif_step
 from targets import load_target
 
@@ -43,13 +43,31 @@ def lava_children() -> list[int]:
     return out
 
 
-def small_spec(encoding: str = "direct", loss: str = "v9", T: int = 4, lif: LIF | None = None,
-               depth: int = 2, readout: str = "membrane") -> ModelSpec:
+def small_spec(
+    encoding: str = "direct",
+    loss: str = "v9",
+    T: int = 4,
+    lif: LIF | None = None,
+    depth: int = 2,
+    readout: str = "membrane",
+    placement: str = "hidden",
+    signal_kind: str = "learned",
+) -> ModelSpec:
+    """Tiny 12-10(-10)-3 SNN. placement 'hidden' (default: z (3, 10) is block 0's target current) or
+    'input' (the legacy layout: z (3, 12) is the target stream's input, init N(0, 1) as legacy checkpoints)."""
     lif = lif or LIF(du=0.5, dv=0.2, threshold=0.4)
     blocks = tuple((Linear(12 if i == 0 else 10, 10), lif) for i in range(depth))
-    return ModelSpec(input_shape=(12,), num_classes=3, blocks=blocks, head=Linear(10, 3),
-                     rule=RuleSpec(name="sp-voltage", loss=loss, temperature=0.5),
-                     temporal=TemporalSpec(time_steps=T, encoding=encoding, seed=3, readout=readout), name="tiny")
+    signal = SignalSpec(kind=signal_kind, placement=placement, init_std=0.05 if placement == "hidden" else 1.0)
+    return ModelSpec(
+        input_shape=(12,),
+        num_classes=3,
+        blocks=blocks,
+        head=Linear(10, 3),
+        signal=signal,
+        rule=RuleSpec(name="sp-voltage", loss=loss, temperature=0.5),
+        temporal=TemporalSpec(time_steps=T, encoding=encoding, seed=3, readout=readout),
+        name="tiny",
+    )
 
 
 def boosted_params(spec: ModelSpec, gain: float = 2.5) -> dict[str, np.ndarray]:
@@ -58,17 +76,24 @@ def boosted_params(spec: ModelSpec, gain: float = 2.5) -> dict[str, np.ndarray]:
     return {k: (v * gain if k.startswith("blocks") else v) for k, v in p.items()}
 
 
-# --------------------------------------------------------------------------- forward parity
-@pytest.mark.parametrize("readout", ["membrane", "spike_count"])
-def test_float_lava_voltages_and_spikes_match_edgesp_lif_step(readout):
+@pytest.mark.parametrize(
+    "readout,placement", [("membrane", "hidden"), ("spike_count", "hidden"), ("membrane", "input")]
+)
+def test_float_lava_voltages_and_spikes_match_edgesp_lif_step(readout, placement):
     """Lava floating_pt == edgesp.spiking.lif_step (torch, float64) on every stream, learning off, and the
     readout logits == edgesp.snn.run. Tolerance 1e-9 (float64 both sides, different summation order);
-    spikes identical."""
+    spikes identical. Hidden placement: block 0's target rows get a = z = edgesp.functional.signal_forward
+    (one row per class) as current every step; input placement: z is the target rows' input through W_0."""
+    from edgesp.functional import signal_forward
     from edgesp.snn import run as snn_run
 
-    spec = small_spec(T=5, readout=readout)
+    spec = small_spec(T=5, readout=readout, placement=placement)
     params = boosted_params(spec)
     desc, _ = lower(spec, params, "floating_pt")
+    tp = {k: torch.tensor(np.asarray(v, np.float64)) for k, v in params.items()}
+    z = signal_forward(spec, torch.arange(3), {k: v.float() for k, v in tp.items()}).numpy()
+    assert desc.table.shape == ((3, 10) if placement == "hidden" else (3, 12))
+    np.testing.assert_allclose(desc.table, z, atol=1e-6)  # float32 table
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 12))
     y = np.array([2, 0])
@@ -77,19 +102,22 @@ def test_float_lava_voltages_and_spikes_match_edgesp_lif_step(readout):
         sess.run_all()
         traces = sess.traces()
         logits = sess.logits()
-    tp = {k: torch.tensor(np.asarray(v, np.float64)) for k, v in params.items()}
     ref_logits = snn_run(spec, torch.tensor(x), tp).numpy()
     np.testing.assert_allclose(logits, ref_logits, atol=1e-9, rtol=0)
     table = torch.tensor(desc.table.astype(np.float64))
+    hidden = placement == "hidden"
     n_spikes = 0
     for n in range(2):
-        rows = torch.cat([torch.tensor(x[n])[None], table], 0)  # sample row + one target row per class
-        states = [LIFState.zeros((rows.shape[0], 10)) for _ in spec.blocks]
+        sample = torch.tensor(x[n])[None]
+        rows = sample if hidden else torch.cat([sample, table], 0)  # + one target row per class at the input
+        states = [LIFState.zeros((4, 10)) for _ in spec.blocks]
         for k in range(T):
             s = rows
             for i, block in enumerate(spec.blocks):
-                a = s @ tp[f"blocks.{i}.weight"].T.double() + tp[f"blocks.{i}.bias"].double()
-                s, v, states[i] = lif_step(block[1], a, LIFState(states[i].u.double(), states[i].v.double()))
+                a = s @ tp[f"blocks.{i}.weight"].T + tp[f"blocks.{i}.bias"]
+                if i == 0 and hidden:
+                    a = torch.cat([a, table], 0)  # block 0's target rows: the signal as current
+                s, v, states[i] = lif_step(block[1], a, states[i])
                 tv, ts = traces[i]
                 np.testing.assert_allclose(tv[n * T + k], v.numpy(), atol=1e-9, rtol=0)
                 np.testing.assert_array_equal(ts[n * T + k], s.numpy())
@@ -118,8 +146,8 @@ def test_fixed_lif_matches_lavas_bit_accurate_lif():
         ours_v, ours_s = sess.traces()[0]
     # the same input spikes, from the same seeded encoder, for Lava's own processes (fixed_pt payload of a
     # spike is 2^INPUT_FRAC with the layer's input shift INPUT_FRAC, i.e. exactly a binary spike)
-    spikes = np.stack([encode(np.concatenate([prepare_inputs(desc, x)[0, :, 0][None], desc.table], 0),
-                              "rate", desc.encoding_seed, 0, k, True)[0] for k in range(T)], axis=1)
+    x_int = prepare_inputs(desc, x)[0, :, 0][None]
+    spikes = np.stack([encode(x_int, "rate", desc.encoding_seed, 0, k, True)[0] for k in range(T)], axis=1)
     spikes = spikes >> rule.INPUT_FRAC
     assert set(np.unique(spikes)) == {0, 1}
     src = RingBuffer(data=spikes.astype(np.int32))
@@ -142,15 +170,25 @@ def test_fixed_lif_matches_lavas_bit_accurate_lif():
     assert lava_s.sum() > 5 and np.abs(lava_v).max() > 1000  # non-trivial integer dynamics
 
 
-# --------------------------------------------------------------------------- learning
-@pytest.mark.parametrize("precision", ["floating_pt", "fixed_pt"])
-def test_learning_in_lava_matches_numpy_reference_and_changes_weights_mid_run(precision):
+@pytest.mark.parametrize(
+    "precision,placement,loss",
+    [
+        ("floating_pt", "hidden", "v9"),
+        ("fixed_pt", "hidden", "v9"),
+        ("fixed_pt", "hidden", "l2"),
+        ("fixed_pt", "input", "v9"),
+    ],
+)
+def test_learning_in_lava_matches_numpy_reference_and_changes_weights_mid_run(precision, placement, loss):
     """One Lava run streams [A (rule off), B (on), C (on), A (off)]: the final weights equal the numpy reference
     of the same rule (float: 1e-9, float64 both; fixed: bit-exact incl. the seeded stochastic rounding), and
-    the two presentations of A give different logits, so the weights changed during the run."""
-    spec = small_spec(encoding="direct" if precision == "floating_pt" else "rate", T=4)
+    the two presentations of A give different logits, so the weights changed during the run. Hidden placement
+    with a learned signal: W_S, b_S and the injected table equal the reference too (fixed_pt: the re-quantised
+    table bit-exact) and moved; input placement (legacy): the table stays fixed."""
+    spec = small_spec(encoding="direct" if precision == "floating_pt" else "rate", T=4, placement=placement, loss=loss)
     spec = spec.replace_rule(optimizer=OptimizerSpec(name="sgd", lr=0.05))
     desc, _ = lower(spec, boosted_params(spec), precision)
+    assert desc.signal_learn == (placement == "hidden")
     rng = np.random.default_rng(1)
     xa, xb, xc = rng.standard_normal((3, 12)) + 0.5
     x = np.stack([xa, xb, xc, xa])
@@ -161,6 +199,7 @@ def test_learning_in_lava_matches_numpy_reference_and_changes_weights_mid_run(pr
         sess.run_all()
         weights = sess.weights()
         logits = sess.logits()
+        signal = sess.signal()
     ref = ReferenceNet(desc, seed=7)
     ref_logits = ref.run(inputs, y, learn)
     for (w, b), la, la0 in zip(weights, ref.d.layers, desc.layers, strict=True):
@@ -173,6 +212,16 @@ def test_learning_in_lava_matches_numpy_reference_and_changes_weights_mid_run(pr
         assert np.any(w != la0.weight)
     np.testing.assert_allclose(logits, ref_logits, atol=1e-9, rtol=0)
     assert not np.allclose(logits[0], logits[3])
+    if desc.signal_learn:
+        if precision == "fixed_pt":
+            np.testing.assert_array_equal(signal["table"], ref.d.table)
+        else:
+            np.testing.assert_allclose(signal["table"], ref.d.table, atol=1e-12, rtol=0)
+        np.testing.assert_allclose(signal["signal_weight"], ref.d.signal_weight, atol=1e-12, rtol=0)
+        np.testing.assert_allclose(signal["signal_bias"], ref.d.signal_bias, atol=1e-12, rtol=0)
+        assert np.any(signal["table"] != desc.table) and np.any(signal["signal_weight"] != desc.signal_weight)
+    else:
+        np.testing.assert_array_equal(signal["table"], desc.table)
 
 
 def test_third_factor_is_the_gradient_of_the_sp_voltage_loss():
@@ -205,8 +254,15 @@ def test_stochastic_rounding_is_unbiased_and_integer():
 
 # --------------------------------------------------------------------------- compiler
 def test_compile_writes_manifest_npz_and_reports_quantisation(tmp_path):
-    spec = build_spec("snn", (64,), 10, width=32, depth=2, rule=RuleSpec(name="sp-voltage"),
-                      temporal=TemporalSpec(time_steps=5, encoding="rate"))
+    spec = build_spec(
+        "snn",
+        (64,),
+        10,
+        width=32,
+        depth=2,
+        rule=RuleSpec(name="sp-voltage"),
+        temporal=TemporalSpec(time_steps=5, encoding="rate"),
+    )
     params = init_params(spec, 0)
     m = compile_model(spec, params, load_target("loihi2"), tmp_path, 16)
     disk = json.loads((tmp_path / "manifest.json").read_text())
@@ -226,18 +282,22 @@ def test_compile_writes_manifest_npz_and_reports_quantisation(tmp_path):
 
 
 def test_fit_check_refuses_a_model_too_large_for_loihi2(tmp_path):
-    spec = build_spec("snn", (64,), 10, width=2048, depth=2, rule=RuleSpec(name="sp-voltage"),
-                      temporal=TemporalSpec(time_steps=5))
+    spec = build_spec(
+        "snn", (64,), 10, width=2048, depth=2, rule=RuleSpec(name="sp-voltage"), temporal=TemporalSpec(time_steps=5)
+    )
     with pytest.raises(TargetError) as e:
         compile_model(spec, init_params(spec, 0), load_target("loihi2"), tmp_path, 1)
     msg = str(e.value)
     assert "\n" not in msg and "2048" in msg and "fan-in 4096" in msg
     # too many cores: a user target with 4 cores of 64 neurons
     small = tmp_path / "tiny.toml"
-    small.write_text('name = "tiny"\nruntime = "lava"\nprecision = "fixed_pt"\n[neuromorphic]\ncores = 4\n'
-                     'neurons_per_core = 704\nsynapses_per_core = 100000\nfan_in = 4096\nfan_out = 4096\n')
-    spec = build_spec("snn", (64,), 10, width=128, depth=2, rule=RuleSpec(name="sp-voltage"),
-                      temporal=TemporalSpec(time_steps=5))
+    small.write_text(
+        'name = "tiny"\nruntime = "lava"\nprecision = "fixed_pt"\n[neuromorphic]\ncores = 4\n'
+        "neurons_per_core = 704\nsynapses_per_core = 100000\nfan_in = 4096\nfan_out = 4096\n"
+    )
+    spec = build_spec(
+        "snn", (64,), 10, width=128, depth=2, rule=RuleSpec(name="sp-voltage"), temporal=TemporalSpec(time_steps=5)
+    )
     with pytest.raises(TargetError, match=r"needs 5 cores but tiny has 4"):
         compile_model(spec, init_params(spec, 0), load_target(str(small)), tmp_path / "b", 1)
     assert not (tmp_path / "manifest.json").exists()
@@ -256,6 +316,7 @@ def test_runtime_is_stopped_on_worker_error_and_on_interrupt(monkeypatch):
     x = prepare_inputs(desc, np.zeros((4, 12)))
     before = lava_children()
     with LavaSession(desc, x, np.zeros(4, int), np.ones(4, bool)) as sess:
+
         def interrupt(_s):
             raise KeyboardInterrupt
 
@@ -281,3 +342,131 @@ def test_missing_lava_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "lava.magma.core.run_configs", None)
     with pytest.raises(RuntimeMissingError, match="lava-nc cannot be imported"):
         import_lava()
+
+
+# --------------------------------------------------------------------------- hidden signal placement
+def test_hidden_placement_injection_matches_reference_and_lavas_lif_bias():
+    """Hidden placement, fixed_pt: block 0's target rows receive the (C, H_0) table as current every step. Their
+    integer voltages and spikes == the numpy reference, and == Lava's own bit-accurate LIF (PyLifModelBitAcc)
+    whose per-compartment bias is the table (bias_mant = z_int, bias_exp = 6): with du = 1 the current of a step
+    is exactly a compartment bias, i.e. on Loihi the target needs no synapses. The table itself is
+    signal_forward quantised to SIGMA fractional bits."""
+    from lava.proc.lif.process import LIF as LavaLIF
+    from lava.proc.monitor.process import Monitor
+
+    from edgesp.functional import signal_forward
+
+    lv = import_lava()
+    spec = small_spec(T=12, lif=LIF(du=1.0, dv=0.15, threshold=0.5), depth=1)
+    params = boosted_params(spec)
+    desc, q = lower(spec, params, "fixed_pt")
+    z = signal_forward(spec, torch.arange(3), {k: torch.tensor(v) for k, v in params.items()}).double().numpy()
+    assert desc.table.shape == (3, 10) and q["tensors"]["signal.table"]["frac_bits"] == rule.SIGMA
+    np.testing.assert_array_equal(desc.table, np.rint(z * 2**rule.SIGMA))
+    la = desc.layers[0]
+    T = spec.temporal.time_steps
+    x = np.random.default_rng(4).standard_normal((1, 12))
+    inputs = prepare_inputs(desc, x)
+    with LavaSession(desc, inputs, np.array([1]), np.zeros(1, bool), trace=T) as sess:
+        sess.run_all()
+        ours_v, ours_s = sess.traces()[0]  # (T, 1 + 3, 10)
+    ref = ReferenceNet(desc)
+    ref.run(inputs, np.array([1]), np.zeros(1, bool), record=True)
+    np.testing.assert_array_equal(ours_v, np.stack([r[0]["v"] for r in ref.trace]))
+    np.testing.assert_array_equal(ours_s, np.stack([r[0]["s"] for r in ref.trace]))
+    assert la.du_int == 4095 and la.lif_bias_int == 0
+    lif = LavaLIF(
+        shape=(30,),
+        du=la.du_int,
+        dv=la.dv_int,
+        vth=la.vth_int,
+        bias_mant=desc.table.reshape(-1),
+        bias_exp=rule.ACT_SHIFT,
+    )
+    mon_v, mon_s = Monitor(), Monitor()
+    mon_v.probe(lif.v, T)
+    mon_s.probe(lif.s_out, T)
+    try:
+        lif.run(condition=lv["RunSteps"](num_steps=T), run_cfg=lv["Loihi2SimCfg"](select_tag="fixed_pt"))
+        lava_v = np.asarray(mon_v.get_data()[lif.name]["v"]).reshape(T, 3, 10)
+        lava_s = np.asarray(mon_s.get_data()[lif.name]["s_out"]).reshape(T, 3, 10)
+    finally:
+        lif.stop()
+    tgt_s = ours_s[:, 1:]
+    np.testing.assert_array_equal(tgt_s, lava_s)
+    np.testing.assert_array_equal(np.where(tgt_s > 0, 0, ours_v[:, 1:]), lava_v)  # Lava records post-reset v
+    assert lava_s.sum() > 5 and np.abs(lava_v).max() > 1000
+
+
+def test_signal_update_is_the_gradient_through_layernorm():
+    """rule.signal_grad == torch autograd of edgesp.functional.signal_forward (relu and none), for
+    dz = ∂L/∂z per class row; rule.signal_step with the v1 third factor of the target rows applies it."""
+    from edgesp.functional import signal_forward
+
+    rng = np.random.default_rng(0)
+    dz = rng.standard_normal((3, 10))
+    for act in ("relu", "none"):
+        spec = small_spec()
+        spec = ModelSpec.from_dict({**spec.to_dict(), "signal": {**spec.to_dict()["signal"], "activation": act}})
+        params = init_params(spec, 1)
+        ws, bs = params["signal.weight"].astype(np.float64), params["signal.bias"].astype(np.float64) + 0.01
+        tw = torch.tensor(ws, dtype=torch.float32, requires_grad=True)  # signal_forward computes in float32
+        tb = torch.tensor(bs, dtype=torch.float32, requires_grad=True)
+        z = signal_forward(spec, torch.arange(3), {"signal.weight": tw, "signal.bias": tb})
+        np.testing.assert_allclose(rule.signal_forward(ws, bs, act), z.detach().numpy(), atol=1e-5)
+        z.backward(torch.tensor(dz, dtype=torch.float32))
+        gw, gb = rule.signal_grad(ws, bs, dz, act)
+        scale = np.abs(gw).max()
+        np.testing.assert_allclose(gw, tw.grad.numpy(), atol=1e-5 * scale)
+        np.testing.assert_allclose(gb, tb.grad.numpy(), atol=1e-5 * scale)
+        ws2, bs2, table = rule.signal_step(ws.copy(), bs.copy(), dz, 0, "v1", act, 0.01, False)
+        np.testing.assert_allclose(ws2, ws - 0.01 * gw, atol=1e-15)
+        np.testing.assert_allclose(table, rule.signal_forward(ws2, bs2, act), atol=0)
+
+
+def test_legacy_input_placement_checkpoint_compiles_and_one_line_error_for_sequences(tmp_path):
+    """A spec written before placement existed loads as input placement: it compiles (the (C, D_in) table is the
+    target input, fixed on the host, noted in the manifest); the hidden default puts a (C, H_0) table in and
+    marks W_S as learned on the embedded CPU. An input-placement model whose input step has fewer features
+    than classes is refused in one line naming the fix."""
+    spec = build_spec(
+        "snn",
+        (64,),
+        10,
+        width=32,
+        depth=2,
+        rule=RuleSpec(name="sp-voltage"),
+        temporal=TemporalSpec(time_steps=5, encoding="direct"),
+    )
+    d = spec.to_dict()
+    d["signal"] = {"kind": "learned", "activation": "relu"}  # as written before placement existed
+    legacy = ModelSpec.from_dict(d)
+    assert legacy.signal.placement == "input"
+    m = compile_model(legacy, init_params(legacy, 0), load_target("loihi2"), tmp_path / "legacy", 1)
+    assert "input signal placement" in m["notes"] and m["network"]["placement"] == "input"
+    sig = [p for p in m["parameters"] if p["name"].startswith("signal.")]
+    assert [p["learned"] for p in sig] == [False, False] and sig[0]["shape"] == [64, 10]
+    with np.load(tmp_path / "legacy" / "network.npz") as z:
+        assert z["signal.table"].shape == (10, 64) and "signal.weight" not in z.files
+    m = compile_model(spec, init_params(spec, 0), load_target("lava-cpu"), tmp_path / "hidden", 1)
+    assert "hidden signal placement" in m["notes"] and "embedded CPU" in m["notes"]
+    sig = [p for p in m["parameters"] if p["name"].startswith("signal.")]
+    assert [(p["learned"], p["on_chip"], p["update_output"]) for p in sig] == [
+        (True, False, "dense0.signal_weight"),
+        (True, False, "dense0.signal_bias"),
+    ]
+    with np.load(tmp_path / "hidden" / "network.npz") as z:
+        assert z["signal.table"].shape == (10, 32) and z["signal.weight"].shape == (32, 10)
+    seq = build_spec(
+        "snn",
+        (1, 20),
+        10,
+        width=16,
+        depth=1,
+        rule=RuleSpec(name="sp-voltage"),
+        signal=SignalSpec(placement="input", init_std=1.0),
+        temporal=TemporalSpec(encoding="sequence"),
+    )
+    with pytest.raises(CompileError) as e:
+        compile_model(seq, init_params(seq, 0), load_target("lava-cpu"), tmp_path / "seq", 1)
+    assert "\n" not in str(e.value) and "--signal-placement hidden" in str(e.value)

@@ -15,13 +15,26 @@ from targets import load_target
 
 @pytest.fixture(scope="module")
 def small_digits(digits):
-    return Dataset("digits-small", digits.x_train[:60], digits.y_train[:60], digits.x_test[:20], digits.y_test[:20],
-                   digits.num_classes)
+    return Dataset(
+        "digits-small",
+        digits.x_train[:60],
+        digits.y_train[:60],
+        digits.x_test[:20],
+        digits.y_test[:20],
+        digits.num_classes,
+    )
 
 
 def _build(tmp_path, target: str):
-    spec = build_spec("snn", (1, 8, 8), 10, width=16, depth=1, rule=RuleSpec(name="sp-voltage"),
-                      temporal=TemporalSpec(time_steps=4, encoding="direct"))
+    spec = build_spec(
+        "snn",
+        (1, 8, 8),
+        10,
+        width=16,
+        depth=1,
+        rule=RuleSpec(name="sp-voltage"),
+        temporal=TemporalSpec(time_steps=4, encoding="direct"),
+    )
     compile_model(spec, init_params(spec, 0), load_target(target), tmp_path, 1)
     return tmp_path
 
@@ -56,7 +69,7 @@ def test_profile_reports_per_core_memory_and_measured_peak(tmp_path):
     assert p["cores_used"] == 2 and len(p["per_core"]) == 2
     assert p["per_core"][0]["synapses"] == 65 * 16 and p["per_core"][0]["compartments"] == 16 * 11
     for key in ("inference", "update_step"):
-        assert p[key]["measured_peak_bytes"] > 10 * 2 ** 20  # Python worker processes, tens of MiB each
+        assert p[key]["measured_peak_bytes"] > 10 * 2**20  # Python worker processes, tens of MiB each
         assert p[key]["planned_peak_bytes"] == p["planned_memory"]["total_bytes"]
         assert p[key]["worker_processes"] >= 5
     assert "bp_baseline" in p
@@ -87,8 +100,14 @@ def test_ctrl_c_to_the_process_group_stops_the_runtime(tmp_path):
         "    s.run_all(40, tick)\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.Popen([sys.executable, "-W", "ignore", "-c", code], cwd=root, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-c", code],
+        cwd=root,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "running"
         group = os.getpgid(proc.pid)
