@@ -5,39 +5,20 @@ A :class:`Program` has graph inputs (e.g. ``x`` float32 (B,…), ``y`` int32 (B,
 generator, i+1 = block i, N+1 = head), constants, a list of SSA :class:`Op` s, named outputs and, for
 update steps, ``state_updates`` (state name → value holding its new value).
 
-Primitive ops (all float32 unless noted; broadcasting follows numpy; the numpy semantics in
-:mod:`compilers.interp` are the spec):
-
-=============  ==========================================================================
-matmul(a, b)   2-D matrix product (M,K)·(K,N)
-add/sub/mul/div elementwise with broadcasting
-relu, tanh, exp, log, sqrt   elementwise
-leaky_relu     attrs alpha: max(x, alpha·x) for 0 < alpha < 1
-greater(a, b)  float mask 1[a > b];   equal(a, b): float mask 1[a == b]
-transpose      attrs perm
-reshape        attrs shape (static)
-broadcast_to   attrs shape
-reduce_sum/reduce_mean/reduce_max   attrs axes (tuple), keepdims (bool)
-softmax, log_softmax   over the last axis
-onehot(y)      int32 labels (B,) → float (B, depth); attrs depth
-gather(a, idx) idx is an int32 *constant*; attrs axis (numpy.take)
-pad            attrs pads: tuple of (before, after) per axis, zero padding
-=============  ==========================================================================
+The primitive ops and their meaning (shape rule, numpy reference, vector-Jacobian product) are defined
+once, in :mod:`compilers.ops`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-F32, I32 = "float32", "int32"
-UNARY = ("relu", "tanh", "exp", "log", "sqrt", "leaky_relu", "softmax", "log_softmax")
-BINARY = ("add", "sub", "mul", "div", "greater", "equal", "matmul")
-OTHER = ("transpose", "reshape", "broadcast_to", "reduce_sum", "reduce_mean", "reduce_max", "onehot", "gather", "pad")
-KINDS = UNARY + BINARY + OTHER
+from compilers.ops import F32, I32, KINDS, OPS
+
+__all__ = ["F32", "I32", "KINDS", "Op", "Program", "State", "Value", "broadcast_shape", "freeze_states"]
 
 
 @dataclass(frozen=True)
@@ -223,37 +204,7 @@ def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _infer(kind: str, ins: list[Value], attrs: dict[str, Any]) -> tuple[tuple[int, ...], str]:
-    if kind in UNARY:
-        return ins[0].shape, F32
-    if kind == "matmul":
-        a, b = ins[0].shape, ins[1].shape
-        if len(a) != 2 or len(b) != 2 or a[1] != b[0]:
-            raise ValueError(f"matmul shapes {a} x {b}")
-        return (a[0], b[1]), F32
-    if kind in BINARY:
-        return broadcast_shape(ins[0].shape, ins[1].shape), F32
-    if kind == "transpose":
-        return tuple(ins[0].shape[p] for p in attrs["perm"]), ins[0].dtype
-    if kind == "reshape":
-        if math.prod(attrs["shape"]) != math.prod(ins[0].shape):
-            raise ValueError(f"reshape {ins[0].shape} -> {attrs['shape']}")
-        return tuple(attrs["shape"]), ins[0].dtype
-    if kind == "broadcast_to":
-        return broadcast_shape(ins[0].shape, tuple(attrs["shape"])), ins[0].dtype
-    if kind.startswith("reduce_"):
-        axes, keep = attrs["axes"], attrs.get("keepdims", True)
-        s = ins[0].shape
-        if keep:
-            return tuple(1 if i in axes else n for i, n in enumerate(s)), F32
-        return tuple(n for i, n in enumerate(s) if i not in axes), F32
-    if kind == "onehot":
-        if ins[0].dtype != I32:
-            raise ValueError("onehot needs int32 labels")
-        return (*ins[0].shape, attrs["depth"]), F32
-    if kind == "gather":
-        ax = attrs["axis"]
-        s = ins[0].shape
-        return (*s[:ax], *ins[1].shape, *s[ax + 1 :]), ins[0].dtype
-    if kind == "pad":
-        return tuple(n + p0 + p1 for n, (p0, p1) in zip(ins[0].shape, attrs["pads"], strict=True)), ins[0].dtype
-    raise ValueError(kind)
+    d = OPS[kind]
+    if len(ins) != d.arity:
+        raise ValueError(f"op {kind} takes {d.arity} inputs, got {len(ins)}")
+    return d.shape(ins, attrs)

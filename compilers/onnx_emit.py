@@ -9,11 +9,14 @@ sums ``X + A·B`` (two streams' weight gradients, momentum β·m + g) accumulate
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from compilers.ir import I32, Op, Program
+from compilers.ops import check_table
 
 OPSET = 18
 IR_VERSION = 10
@@ -106,59 +109,83 @@ class _Emitter:
         return None
 
     def emit(self, op: Op) -> None:
-        k, ins, out = op.kind, list(op.inputs), op.output
-        if out in self.skipped or (out in self.fused and k != "add"):
+        if op.output in self.skipped or (op.output in self.fused and op.kind != "add"):
             return
-        if k in _SIMPLE and out not in self.accumulate:
-            self.node(_SIMPLE[k], ins, [out])
-        elif k == "matmul":
-            a, b = ins
-            ta, tb = self._transposed_2d(a), self._transposed_2d(b)
-            if ta or tb:
-                self.node("Gemm", [ta or a, tb or b], [out], transA=int(bool(ta)), transB=int(bool(tb)))
-            else:
-                self.node("MatMul", ins, [out])
-        elif k == "add" and out in self.accumulate:
-            mm, c, beta = self.accumulate[out]
-            a, b = self.producer[mm].inputs
-            ta, tb = self._transposed_2d(a), self._transposed_2d(b)
-            self.node("Gemm", [ta or a, tb or b, c], [out], transA=int(bool(ta)), transB=int(bool(tb)), beta=beta)
-        elif k == "leaky_relu":
-            self.node("LeakyRelu", ins, [out], alpha=float(op.attr("alpha")))
-        elif k in ("greater", "equal"):
-            self.node("Greater" if k == "greater" else "Equal", ins, [out + "_b"])
-            self.node("Cast", [out + "_b"], [out], to=TensorProto.FLOAT)
-        elif k == "softmax":
-            self.node("Softmax", ins, [out], axis=-1)
-        elif k == "log_softmax":
-            self.node("LogSoftmax", ins, [out], axis=-1)
-        elif k == "transpose":
-            self.node("Transpose", ins, [out], perm=list(op.attr("perm")))
-        elif k == "reshape":
-            shape = self.const(np.asarray(op.attr("shape"), np.int64), "shape")
-            self.node("Reshape", [ins[0], shape], [out])
-        elif k == "broadcast_to":
-            shape = self.const(np.asarray(op.attr("shape"), np.int64), "shape")
-            self.node("Expand", [ins[0], shape], [out])
-        elif k in _REDUCE:
-            axes = self.const(np.asarray(op.attr("axes"), np.int64), "axes")
-            self.node(_REDUCE[k], [ins[0], axes], [out], keepdims=int(op.attr("keepdims")))
-        elif k == "onehot":
-            # onehot(y)[b, c] = 1[y_b == c]: Reshape + Equal + Cast (ORT's CPU OneHot lacks int32 indices)
-            n = self.p.shape(ins[0])[0]
-            shape = self.const(np.asarray([n, 1], np.int64), "shape")
-            classes = self.const(np.arange(op.attr("depth"), dtype=np.int32)[None, :], "classes")
-            self.node("Reshape", [ins[0], shape], [out + "_col"])
-            self.node("Equal", [out + "_col", classes], [out + "_b"])
-            self.node("Cast", [out + "_b"], [out], to=TensorProto.FLOAT)
-        elif k == "gather":
-            self.node("Gather", ins, [out], axis=int(op.attr("axis")))
-        elif k == "pad":
-            pads = op.attr("pads")
-            flat = [b for b, _ in pads] + [a for _, a in pads]
-            self.node("Pad", [ins[0], self.const(np.asarray(flat, np.int64), "pads")], [out], mode="constant")
-        else:
-            raise ValueError(f"no ONNX lowering for {k}")
+        ONNX_EMIT[op.kind](self, op)
+
+
+# ------------------------------------------------------------------------ one emitter per IR op
+def _simple(e: _Emitter, op: Op) -> None:
+    if op.kind == "add" and op.output in e.accumulate:  # add(X, matmul) fused into Gemm(…, C=X)
+        mm, c, beta = e.accumulate[op.output]
+        a, b = e.producer[mm].inputs
+        ta, tb = e._transposed_2d(a), e._transposed_2d(b)
+        e.node("Gemm", [ta or a, tb or b, c], [op.output], transA=int(bool(ta)), transB=int(bool(tb)), beta=beta)
+        return
+    e.node(_SIMPLE[op.kind], list(op.inputs), [op.output])
+
+
+def _matmul(e: _Emitter, op: Op) -> None:
+    a, b = op.inputs
+    ta, tb = e._transposed_2d(a), e._transposed_2d(b)
+    if ta or tb:
+        e.node("Gemm", [ta or a, tb or b], [op.output], transA=int(bool(ta)), transB=int(bool(tb)))
+    else:
+        e.node("MatMul", list(op.inputs), [op.output])
+
+
+def _compare(e: _Emitter, op: Op) -> None:
+    out = op.output
+    e.node("Greater" if op.kind == "greater" else "Equal", list(op.inputs), [out + "_b"])
+    e.node("Cast", [out + "_b"], [out], to=TensorProto.FLOAT)
+
+
+def _with_shape_const(onnx_op: str) -> Any:
+    def emit(e: _Emitter, op: Op) -> None:
+        shape = e.const(np.asarray(op.attr("shape"), np.int64), "shape")
+        e.node(onnx_op, [op.inputs[0], shape], [op.output])
+
+    return emit
+
+
+def _reduce(e: _Emitter, op: Op) -> None:
+    axes = e.const(np.asarray(op.attr("axes"), np.int64), "axes")
+    e.node(_REDUCE[op.kind], [op.inputs[0], axes], [op.output], keepdims=int(op.attr("keepdims")))
+
+
+def _onehot(e: _Emitter, op: Op) -> None:
+    # onehot(y)[b, c] = 1[y_b == c]: Reshape + Equal + Cast (ORT's CPU OneHot lacks int32 indices)
+    out, y = op.output, op.inputs[0]
+    shape = e.const(np.asarray([e.p.shape(y)[0], 1], np.int64), "shape")
+    classes = e.const(np.arange(op.attr("depth"), dtype=np.int32)[None, :], "classes")
+    e.node("Reshape", [y, shape], [out + "_col"])
+    e.node("Equal", [out + "_col", classes], [out + "_b"])
+    e.node("Cast", [out + "_b"], [out], to=TensorProto.FLOAT)
+
+
+def _pad(e: _Emitter, op: Op) -> None:
+    pads = op.attr("pads")
+    flat = [b for b, _ in pads] + [a for _, a in pads]
+    e.node("Pad", [op.inputs[0], e.const(np.asarray(flat, np.int64), "pads")], [op.output], mode="constant")
+
+
+ONNX_EMIT: dict[str, Any] = {
+    **{k: _simple for k in _SIMPLE},
+    "matmul": _matmul,
+    "leaky_relu": lambda e, op: e.node("LeakyRelu", list(op.inputs), [op.output], alpha=float(op.attr("alpha"))),
+    "greater": _compare,
+    "equal": _compare,
+    "softmax": lambda e, op: e.node("Softmax", list(op.inputs), [op.output], axis=-1),
+    "log_softmax": lambda e, op: e.node("LogSoftmax", list(op.inputs), [op.output], axis=-1),
+    "transpose": lambda e, op: e.node("Transpose", list(op.inputs), [op.output], perm=list(op.attr("perm"))),
+    "reshape": _with_shape_const("Reshape"),
+    "broadcast_to": _with_shape_const("Expand"),
+    **{k: _reduce for k in _REDUCE},
+    "onehot": _onehot,
+    "gather": lambda e, op: e.node("Gather", list(op.inputs), [op.output], axis=int(op.attr("axis"))),
+    "pad": _pad,
+}
+check_table(ONNX_EMIT, "ONNX")
 
 
 def to_onnx(program: Program, doc: str = "", state_defaults: bool = False) -> onnx.ModelProto:

@@ -31,6 +31,7 @@ import flatbuffers
 import numpy as np
 
 from compilers.ir import Op, Program
+from compilers.ops import check_table
 from compilers.tflite.schema import load_schema
 from edgesp.errors import CompileError
 
@@ -205,93 +206,7 @@ class ModelWriter:
 
     # ------------------------------------------------------------------ primitives
     def _emit(self, g: _Subgraph, p: Program, op: Op, fusable: dict[str, str]) -> None:
-        k = op.kind
-        ins = [g.index[i] for i in op.inputs if i not in fusable]
-        val = p.values[op.output]
-        out_name = op.output
-
-        def out(dtype: str | None = None, name: str = out_name, shape: tuple[int, ...] = val.shape) -> int:
-            return self._tensor(g, name, shape, dtype or val.dtype)
-
-        def ci(values: Any, suffix: str) -> int:
-            return self._const(g, np.asarray(values, np.int32).reshape(-1), f"{out_name}/{suffix}")
-
-        if k == "matmul":
-            a, b = op.inputs
-            if b in fusable and a not in fusable:  # a · Wᵀ → FULLY_CONNECTED(a, W), W: (N, K)
-                opt = S.FullyConnectedOptionsT()
-                opt.keepNumDims = False
-                self._op(g, BO.FULLY_CONNECTED, [g.index[a], g.index[fusable[b]], -1], [out()],
-                         OPT.FullyConnectedOptions, opt)
-                return
-            opt = S.BatchMatMulOptionsT()
-            ia = g.index[fusable[a]] if a in fusable else g.index[a]
-            ib = g.index[fusable[b]] if b in fusable else g.index[b]
-            opt.adjX, opt.adjY = a in fusable, b in fusable
-            self._op(g, BO.BATCH_MATMUL, [ia, ib], [out()], OPT.BatchMatMulOptions, opt)
-        elif k in _ARITH:
-            code, ot, cls = _ARITH[k]
-            self._op(g, code, ins, [out()], ot, cls())
-        elif k in _ELEMENTWISE:
-            self._op(g, _ELEMENTWISE[k], ins, [out()])
-        elif k == "leaky_relu":
-            opt = S.LeakyReluOptionsT()
-            opt.alpha = float(op.attr("alpha"))
-            self._op(g, BO.LEAKY_RELU, ins, [out()], OPT.LeakyReluOptions, opt)
-        elif k in ("greater", "equal"):
-            mask = out("bool", name=f"{out_name}/bool")
-            if k == "greater":
-                self._op(g, BO.GREATER, ins, [mask], OPT.GreaterOptions, S.GreaterOptionsT())
-            else:
-                self._op(g, BO.EQUAL, ins, [mask], OPT.EqualOptions, S.EqualOptionsT())
-            opt = S.CastOptionsT()
-            opt.inDataType, opt.outDataType = TT.BOOL, TT.FLOAT32
-            self._op(g, BO.CAST, [mask], [out()], OPT.CastOptions, opt)
-        elif k == "softmax":
-            opt = S.SoftmaxOptionsT()
-            opt.beta = 1.0
-            self._op(g, BO.SOFTMAX, ins, [out()], OPT.SoftmaxOptions, opt)
-        elif k == "log_softmax":
-            self._op(g, BO.LOG_SOFTMAX, ins, [out()], OPT.LogSoftmaxOptions, S.LogSoftmaxOptionsT())
-        elif k == "transpose":
-            self._op(g, BO.TRANSPOSE, [ins[0], ci(op.attr("perm"), "perm")], [out()], OPT.TransposeOptions,
-                     S.TransposeOptionsT())
-        elif k == "reshape":
-            opt = S.ReshapeOptionsT()
-            opt.newShape = np.asarray(val.shape, np.int32)
-            self._op(g, BO.RESHAPE, [ins[0], ci(val.shape, "shape")], [out()], OPT.ReshapeOptions, opt)
-        elif k == "broadcast_to":
-            self._op(g, BO.BROADCAST_TO, [ins[0], ci(val.shape, "shape")], [out()], OPT.BroadcastToOptions,
-                     S.BroadcastToOptionsT())
-        elif k in _REDUCE:
-            opt = S.ReducerOptionsT()
-            opt.keepDims = bool(op.attr("keepdims", True))
-            self._op(g, _REDUCE[k], [ins[0], ci(op.attr("axes"), "axes")], [out()], OPT.ReducerOptions, opt)
-        elif k == "onehot":
-            opt = S.OneHotOptionsT()
-            opt.axis = -1
-            depth = self._const(g, np.asarray(op.attr("depth"), np.int32), f"{out_name}/depth")
-            on = self._const(g, np.asarray(1.0, np.float32), f"{out_name}/on")
-            off = self._const(g, np.asarray(0.0, np.float32), f"{out_name}/off")
-            self._op(g, BO.ONE_HOT, [ins[0], depth, on, off], [out()], OPT.OneHotOptions, opt)
-        elif k == "gather":
-            axis = int(op.attr("axis"))
-            idx_name = op.inputs[1]
-            if idx_name not in p.consts:
-                raise CompileError(f"gather {out_name}: indices must be a constant, got {idx_name}")
-            n = p.values[op.inputs[0]].shape[axis]
-            idx = np.asarray(p.consts[idx_name], np.int64)
-            if idx.size and (idx.min() < -n or idx.max() >= n):
-                raise CompileError(f"gather {out_name}: index out of range for axis of size {n}")
-            wrapped = self._const(g, np.mod(idx, n).astype(np.int32), f"{out_name}/indices")
-            opt = S.GatherOptionsT()
-            opt.axis, opt.batchDims = axis, 0
-            self._op(g, BO.GATHER, [ins[0], wrapped], [out()], OPT.GatherOptions, opt)
-        elif k == "pad":
-            pads = self._const(g, np.asarray(op.attr("pads"), np.int32).reshape(-1, 2), f"{out_name}/pads")
-            self._op(g, BO.PAD, [ins[0], pads], [out()], OPT.PadOptions, S.PadOptionsT())
-        else:  # pragma: no cover - KINDS is closed
-            raise CompileError(f"the TFLite emitter has no lowering for IR op {k!r}")
+        TFLITE_EMIT[op.kind](_Ctx(self, g, p, op, fusable))
 
     # ------------------------------------------------------------------ output
     def finish(self) -> bytes:
@@ -359,3 +274,141 @@ def _fusable_transposes(program: Program, needed: set[str]) -> dict[str, str]:
             if uses and all(u.kind == "matmul" and u.inputs[0] != u.inputs[1] for u, _ in uses):
                 fusable[op.output] = op.inputs[0]
     return fusable
+
+
+# ------------------------------------------------------------------------ one emitter per IR op
+@dataclass
+class _Ctx:
+    """What an op's emitter needs: the writer, the subgraph, the program, the op, the fusable transposes."""
+
+    w: ModelWriter
+    g: _Subgraph
+    p: Program
+    op: Op
+    fusable: dict[str, str]
+
+    @property
+    def ins(self) -> list[int]:
+        return [self.g.index[i] for i in self.op.inputs if i not in self.fusable]
+
+    def out(self, dtype: str | None = None, name: str | None = None) -> int:
+        val = self.p.values[self.op.output]
+        return self.w._tensor(self.g, name or self.op.output, val.shape, dtype or val.dtype)
+
+    def ci(self, values: Any, suffix: str) -> int:
+        return self.w._const(self.g, np.asarray(values, np.int32).reshape(-1), f"{self.op.output}/{suffix}")
+
+    def emit(self, code: int, inputs: list[int], opt_type: int = 0, opt: Any = None) -> None:
+        self.w._op(self.g, code, inputs, [self.out()], opt_type, opt)
+
+
+def _t_matmul(c: _Ctx) -> None:
+    a, b = c.op.inputs
+    g, f = c.g, c.fusable
+    if b in f and a not in f:  # a · Wᵀ → FULLY_CONNECTED(a, W), W: (N, K)
+        opt = S.FullyConnectedOptionsT()
+        opt.keepNumDims = False
+        c.emit(BO.FULLY_CONNECTED, [g.index[a], g.index[f[b]], -1], OPT.FullyConnectedOptions, opt)
+        return
+    opt = S.BatchMatMulOptionsT()
+    ia = g.index[f[a]] if a in f else g.index[a]
+    ib = g.index[f[b]] if b in f else g.index[b]
+    opt.adjX, opt.adjY = a in f, b in f
+    c.emit(BO.BATCH_MATMUL, [ia, ib], OPT.BatchMatMulOptions, opt)
+
+
+def _t_arith(c: _Ctx) -> None:
+    code, ot, cls = _ARITH[c.op.kind]
+    c.emit(code, c.ins, ot, cls())
+
+
+def _t_leaky_relu(c: _Ctx) -> None:
+    opt = S.LeakyReluOptionsT()
+    opt.alpha = float(c.op.attr("alpha"))
+    c.emit(BO.LEAKY_RELU, c.ins, OPT.LeakyReluOptions, opt)
+
+
+def _t_compare(c: _Ctx) -> None:
+    mask = c.out("bool", name=f"{c.op.output}/bool")
+    if c.op.kind == "greater":
+        c.w._op(c.g, BO.GREATER, c.ins, [mask], OPT.GreaterOptions, S.GreaterOptionsT())
+    else:
+        c.w._op(c.g, BO.EQUAL, c.ins, [mask], OPT.EqualOptions, S.EqualOptionsT())
+    opt = S.CastOptionsT()
+    opt.inDataType, opt.outDataType = TT.BOOL, TT.FLOAT32
+    c.emit(BO.CAST, [mask], OPT.CastOptions, opt)
+
+
+def _t_softmax(c: _Ctx) -> None:
+    opt = S.SoftmaxOptionsT()
+    opt.beta = 1.0
+    c.emit(BO.SOFTMAX, c.ins, OPT.SoftmaxOptions, opt)
+
+
+def _t_reshape(c: _Ctx) -> None:
+    shape = c.p.values[c.op.output].shape
+    opt = S.ReshapeOptionsT()
+    opt.newShape = np.asarray(shape, np.int32)
+    c.emit(BO.RESHAPE, [c.ins[0], c.ci(shape, "shape")], OPT.ReshapeOptions, opt)
+
+
+def _t_reduce(c: _Ctx) -> None:
+    opt = S.ReducerOptionsT()
+    opt.keepDims = bool(c.op.attr("keepdims", True))
+    c.emit(_REDUCE[c.op.kind], [c.ins[0], c.ci(c.op.attr("axes"), "axes")], OPT.ReducerOptions, opt)
+
+
+def _t_onehot(c: _Ctx) -> None:
+    opt = S.OneHotOptionsT()
+    opt.axis = -1
+    name = c.op.output
+    depth = c.w._const(c.g, np.asarray(c.op.attr("depth"), np.int32), f"{name}/depth")
+    on = c.w._const(c.g, np.asarray(1.0, np.float32), f"{name}/on")
+    off = c.w._const(c.g, np.asarray(0.0, np.float32), f"{name}/off")
+    c.emit(BO.ONE_HOT, [c.ins[0], depth, on, off], OPT.OneHotOptions, opt)
+
+
+def _t_gather(c: _Ctx) -> None:
+    axis, name, idx_name = int(c.op.attr("axis")), c.op.output, c.op.inputs[1]
+    if idx_name not in c.p.consts:
+        raise CompileError(f"gather {name}: indices must be a constant, got {idx_name}")
+    n = c.p.values[c.op.inputs[0]].shape[axis]
+    idx = np.asarray(c.p.consts[idx_name], np.int64)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise CompileError(f"gather {name}: index out of range for axis of size {n}")
+    wrapped = c.w._const(c.g, np.mod(idx, n).astype(np.int32), f"{name}/indices")
+    opt = S.GatherOptionsT()
+    opt.axis, opt.batchDims = axis, 0
+    c.emit(BO.GATHER, [c.ins[0], wrapped], OPT.GatherOptions, opt)
+
+
+def _t_pad(c: _Ctx) -> None:
+    pads = c.w._const(c.g, np.asarray(c.op.attr("pads"), np.int32).reshape(-1, 2), f"{c.op.output}/pads")
+    c.emit(BO.PAD, [c.ins[0], pads], OPT.PadOptions, S.PadOptionsT())
+
+
+TFLITE_EMIT: dict[str, Any] = {
+    "matmul": _t_matmul,
+    **{k: _t_arith for k in _ARITH},
+    **{k: (lambda c, code=code: c.emit(code, c.ins)) for k, code in _ELEMENTWISE.items()},
+    "leaky_relu": _t_leaky_relu,
+    "greater": _t_compare,
+    "equal": _t_compare,
+    "softmax": _t_softmax,
+    "log_softmax": lambda c: c.emit(BO.LOG_SOFTMAX, c.ins, OPT.LogSoftmaxOptions, S.LogSoftmaxOptionsT()),
+    "transpose": lambda c: c.emit(
+        BO.TRANSPOSE, [c.ins[0], c.ci(c.op.attr("perm"), "perm")], OPT.TransposeOptions, S.TransposeOptionsT()
+    ),
+    "reshape": _t_reshape,
+    "broadcast_to": lambda c: c.emit(
+        BO.BROADCAST_TO,
+        [c.ins[0], c.ci(c.p.values[c.op.output].shape, "shape")],
+        OPT.BroadcastToOptions,
+        S.BroadcastToOptionsT(),
+    ),
+    **{k: _t_reduce for k in _REDUCE},
+    "onehot": _t_onehot,
+    "gather": _t_gather,
+    "pad": _t_pad,
+}
+check_table(TFLITE_EMIT, "TFLite")
