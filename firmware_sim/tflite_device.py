@@ -2,7 +2,7 @@
 interpreter's resource variables), evaluate with ``infer``, and profile memory.
 
 Options (``**options``): ``interpreter`` = ``"litert"`` (ai-edge-litert, default) | ``"tflite_runtime"``;
-``resolver`` = ``"auto"`` | ``"builtin"`` | ``"reference"`` (see :mod:`compilers.tflite.runtime`);
+``resolver`` = ``"auto"`` | ``"builtin"`` | ``"reference"`` (see :mod:`firmware_sim.tflite_runtime`);
 ``threads`` (default: the target's). ``lr`` (default: the manifest's learning rate) and ``continual``
 are the simulator contract's own arguments.
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from compilers.tflite.runtime import DEFAULT_INTERPRETER, TFLiteModel
+from firmware_sim.tflite_runtime import DEFAULT_INTERPRETER, TFLiteModel
 from edgesp.data import Dataset
 from edgesp.errors import CompileError, DataError
 from edgesp.spec import ModelSpec
@@ -146,7 +146,7 @@ def _measure_here(kind: str, build_dir: str, interpreter: str, resolver: str,
         return bp_training_memory(spec, params, b)
     import importlib
 
-    from compilers.tflite.runtime import INTERPRETERS
+    from firmware_sim.tflite_runtime import INTERPRETERS
 
     importlib.import_module(INTERPRETERS[interpreter])
     rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
 """TFLite backend: lowers the SP update step and inference (:mod:`compilers.ir` programs) to one ``.tflite``
 flatbuffer written directly (no TensorFlow), with the weights in resource variables; see
-:mod:`compilers.tflite.compile` for the signatures and :mod:`compilers.tflite.runtime` for the loader.
+:mod:`compilers.tflite.compile` for the signatures; the loader is device-side, :mod:`firmware_sim.tflite_runtime`.
 
 The compiler half is imported lazily so that loading a build on a device needs only an interpreter."""
 

@@ -16,7 +16,7 @@ from compilers import interp
 from compilers.ir import Program
 from compilers.tflite.emit import ModelWriter
 from compilers.tflite.plan import plan_model
-from compilers.tflite.runtime import TFLiteModel
+from firmware_sim.tflite_runtime import TFLiteModel
 from edgesp.errors import CompileError, DataError
 
 INTERPRETERS = ("litert", "tflite_runtime")
