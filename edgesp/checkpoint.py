@@ -2,7 +2,9 @@
 
 Layout: tensors by parameter name (float32), and string metadata ``format`` = ``edgesp-checkpoint``,
 ``format_version``, ``spec`` (the spec's JSON), ``sha256`` (over every tensor's bytes in name order,
-to detect corruption), and ``extra`` (JSON: training metadata). Written atomically.
+to detect corruption), and ``extra`` (JSON: training metadata). Written atomically and deterministically
+(:func:`write_safetensors`: sorted tensors and keys, so identical weights give byte-identical files).
+Non-finite weights (NaN, ±inf: a diverged run) are refused on save and on load.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +46,42 @@ def check_params(spec: ModelSpec, params: dict[str, np.ndarray]) -> None:
             raise CheckpointError(f"weight {name} has shape {tuple(params[name].shape)}, the spec needs {shape}")
 
 
+def check_finite(params: dict[str, np.ndarray], what: str) -> None:
+    """Raise CheckpointError naming the first weight that holds NaN or ±inf."""
+    for name in sorted(params):
+        if not np.all(np.isfinite(params[name])):
+            raise CheckpointError(
+                f"{what}: weight {name} holds NaN or inf (a diverged run): re-train with a lower --lr"
+            )
+
+
+def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write a float32 safetensors file byte-for-byte deterministically (atomically): an 8-byte little-endian
+    header length, the JSON header (``__metadata__`` then every tensor's dtype/shape/data_offsets, keys
+    sorted, no spaces) padded with spaces to a multiple of 8, then the tensors' little-endian bytes in name
+    order. (``safetensors.numpy.save_file`` orders the metadata by a hash map: not reproducible.)"""
+    header: dict[str, object] = {"__metadata__": {k: str(metadata[k]) for k in sorted(metadata)}}
+    blobs, offset = [], 0
+    for name in sorted(arrays):
+        data = np.ascontiguousarray(arrays[name], dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(arrays[name].shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    raw += b" " * (-len(raw) % 8)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for blob in blobs:
+            f.write(blob)
+
+
 def save_checkpoint(
     path: str | os.PathLike, spec: ModelSpec, params: dict[str, Any], extra: dict[str, Any] | None = None
 ) -> Path:
-    from safetensors.numpy import save_file
-
     arrays = {k: np.ascontiguousarray(np.asarray(_to_numpy(v), dtype=np.float32)) for k, v in params.items()}
     check_params(spec, arrays)
+    check_finite(arrays, f"cannot save checkpoint {path}")
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -58,8 +90,7 @@ def save_checkpoint(
         "extra": json.dumps(extra or {}),
     }
     path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(arrays, str(tmp), metadata=meta)
+    write_safetensors(path, arrays, meta)
     return path
 
 
@@ -100,6 +131,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, np.nd
     if _digest(params) != meta.get("sha256"):
         raise CheckpointError(f"checkpoint {path} is corrupt (weights checksum mismatch): re-create it")
     check_params(spec, params)
+    check_finite(params, f"checkpoint {path} is unusable")
     try:
         extra = json.loads(meta.get("extra", "{}"))
     except json.JSONDecodeError:

@@ -18,9 +18,23 @@ from edgesp.errors import DataError, EdgespError, SpecError
 
 # ---------------------------------------------------------------------------- shared helpers
 def _write_json(path: str | Path, obj: Any) -> None:
+    """Strict JSON (no bare NaN/Infinity): a non-finite float is written as null."""
     from edgesp.atomic import write_text
 
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_text(path, json.dumps(_finite_or_null(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _finite_or_null(o: Any) -> Any:
+    import math
+
+    o = _json_default(o) if not isinstance(o, (dict, list, tuple, str, int, float, bool, type(None))) else o
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): _finite_or_null(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_or_null(v) for v in o]
+    return o
 
 
 def _json_default(o: Any) -> Any:
@@ -179,9 +193,94 @@ def _check_names(args: argparse.Namespace) -> None:
             raise SpecError(f"unknown {what} {value!r} ({flag}); choose one of {', '.join(known)}")
 
 
-def _check_positive(name: str, v: int) -> None:
-    if v < 1:
-        raise SpecError(f"--{name} must be >= 1, got {v}")
+# every numeric option of every command: dest -> (integer?, low, low inclusive?, high, high inclusive?, example)
+_NUMBERS: dict[str, tuple[bool, float | None, bool, float | None, bool, str]] = {
+    "epochs": (True, 1, True, None, False, "10"),
+    "batch": (True, 1, True, 1 << 20, True, "32"),
+    "steps": (True, 1, True, None, False, "200"),
+    "max_train": (True, 1, True, None, False, "1000"),
+    "width": (True, 1, True, None, False, "128"),
+    "depth": (True, 1, True, None, False, "2"),
+    "channels": (True, 1, True, None, False, "16"),
+    "time_steps": (True, 1, True, None, False, "10"),
+    "seed": (True, 0, True, 2**32 - 1, True, "0"),
+    "lr": (False, 0, False, 1000, True, "1e-3"),  # above 1e3 torch's Adam overflows float32 in its step size
+    "momentum": (False, 0, True, 1, False, "0.9"),
+    "temperature": (False, 0, False, None, False, "0.1"),
+    "signal_init_std": (False, 0, False, None, False, "0.1"),
+    "du": (False, 0, True, 1, True, "1"),
+    "dv": (False, 0, True, 1, True, "0.2"),
+}
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """The one range check for every numeric option (given ones only): finite, integer where it counts, in range.
+    Raises SpecError ``--flag must be <range>, got <v>: pass e.g. --flag <example>``."""
+    import math
+
+    for dest, (integer, lo, lo_incl, hi, hi_incl, example) in _NUMBERS.items():
+        v = getattr(args, dest, None)
+        if v is None:
+            continue
+        ok = isinstance(v, (int, float)) and math.isfinite(v)
+        ok = ok and (lo is None or (v >= lo if lo_incl else v > lo))
+        ok = ok and (hi is None or (v <= hi if hi_incl else v < hi))
+        if not ok:
+            kind = "an integer" if integer else "a finite number"
+            if lo is not None and hi is not None:
+                rng = f"in {'[' if lo_incl else '('}{lo}, {hi}{']' if hi_incl else ')'}"
+            else:
+                rng = f"{'>=' if lo_incl else '>'} {lo}"
+            flag = "--" + dest.replace("_", "-")
+            raise SpecError(f"{flag} must be {kind} {rng}, got {v}: pass e.g. {flag} {example}")
+
+
+# rules whose hidden layers learn from the SP loss, and the losses that compare the samples of a batch
+SP_LOSS_RULES = ("sigprop", "sp-voltage", "sp-surrogate", "sp-online")
+
+
+def _check_batch_loss(rule: str, loss: str, batch: int, n_train: int) -> None:
+    """v9/v14/v15 are constant at batch 1 (no hidden layer would learn): refuse as 'compile --batch 1' does."""
+    from compilers.lower import BATCH_LOSSES
+
+    b = min(batch, n_train)
+    if b == 1 and rule in SP_LOSS_RULES and loss in BATCH_LOSSES:
+        raise SpecError(
+            f"sigprop loss {loss} compares the samples of a batch and is constant at batch 1 (no hidden layer would "
+            "learn): train with --loss v1 (direct label), or a batch >= 2 (and --max-train >= 2)"
+        )
+
+
+def _probe_folder(folder: Path, what: str) -> None:
+    """``folder`` (or its nearest existing ancestor, where it would be created) must be a writable folder."""
+    import tempfile
+
+    anc = folder
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise DataError(f"cannot write {what}: {anc} is a file, not a folder: choose another location")
+    try:
+        with tempfile.TemporaryFile(dir=anc):
+            pass
+    except OSError as e:
+        raise DataError(f"cannot write {what}: {anc} is not writable ({e.strerror}): choose another location") from None
+
+
+def check_out_dir(path: str | Path, flag: str) -> None:
+    """Before any work: an output folder must be a folder (or creatable) in a writable place."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise DataError(f"{flag} {p} is a file, not a folder: pass a folder path")
+    _probe_folder(p, f"{flag} {p}")
+
+
+def check_out_file(path: str | Path, flag: str) -> None:
+    """Before any work: an output file must not be a folder, and its folder must be writable (or creatable)."""
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{flag} {p} is a folder: pass a file name, e.g. {p / 'out'}")
+    _probe_folder(p.parent if str(p.parent) else Path("."), f"{flag} {p}")
 
 
 # ---------------------------------------------------------------------------- commands
@@ -194,12 +293,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from edgesp.rules import make_trainer
     from edgesp.train import fit, plot_curve
 
-    _check_positive("epochs", args.epochs)
-    _check_positive("batch", args.batch)
     _check_names(args)
+    check_out_dir(args.out, "--out")  # before the work, not after it
     torch.manual_seed(args.seed)
     data = load_dataset(args.data, seed=args.seed)
     spec = _spec_from_args(args, data)
+    n_train = len(data.x_train) if args.max_train is None else min(args.max_train, len(data.x_train))
+    _check_batch_loss(spec.rule.name, spec.rule.loss, args.batch, n_train)
     params = init_params(spec, args.seed)
     trainer = make_trainer(spec, params, args.seed)
     t0 = time.perf_counter()
@@ -256,6 +356,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from edgesp.rules import make_trainer
     from edgesp.train import accuracy
 
+    if args.json:
+        check_out_file(args.json, "--json")
     spec, params, _ = load_checkpoint(args.checkpoint)
     data = load_dataset(args.data, seed=args.seed)
     if data.num_classes > spec.num_classes:
@@ -318,8 +420,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from targets import load_target
 
     target = load_target(args.target)
+    check_out_dir(args.out, "--out")
+    _probe_folder(Path(args.out).absolute().parent, f"--out {args.out}")  # the new build is made beside it
     spec, params = _load_model_for_compile(args)
-    _check_positive("batch", args.batch)
     manifest = compile_model(spec, params, target, Path(args.out), batch=args.batch)
     mem = manifest.get("planned_memory", {})
     print(
@@ -347,7 +450,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.build)
     sim = simulator_module(manifest["runtime"])
-    _check_positive("steps", args.steps)
+    check_out_file(args.png or Path(args.build) / "simulate_curve.png", "--png")
+    if args.json:
+        check_out_file(args.json, "--json")
     data = load_dataset(args.data, seed=args.seed)
     res = sim.simulate(
         Path(args.build),
@@ -381,6 +486,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(args.build)
     sim = simulator_module(manifest["runtime"])
+    check_out_file(args.png or Path(args.build) / "memory_profile.png", "--png")
+    if args.json:
+        check_out_file(args.json, "--json")
     res = sim.profile(Path(args.build), batch=args.batch, **_runtime_options(args))
     print(f"memory profile ({manifest['runtime']}, batch {res.get('batch')}):")
     for key in ("inference", "update_step", "bp_baseline"):
@@ -510,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        check_numbers(args)
         return int(args.func(args) or 0)
     except EdgespError as e:
         print(f"error: {e}", file=sys.stderr)

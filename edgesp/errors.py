@@ -28,3 +28,31 @@ class CompileError(EdgespError, RuntimeError):
 
 class RuntimeMissingError(EdgespError, RuntimeError):
     """A runtime package (onnxruntime, tflite, lava) is not installed."""
+
+
+class DivergedError(EdgespError, FloatingPointError):
+    """Training or on-device learning produced a non-finite loss or weight; nothing was written."""
+
+
+def check_finite_losses(losses: dict[str, float], what: str, at: str, fix: str) -> None:
+    """Raise :class:`DivergedError` (``<what> diverged <at> (<loss name> <value>): <fix>``) if a loss is NaN
+    or ±inf, e.g. ``training diverged at epoch 2, batch 14 (loss_1 nan): lower --lr``."""
+    import math
+
+    for name, value in losses.items():
+        try:
+            ok = math.isfinite(float(value))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DivergedError(f"{what} diverged {at} ({name} {value}): {fix}")
+
+
+def check_finite_weights(weights: dict[str, object], what: str, at: str, fix: str) -> None:
+    """Raise :class:`DivergedError` naming the first weight that holds a NaN or ±inf."""
+    import numpy as np
+
+    for name, value in weights.items():
+        arr = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+        if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+            raise DivergedError(f"{what} diverged {at} (weight {name} holds NaN or inf): {fix}")

@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 
 from edgesp.data import Dataset, adapt_inputs
+from edgesp.errors import DataError, check_finite_losses, check_finite_weights
 from edgesp.rules import Trainer
+
+DIVERGED_FIX = "lower the learning rate (--lr) or the momentum (--momentum)"
 
 
 @dataclass
@@ -49,7 +52,9 @@ def fit(
     xtr = adapt_inputs(data.x_train, input_shape)
     xte = adapt_inputs(data.x_test, input_shape)
     ytr, yte = data.y_train, data.y_test
-    if max_train:
+    if max_train is not None:
+        if max_train < 1:
+            raise DataError(f"max_train must be >= 1 (the number of training samples to use), got {max_train}")
         xtr, ytr = xtr[:max_train], ytr[:max_train]
     rng = np.random.default_rng(seed)
     hist = History()
@@ -63,6 +68,7 @@ def fit(
             for b in range(n_batches):
                 idx = order[b * batch : (b + 1) * batch]
                 out = trainer.train_step(xtr[idx], ytr[idx])
+                check_finite_losses(out, "training", f"at epoch {ep}, batch {b + 1}", DIVERGED_FIX)
                 losses.append(sum(out.values()))
                 bar.update(1)
                 if b % 10 == 0:
@@ -71,6 +77,7 @@ def fit(
             hist.epochs.append(ep)
             hist.loss.append(float(np.mean(losses)))
             hist.seconds.append(dt)
+            check_finite_weights(trainer.params(), "training", f"in epoch {ep}", DIVERGED_FIX)
             hist.train_accuracy.append(accuracy(trainer, xtr, ytr))
             hist.test_accuracy.append(accuracy(trainer, xte, yte))
             bar.set_postfix(

@@ -20,7 +20,6 @@ from edgesp.data import Dataset, adapt_inputs
 from edgesp.errors import DataError, check_finite_losses, check_finite_weights
 from edgesp.spec import ModelSpec
 
-
 # Divergence policy (the same as host training): a non-finite loss after any step, or a non-finite weight at an
 # evaluation point, stops the run with DivergedError naming the step and the fix; no curve, PNG or state is written.
 DIVERGED_FIX = "lower the on-device learning rate (simulate --lr, or compile --lr)"

@@ -5,6 +5,10 @@
 * ``get() → <state>…``  reads every variable back;
 * ``infer(x) → logits``  the forward pass from the parameter variables.
 
+Every signature starts with CALL_ONCE of an internal subgraph that gives each variable its compiled value
+(the initial parameters as constant buffers, zero optimizer state by FILL), so ``infer`` and ``step`` work
+on a fresh interpreter without ``init``; ``init`` overrides them.
+
 The weights stay inside the interpreter between calls. Shapes are static: ``x`` is (batch, …) for both
 ``step`` and ``infer`` (a partial last batch is padded by the caller). Also writes ``state.npz`` (the
 initial states, float32, no pickles) and ``manifest.json``.
@@ -46,6 +50,7 @@ def build_model(update: Program, inference: Program) -> bytes:
     w.add_program(update, "step", assign=True)
     w.add_get(states)
     w.add_program(inference, "infer", assign=False)
+    w.add_defaults([(s.value.name, s.init) for s in update.states])
     return w.finish()
 
 

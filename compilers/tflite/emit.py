@@ -59,6 +59,7 @@ class _Subgraph:
     operators: list[Any] = field(default_factory=list)
     inputs: list[tuple[str, int]] = field(default_factory=list)   # (signature name, tensor index)
     outputs: list[tuple[str, int]] = field(default_factory=list)
+    signature: bool = True  # False: an internal subgraph (run by CALL_ONCE), not a signature
 
 
 class ModelWriter:
@@ -146,12 +147,43 @@ class ModelWriter:
         h = self._var_handle(g, state)
         self._op(g, BO.ASSIGN_VARIABLE, [h, value], [], OPT.AssignVariableOptions, S.AssignVariableOptionsT())
 
-    def _new(self, name: str) -> _Subgraph:
+    def _new(self, name: str, signature: bool = True) -> _Subgraph:
         if any(s.name == name for s in self.subgraphs):
             raise CompileError(f"signature {name} defined twice")
-        g = _Subgraph(name)
+        g = _Subgraph(name, signature=signature)
         self.subgraphs.append(g)
         return g
+
+    def add_defaults(self, states: list[tuple[str, np.ndarray]]) -> None:
+        """Give every variable a value before any signature runs: an internal subgraph assigns each state
+        its default (a constant buffer, or FILL(0) for all-zero states such as fresh optimizer moments, so
+        they cost no file bytes), and every signature added so far starts with CALL_ONCE of it (TFLite runs
+        it once per interpreter, before the signature's own ops). So ``infer`` and ``step`` work without a
+        prior ``init``, and ``init`` still overrides the defaults. Call after adding the signatures."""
+        signatures = [g for g in self.subgraphs if g.signature]
+        g = self._new("defaults", signature=False)
+        for name, arr in states:
+            arr = np.asarray(arr, np.float32)
+            if arr.any():
+                value = self._const(g, arr, f"{name}/default")
+            else:
+                value = self._tensor(g, f"{name}/default", tuple(arr.shape), "float32")
+                dims = self._const(g, np.asarray(arr.shape, np.int32).reshape(-1), f"{name}/dims")
+                zero = self._const(g, np.asarray(0.0, np.float32), "zero")
+                self._op(g, BO.FILL, [dims, zero], [value], OPT.FillOptions, S.FillOptionsT())
+            self._assign(g, name, value)
+        index = self.subgraphs.index(g)
+        for sg in signatures:
+            opt = S.CallOnceOptionsT()
+            opt.initSubgraphIndex = index
+            code = self._opcode(BO.CALL_ONCE)
+            o = S.OperatorT()
+            o.opcodeIndex = code
+            o.inputs = np.asarray([], np.int32)
+            o.outputs = np.asarray([], np.int32)
+            o.builtinOptionsType = OPT.CallOnceOptions
+            o.builtinOptions = opt
+            sg.operators.insert(0, o)
 
     # ------------------------------------------------------------------ signatures
     def add_init(self, states: list[tuple[str, tuple[int, ...]]], name: str = "init") -> None:
@@ -224,6 +256,8 @@ class ModelWriter:
             sg.outputs = np.asarray([t for _, t in g.outputs], np.int32)
             sg.operators = g.operators
             model.subgraphs.append(sg)
+            if not g.signature:
+                continue
             sd = S.SignatureDefT()
             sd.signatureKey = g.name
             sd.subgraphIndex = i

@@ -88,3 +88,44 @@ def test_checkpoint_from_before_signal_placement_loads_in_its_own_layout(tmp_pat
     losses = SigpropTrainer(loaded, lparams).train_step(np.ones((4, 64), np.float32), np.array([0, 1, 2, 0]))
     assert "loss_0" in losses  # the input-placement signal keeps its own layer-0 loss
     assert {o for o in lower_update(loaded, lparams, 4).outputs} >= {"loss_0", "loss_1"}
+
+
+def test_non_finite_weights_refused_on_save_and_load(tmp_path, spec_params):
+    """Issue 12 defect 1: a diverged model's NaN weights never become (or load from) a checkpoint."""
+    import json
+
+    from edgesp.checkpoint import FORMAT, FORMAT_VERSION, _digest, write_safetensors
+
+    spec, params = spec_params
+    bad = {k: np.array(v) for k, v in params.items()}
+    bad["head.weight"][0, 0] = np.nan
+    with pytest.raises(CheckpointError, match="head.weight holds NaN or inf .*lower --lr"):
+        save_checkpoint(tmp_path / "m.safetensors", spec, bad)
+    assert list(tmp_path.iterdir()) == []
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "spec": spec.to_json()}
+    write_safetensors(tmp_path / "nan.safetensors", bad, {**meta, "sha256": _digest(bad), "extra": json.dumps({})})
+    with pytest.raises(CheckpointError, match="head.weight holds NaN or inf"):
+        load_checkpoint(tmp_path / "nan.safetensors")
+
+
+def test_identical_weights_give_byte_identical_files_that_safetensors_reads(tmp_path, spec_params):
+    """Issue 12 defect 8: the file is written deterministically (not by safetensors' hash-map metadata order),
+    and safetensors' own loader reads it back exactly."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    spec, params = spec_params
+    a = save_checkpoint(tmp_path / "a.safetensors", spec, params, extra={"x": 1, "y": [2, 3]})
+    b = save_checkpoint(
+        tmp_path / "b.safetensors", spec, dict(reversed(list(params.items()))), extra={"x": 1, "y": [2, 3]}
+    )
+    assert a.read_bytes() == b.read_bytes()
+    raw = a.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert n % 8 == 0 and raw[8:9] == b"{"
+    loaded = load_file(str(a))
+    assert set(loaded) == set(params)
+    for k in params:
+        np.testing.assert_array_equal(loaded[k], params[k])
+    with safe_open(str(a), framework="numpy") as f:
+        assert f.metadata()["format"] == "edgesp-checkpoint"

@@ -81,11 +81,11 @@ def test_compile_fresh(tmp_path):
         (["train", "--data", "nope", "--out", "X"], "unknown dataset"),
         (["train", "--rule", "magic", "--out", "X"], "unknown rule"),
         (["train", "--model", "transformer", "--out", "X"], "unknown model"),
-        (["train", "--epochs", "0", "--out", "X"], "--epochs must be >= 1"),
+        (["train", "--epochs", "0", "--out", "X"], "--epochs must be an integer >= 1"),
         (["train", "--signal-placement", "output", "--out", "X"], "unknown signal placement"),
         (["train", "--signal-shape", "round", "--out", "X"], "unknown signal shape"),
         (["train", "--signal-shape", "channel", "--out", "X"], "needs a convolutional block 0"),
-        (["train", "--signal-init-std", "0", "--out", "X"], "init_std"),
+        (["train", "--signal-init-std", "0", "--out", "X"], "--signal-init-std must be a finite number > 0"),
         (["evaluate", "missing.safetensors"], "not found"),
         (["compile", "missing.safetensors", "--target", "edge-cpu", "--out", "X"], "not found"),
         (["compile", "--fresh", "--target", "nowhere", "--out", "X"], "unknown target"),
@@ -162,4 +162,90 @@ def test_compiled_checkpoint_learns_on_at_a_finetuning_rate(trained, tmp_path):
     assert main(cmd) == 0
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["learning_rate"] == pytest.approx(5e-3)
     r = run(["compile", ckpt, "--target", "edge-cpu", "--out", str(tmp_path / "c"), "--lr", "nan"])
-    assert r.returncode == 2 and "learning rate must be a finite number" in r.stderr and not (tmp_path / "c").exists()
+    assert r.returncode == 2 and "--lr must be a finite number" in r.stderr and not (tmp_path / "c").exists()
+
+
+# ---------------------------------------------------------------------------- issue 12: nothing silently wrong
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--lr", "inf", "--out", "X"], "--lr must be a finite number in (0, 1000], got inf"),
+        (["train", "--lr", "nan", "--out", "X"], "--lr must be a finite number"),
+        (["train", "--lr", "-1", "--out", "X"], "--lr must be a finite number"),
+        (["train", "--lr", "0", "--out", "X"], "--lr must be a finite number"),
+        (
+            ["train", "--momentum", "nan", "--optimizer", "sgd", "--out", "X"],
+            "--momentum must be a finite number in [0, 1)",
+        ),
+        (["train", "--momentum", "1", "--out", "X"], "--momentum must be a finite number in [0, 1)"),
+        (["train", "--temperature", "0", "--out", "X"], "--temperature must be a finite number > 0"),
+        (["train", "--temperature", "inf", "--out", "X"], "--temperature must be a finite number > 0"),
+        (["train", "--seed", "-1", "--out", "X"], "--seed must be an integer in [0, 4294967295], got -1"),
+        (["train", "--max-train", "0", "--out", "X"], "--max-train must be an integer >= 1, got 0"),
+        (["train", "--max-train", "-5", "--out", "X"], "--max-train must be an integer >= 1, got -5"),
+        (["train", "--batch", "0", "--out", "X"], "--batch must be an integer in [1, 1048576], got 0"),
+        (["train", "--width", "0", "--out", "X"], "--width must be an integer >= 1"),
+        (["train", "--model", "snn", "--du", "2", "--out", "X"], "--du must be a finite number in [0, 1]"),
+        (["simulate", "no_such_build", "--seed", "-1"], "--seed must be an integer"),
+        (["simulate", "no_such_build", "--lr", "nan"], "--lr must be a finite number"),
+        (["simulate", "no_such_build", "--lr", "-1"], "--lr must be a finite number"),
+        (["simulate", "no_such_build", "--steps", "0"], "--steps must be an integer >= 1"),
+        (["profile", "no_such_build", "--batch", "0"], "--batch must be an integer in [1, 1048576], got 0"),
+        (["evaluate", "missing.safetensors", "--seed", "-1"], "--seed must be an integer"),
+        (["compile", "--fresh", "--target", "edge-cpu", "--out", "X", "--lr", "inf"], "--lr must be a finite number"),
+        (["train", "--batch", "1", "--out", "X"], "--loss v1"),
+        (["train", "--batch", "1", "--loss", "v14", "--out", "X"], "sigprop loss v14 compares the samples"),
+        (["train", "--batch", "1", "--loss", "v15", "--out", "X"], "sigprop loss v15 compares the samples"),
+        (["train", "--max-train", "1", "--out", "X"], "constant at batch 1"),
+    ],
+)
+def test_every_number_checked_and_batch_one_losses_refused(args, needle, tmp_path):
+    """Defect 1 (CLI numbers: one check for every command) and defect 2 (batch-1 training with v9/v14/v15)."""
+    r = run(args, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+    assert not (tmp_path / "X").exists()
+
+
+def test_batch_one_training_with_v1_is_accepted(tmp_path):
+    out = tmp_path / "m"
+    args = ["train", "--batch", "1", "--loss", "v1", "--epochs", "1", "--max-train", "20", "--width", "8"]
+    assert main(args + ["--out", str(out), "--quiet"]) == 0
+    assert (out / "model.safetensors").exists()
+
+
+_DIVERGE = """
+import sys
+from edgesp.rules import sigprop
+step = sigprop.SigpropTrainer.train_step
+count = [0]
+def faulty(self, x, y):  # the injected fault: the loss turns NaN from batch 5 of epoch 2 on
+    count[0] += 1
+    out = step(self, x, y)
+    return {k: float("nan") for k in out} if count[0] >= 45 + 5 else out
+sigprop.SigpropTrainer.train_step = faulty
+from edgesp.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_diverged_training_is_one_line_and_writes_nothing(tmp_path):
+    """Defect 1: a NaN loss stops 'train' naming the epoch, batch and fix; no checkpoint or metrics.json."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-c", _DIVERGE, "train", "--epochs", "3", "--width", "16", "--quiet", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert (
+        lines[0].startswith("error: training diverged at epoch 2, batch 5 (loss_")
+        and "lower the learning rate" in lines[0]
+    )
+    assert not out.exists()
+
+
+def test_json_output_is_always_valid_json(tmp_path):
+    from edgesp.cli import _write_json
+
+    _write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
+    text = (tmp_path / "m.json").read_text()
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}} and "NaN" not in text
