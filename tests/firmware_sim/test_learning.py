@@ -69,7 +69,8 @@ def test_real_runtimes_stop_on_non_finite_state(target, digits, tmp_path):
         from firmware_sim.tflite_device import TFLiteDevice, simulate
 
         dev = TFLiteDevice(tmp_path / "b")
-        state = dev.weights()
+        with np.load(tmp_path / "b" / "state.npz") as z:
+            state = {k: z[k] for k in z.files}
         state["blocks.0.weight"][0, 0] = np.nan
         dev.model.init(state)
     with pytest.raises(DivergedError, match="on-device learning diverged at step 1"):
