@@ -1,7 +1,7 @@
 """Datasets, all offline. ``load_dataset(name)`` understands:
 
 - ``digits``: scikit-learn's bundled 8×8 digits (1,797 images, 10 classes), shape (1, 8, 8), pixel/16
-  standardised; fixed split 1,437 train / 360 test (seed 0, stratified).
+  standardised; fixed split 1,438 train / 359 test (seed 0, stratified).
 - ``mnist1d``: the ``mnist1d`` package's ``make_dataset`` run offline with its default arguments
   (4,000 train / 1,000 test, length 40), shape (1, 40), standardised. The generated arrays are cached in
   ``$EDGESP_CACHE`` (default ``~/.cache/edgesp``) because generation takes a few seconds.
@@ -11,7 +11,9 @@
 - ``npz:FILE``: arrays ``x``, ``y`` (and optionally ``x_test``, ``y_test``; otherwise a seeded 80/20 split).
 
 Standardisation uses the training split's mean and std (one scalar each). Inputs are float32,
-labels int64 in [0, C).
+labels int64 in [0, C) with C <= ``MAX_CLASSES`` (1,000): C is the largest training label + 1 (at least the
+dataset's own class count), and every test label must be one of the training labels. Non-numeric inputs,
+non-integer or out-of-range labels and empty splits are refused with one line.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from edgesp.errors import DataError
 
 DATASETS = ("digits", "mnist1d", "mnist1d-seq", "idx:DIR", "npz:FILE")
+MAX_CLASSES = 1000  # labels must be 0 ... MAX_CLASSES - 1: one stray label must not silently inflate the model
 
 
 @dataclass
@@ -75,15 +78,40 @@ def _check(ds: Dataset) -> Dataset:
             raise DataError(f"{ds.name}: {part} inputs contain NaN or inf")
     if ds.x_train.shape[1:] != ds.x_test.shape[1:]:
         raise DataError(f"{ds.name}: train inputs {ds.x_train.shape[1:]} and test inputs {ds.x_test.shape[1:]} differ")
-    ys = np.concatenate([ds.y_train, ds.y_test])
-    if ys.min() < 0 or np.any(ys != np.round(ys)):
-        raise DataError(f"{ds.name}: labels must be non-negative integers")
+    _check_labels(ds.name, ds.y_train, "train")
+    _check_labels(ds.name, ds.y_test, "test")
     ds.y_train = ds.y_train.astype(np.int64)
     ds.y_test = ds.y_test.astype(np.int64)
-    ds.num_classes = max(ds.num_classes, int(ys.max()) + 1)
+    unseen = np.setdiff1d(ds.y_test, ds.y_train)
+    if len(unseen):
+        raise DataError(
+            f"{ds.name}: test label {int(unseen[0])} is not among the training labels "
+            f"({len(unseen)} test label value(s) unseen in training): fix y_test or add those classes to y"
+        )
+    ds.num_classes = max(ds.num_classes, int(ds.y_train.max()) + 1)
     if ds.num_classes < 2:
         raise DataError(f"{ds.name}: needs at least 2 classes")
     return ds
+
+
+def _check_labels(name: str, y: np.ndarray, part: str) -> None:
+    """Labels must be integers 0 ... MAX_CLASSES - 1 (``part``: 'train', 'test' or '' before a split)."""
+    part = f"{part} " if part else ""
+    if y.dtype.kind not in "iuf":
+        raise DataError(f"{name}: {part}labels must be integers 0...C-1, got dtype {y.dtype}")
+    bad = y[~np.isfinite(y) | (y != np.round(y)) | (y < 0) | (y >= MAX_CLASSES)] if len(y) else y
+    if len(bad):
+        raise DataError(
+            f"{name}: {part}label {bad[0].item()!r} is out of range: labels must be integers 0...C-1 with at most "
+            f"{MAX_CLASSES:,} classes (0...{MAX_CLASSES - 1}); relabel the classes 0...C-1"
+        )
+
+
+def _numeric(file: Path, key: str, a: np.ndarray) -> np.ndarray:
+    """Refuse strings/objects/bools before any conversion (one line, not a numpy traceback)."""
+    if a.dtype.kind not in "iuf":
+        raise DataError(f"{file}: array '{key}' must be numeric, got dtype {a.dtype}: save numbers with numpy.savez")
+    return a
 
 
 def load_digits(seed: int = 0) -> Dataset:
@@ -182,7 +210,7 @@ def load_idx(folder: str | Path) -> Dataset:
         if x.ndim != 3 or y.ndim != 1:
             raise DataError(f"{folder}: {split} images must be 3-D and labels 1-D, got {x.ndim}-D and {y.ndim}-D")
         parts[split] = (x[:, None].astype(np.float32) / 255.0, y)
-    ds = Dataset(f"idx:{folder}", *parts["train"], *parts["test"], num_classes=int(parts["train"][1].max()) + 1)
+    ds = Dataset(f"idx:{folder}", *parts["train"], *parts["test"], num_classes=0)  # C from the labels (_check)
     return _standardise(_check(ds))
 
 
@@ -197,7 +225,14 @@ def load_npz(file: str | Path, seed: int = 0) -> Dataset:
         raise DataError(f"cannot read {file} as .npz ({type(e).__name__}): save it with numpy.savez") from None
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"{file} must contain arrays 'x' and 'y' (has {sorted(arrays)})")
+    for key in ("x", "y", "x_test", "y_test"):
+        if key in arrays:
+            _numeric(file, key, arrays[key])
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(f"{file} has only one of 'x_test' and 'y_test': give both, or neither (80/20 split)")
     x, y = arrays["x"].astype(np.float32), arrays["y"]
+    if len(x) == 0:
+        raise DataError(f"{file}: 'x' has 0 samples: the dataset needs training samples")
     if x.ndim < 2:
         raise DataError(f"{file}: 'x' must have a sample axis and at least one feature axis, got shape {x.shape}")
     if y.ndim != 1:
@@ -207,6 +242,7 @@ def load_npz(file: str | Path, seed: int = 0) -> Dataset:
     else:
         if len(x) != len(y):
             raise DataError(f"{file}: {len(x)} inputs but {len(y)} labels")
+        _check_labels(f"npz:{file}", y, "")  # before the split, which groups by label value
         xtr, ytr, xte, yte = _split(x, y, 0.2, seed)
     return _standardise(_check(Dataset(f"npz:{file}", xtr, ytr, xte, yte, 0)))
 

@@ -249,3 +249,19 @@ def test_json_output_is_always_valid_json(tmp_path):
     _write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
     text = (tmp_path / "m.json").read_text()
     assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}} and "NaN" not in text
+
+
+def test_one_stray_label_is_an_error_not_a_huge_model(tmp_path):
+    """Defect 3: a label 10^6 in an npz (or a y_test label outside the training classes) is refused with one line."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    f = tmp_path / "d.npz"
+    np.savez(f, x=rng.standard_normal((50, 6)).astype(np.float32), y=np.r_[np.arange(49) % 3, 10**6])
+    r = run(["train", "--data", f"npz:{f}", "--epochs", "1", "--out", str(tmp_path / "X")])
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "label 1000000 is out of range" in r.stderr and "at most 1,000 classes" in r.stderr
+    np.savez(f, x=np.zeros((9, 6)), y=np.arange(9) % 3, x_test=np.zeros((2, 6)), y_test=np.array([1, 50]))
+    r = run(["train", "--data", f"npz:{f}", "--epochs", "1", "--out", str(tmp_path / "X")])
+    assert r.returncode == 2 and "test label 50 is not among the training labels" in r.stderr
+    assert not (tmp_path / "X").exists()

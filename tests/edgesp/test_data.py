@@ -75,3 +75,55 @@ def test_mnist1d_generated_offline_and_cached(tmp_path, monkeypatch):
     b = load_dataset("mnist1d-seq")
     np.testing.assert_array_equal(a.x_test, b.x_test)
     assert b.sequence and not a.sequence
+
+
+# ---------------------------------------------------------------------------- issue 12, defect 3: labels
+@pytest.mark.parametrize(
+    "arrays,needle",
+    [
+        (dict(y=np.r_[np.arange(49) % 3, 1_000_000]), "label 1000000 is out of range: labels must be integers 0...C-1"),
+        (dict(y=np.r_[np.arange(49) % 3, 1000]), "at most 1,000 classes"),
+        (dict(y=np.r_[np.arange(49) % 3, -1]), "label -1 is out of range"),
+        (dict(y=np.r_[np.arange(49) % 3, 2.5]), "label 2.5 is out of range"),
+        (dict(y=np.r_[np.arange(49) % 3, np.nan]), "label nan is out of range"),
+        (dict(y=np.array(["a", "b"] * 25)), "array 'y' must be numeric"),
+        (dict(x=np.array([["a", "b"]] * 50)), "array 'x' must be numeric, got dtype <U1"),
+        (dict(x=np.zeros((0, 6), np.float32), y=np.zeros(0, np.int64)), "'x' has 0 samples"),
+        (dict(x_test=np.zeros((5, 6), np.float32), y_test=np.array([0, 1, 2, 0, 50])), "test label 50 is not among"),
+        (dict(x_test=np.zeros((5, 6), np.float32)), "only one of 'x_test' and 'y_test'"),
+        (dict(x_test=np.zeros((0, 6), np.float32), y_test=np.zeros(0, np.int64)), "the test split is empty"),
+    ],
+)
+def test_npz_bad_labels_and_arrays_are_one_line_errors(tmp_path, rng, arrays, needle):
+    f = tmp_path / "d.npz"
+    base = dict(x=rng.standard_normal((50, 6)).astype(np.float32), y=np.arange(50) % 3)
+    np.savez(f, **{**base, **arrays})
+    with pytest.raises(DataError) as e:
+        load_dataset(f"npz:{f}")
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_idx_label_bound_and_empty_split(tmp_path, rng):
+    _idx(tmp_path / "train-images-idx3-ubyte", rng.integers(0, 255, (0, 28, 28)), False)
+    _idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(0), False)
+    _idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 255, (5, 28, 28)), False)
+    _idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(5), False)
+    with pytest.raises(DataError, match="the train split is empty"):
+        load_dataset(f"idx:{tmp_path}")
+    _idx(tmp_path / "train-images-idx3-ubyte", rng.integers(0, 255, (20, 28, 28)), False)
+    _idx(tmp_path / "train-labels-idx1-ubyte", np.arange(20) % 10, False)
+    _idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 1, 2, 3, 11]), False)  # 11: never trained on
+    with pytest.raises(DataError, match="test label 11 is not among the training labels"):
+        load_dataset(f"idx:{tmp_path}")
+
+
+def test_digits_test_split_size_matches_readme(digits):
+    """Issue 12 defect 8: the README and the loader's docstring state the real split (1,438 train / 359 test)."""
+    from pathlib import Path
+
+    import edgesp.data
+
+    assert (len(digits.x_train), len(digits.x_test)) == (1438, 359)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "1,438 train / 359 test" in readme and "1,438 train / 359 test" in edgesp.data.__doc__
+    assert "360" not in edgesp.data.__doc__
