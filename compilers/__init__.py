@@ -78,6 +78,19 @@ def backend_module(runtime: str) -> Any:
 def compile_model(
     spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: str | Path, batch: int = 32
 ) -> dict[str, Any]:
+    """Compile into ``out_dir`` as a whole: the backend writes a temporary sibling folder, which then replaces
+    ``out_dir`` (:func:`edgesp.atomic.atomic_dir`); if anything fails midway an existing build is untouched.
+    Weights holding NaN or inf (a diverged run) are refused."""
+    from edgesp.atomic import atomic_dir
+    from edgesp.checkpoint import check_finite
+
     if batch < 1:
         raise CompileError("batch must be >= 1")
-    return backend_module(target.runtime).compile_model(spec, params, target, Path(out_dir), batch)
+    check_finite({k: np.asarray(v) for k, v in params.items()}, "cannot compile")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompileError(f"the build folder {out_dir} is a file: pass a folder path (--out)")
+    backend = backend_module(target.runtime)
+    with atomic_dir(out_dir) as tmp:
+        manifest = backend.compile_model(spec, params, target, tmp, batch)
+    return manifest

@@ -1,5 +1,6 @@
-"""Atomic file output: write to a temporary file in the same folder, fsync, then rename over the target,
-so a crash or error never leaves a half-written artifact."""
+"""Atomic output: a file is written to a temporary file in the same folder, fsynced, then renamed over the
+target (:func:`atomic_path`); a folder (a build) is written as a temporary sibling folder and swapped in as a
+whole (:func:`atomic_dir`). A crash or error never leaves a half-written artifact or build."""
 
 from __future__ import annotations
 
@@ -38,3 +39,61 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode())
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: the file system or kernel cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` as a whole (an existing
+    folder is swapped out in one atomic rename where the kernel supports it, else moved aside and back on
+    failure), on error it is removed and an existing ``path`` is left exactly as it was."""
+    import shutil
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(20, "not a folder", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; give the folder ordinary permissions
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not path.exists():
+            os.rename(tmp, path)
+        elif not _exchange(tmp, path):  # fallback: old aside, new in, old back if that fails
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.rename(path, aside / "old")
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                os.rename(aside / "old", path)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+        # after an exchange, tmp holds the old build: removed below
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -253,6 +253,7 @@ def _check_batch_loss(rule: str, loss: str, batch: int, n_train: int) -> None:
 
 def _probe_folder(folder: Path, what: str) -> None:
     """``folder`` (or its nearest existing ancestor, where it would be created) must be a writable folder."""
+    import os
     import tempfile
 
     anc = folder
@@ -261,8 +262,9 @@ def _probe_folder(folder: Path, what: str) -> None:
     if not anc.is_dir():
         raise DataError(f"cannot write {what}: {anc} is a file, not a folder: choose another location")
     try:
-        with tempfile.TemporaryFile(dir=anc):
-            pass
+        fd, probe = tempfile.mkstemp(prefix=".edgesp-write-probe.", dir=anc)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise DataError(f"cannot write {what}: {anc} is not writable ({e.strerror}): choose another location") from None
 

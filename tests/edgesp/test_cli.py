@@ -265,3 +265,59 @@ def test_one_stray_label_is_an_error_not_a_huge_model(tmp_path):
     r = run(["train", "--data", f"npz:{f}", "--epochs", "1", "--out", str(tmp_path / "X")])
     assert r.returncode == 2 and "test label 50 is not among the training labels" in r.stderr
     assert not (tmp_path / "X").exists()
+
+
+def test_output_locations_checked_before_the_work(tmp_path):
+    """Defect 5: a bad --out/--png/--json fails at once with one line (not after training or simulating)."""
+    import time
+
+    (tmp_path / "file").write_text("")
+    build = tmp_path / "build"
+    assert (
+        main(["compile", "--fresh", "--width", "8", "--target", "edge-cpu", "--out", str(build), "--batch", "4"]) == 0
+    )
+    cases = [
+        (["train", "--epochs", "50", "--out", str(tmp_path / "file")], "is a file, not a folder"),
+        (["train", "--epochs", "50", "--out", str(tmp_path / "file" / "sub")], "is a file, not a folder"),
+        (["train", "--epochs", "50", "--out", "/proc/edgesp-run"], "/proc is not writable"),
+        (["compile", "--fresh", "--target", "edge-cpu", "--out", str(tmp_path / "file")], "is a file, not a folder"),
+        (["simulate", str(build), "--steps", "100000", "--png", str(tmp_path)], "is a folder: pass a file name"),
+        (["simulate", str(build), "--steps", "100000", "--json", "/proc/edgesp/s.json"], "not writable"),
+        (["profile", str(build), "--png", "/proc/edgesp/p.png"], "not writable"),
+        (["profile", str(build), "--json", str(tmp_path / "file" / "p.json")], "is a file, not a folder"),
+        (["evaluate", "missing.safetensors", "--json", str(tmp_path)], "is a folder"),
+    ]
+    for args, needle in cases:
+        t0 = time.perf_counter()
+        r = run(args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, r.stderr)
+        assert time.perf_counter() - t0 < 60  # refused up front: 50 epochs or 100,000 steps would take far longer
+    assert not (build / "simulate_curve.png").exists() and not (build / "memory_profile.png").exists()
+
+
+def test_default_png_into_a_read_only_build_is_refused_first(tmp_path, monkeypatch, capsys):
+    """Defect 5: the default PNG goes into the build folder; a read-only build fails before the work (simulated
+    read-only: the write probe is refused there, since root ignores permission bits)."""
+    import tempfile
+
+    import firmware_sim.onnx_device
+
+    build = tmp_path / "build"
+    assert (
+        main(["compile", "--fresh", "--width", "8", "--target", "edge-cpu", "--out", str(build), "--batch", "4"]) == 0
+    )
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **kw):
+        if dir is not None and str(dir) == str(build):
+            raise PermissionError(13, "Permission denied")
+        return real(*a, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(firmware_sim.onnx_device, "simulate", lambda *a, **k: pytest.fail("simulated anyway"))
+    monkeypatch.setattr(firmware_sim.onnx_device, "profile", lambda *a, **k: pytest.fail("profiled anyway"))
+    for cmd in ("simulate", "profile"):
+        assert main([cmd, str(build)]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write --png {build}" in err and "not writable (Permission denied)" in err
