@@ -4,7 +4,11 @@ users pass their own with ``--target path/to/file.toml``) with:
     name, runtime ("onnxruntime" | "tflite" | "lava"), precision ("fp32" | "int8" | "fixed_pt" | "floating_pt"),
     description, threads, memory_budget_bytes (RAM for weights + optimizer state + activations),
     storage_budget_bytes (artifact files), and for neuromorphic targets a [neuromorphic] table:
-    cores, neurons_per_core, synapses_per_core, weight_bits, fan_in, fan_out.
+    chips, cores, neurons_per_core, synapses_per_core, weight_bits, fan_in, fan_out.
+
+Every value is type-checked (a TOML ``true`` is not an integer; strings are strings): threads is an integer
+in 1 ... ``MAX_THREADS`` (256), budgets are integers > 0, neuromorphic values integers > 0 (weight_bits <= 64).
+The file must be UTF-8 (TOML's own rule).
 """
 
 from __future__ import annotations
@@ -17,6 +21,15 @@ from typing import Any
 from edgesp.errors import TargetError
 
 RUNTIMES = ("onnxruntime", "tflite", "lava")
+PRECISIONS = ("fp32", "int8", "fixed_pt", "floating_pt")
+MAX_THREADS = 256
+NEUROMORPHIC_KEYS = ("chips", "cores", "neurons_per_core", "synapses_per_core", "weight_bits", "fan_in", "fan_out")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 BUILTIN_DIR = Path(__file__).parent
 
 
@@ -33,16 +46,42 @@ class Target:
     path: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise TargetError(f'target name must be a non-empty string, got {self.name!r}: write name = "my-target"')
+        for k in ("runtime", "precision", "description"):
+            if not isinstance(getattr(self, k), str):
+                raise TargetError(f"target {self.name!r}: {k} must be a string, got {getattr(self, k)!r}")
         if self.runtime not in RUNTIMES:
             raise TargetError(
                 f"target {self.name!r}: unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}"
             )
+        if self.precision not in PRECISIONS:
+            raise TargetError(
+                f"target {self.name!r}: unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
         for k in ("memory_budget_bytes", "storage_budget_bytes"):
             v = getattr(self, k)
-            if v is not None and (not isinstance(v, int) or v <= 0):
+            if v is not None and (not _is_int(v) or v <= 0):
                 raise TargetError(f"target {self.name!r}: {k} must be a positive integer of bytes, got {v!r}")
-        if not isinstance(self.threads, int) or self.threads < 1:
-            raise TargetError(f"target {self.name!r}: threads must be >= 1")
+        if not _is_int(self.threads) or not 1 <= self.threads <= MAX_THREADS:
+            raise TargetError(
+                f"target {self.name!r}: threads must be an integer in [1, {MAX_THREADS}], got {self.threads!r}"
+            )
+        if not isinstance(self.neuromorphic, dict):
+            raise TargetError(
+                f"target {self.name!r}: neuromorphic must be a table ([neuromorphic] with "
+                f"{', '.join(NEUROMORPHIC_KEYS)}), got {self.neuromorphic!r}"
+            )
+        for k, v in self.neuromorphic.items():
+            if k not in NEUROMORPHIC_KEYS:
+                raise TargetError(
+                    f"target {self.name!r}: unknown [neuromorphic] key {k!r}; known: {', '.join(NEUROMORPHIC_KEYS)}"
+                )
+            if not _is_int(v) or v <= 0 or (k == "weight_bits" and v > 64):
+                raise TargetError(
+                    f"target {self.name!r}: neuromorphic.{k} must be a positive integer"
+                    f"{' <= 64' if k == 'weight_bits' else ''}, got {v!r}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,9 +98,14 @@ class Target:
 
 def _from_file(path: Path) -> Target:
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise TargetError(
+            f"target file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+            "save it as UTF-8"
+        ) from None
     except (OSError, tomllib.TOMLDecodeError) as e:
-        raise TargetError(f"cannot read target file {path}: {e}") from None
+        raise TargetError(f"cannot read target file {path}: {str(e).splitlines()[0]}") from None
     known = {
         "name",
         "runtime",
