@@ -524,7 +524,7 @@ def _plot_profile(png: Path, res: dict[str, Any], runtime: str) -> None:
     bp = res.get("bp_baseline", {})
     if isinstance(bp.get("saved_activation_bytes"), int):
         groups["BP training step (torch)"] = {
-            "measured peak (runtime)": bp.get("measured_peak_bytes", 0) / 1024,
+            "measured peak (runtime)": (bp.get("measured_peak_bytes") or 0) / 1024,  # None: not measurable
             "planned transient (BP: exact saved + grads)": (bp["saved_activation_bytes"] + bp.get("gradient_bytes", 0))
             / 1024,
         }

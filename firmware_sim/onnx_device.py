@@ -8,7 +8,6 @@ inputs (two alternating buffers; nothing is recomputed in torch, no weight is co
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,7 @@ import numpy as np
 
 from edgesp.data import Dataset
 from edgesp.errors import CompileError, DataError, RuntimeMissingError
-from edgesp.spec import ModelSpec
-from firmware_sim import read_manifest
+from firmware_sim import planned, read_manifest, verify_build
 
 
 def _ort() -> Any:
@@ -38,9 +36,9 @@ class OrtDevice:
         self.manifest = read_manifest(self.build_dir)
         if self.manifest["runtime"] != "onnxruntime":
             raise CompileError(f"{build_dir} was compiled for {self.manifest['runtime']}, not onnxruntime")
-        self.spec = ModelSpec.from_dict(self.manifest["spec"])
+        # schema, hashes, spec vs parameters vs state file (firmware_sim.verify_build), before any artifact is used
+        self.spec, init = verify_build(self.build_dir, self.manifest)
         self.batch = int(self.manifest["batch"])
-        self._verify_hashes()
         so = ort.SessionOptions()
         so.log_severity_level = 3
         so.intra_op_num_threads = threads or int(self.manifest.get("target_description", {}).get("threads", 1))
@@ -59,8 +57,7 @@ class OrtDevice:
             raise CompileError(
                 f"onnxruntime cannot load {build_dir} ({str(e).splitlines()[0][:160]}): re-run 'edgesp compile'"
             ) from None
-        with np.load(self.build_dir / art["state"], allow_pickle=False) as z:
-            init = {k: z[k] for k in z.files}
+        self._check_artifact_shapes()
         self.params = self.manifest["parameters"]
         self.state = {
             p["name"]: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(init[p["name"]])) for p in self.params
@@ -79,13 +76,25 @@ class OrtDevice:
         ]
         self.lr = float(self.manifest.get("learning_rate", self.spec.rule.optimizer.lr))
 
-    def _verify_hashes(self) -> None:
-        for fname, digest in self.manifest.get("hashes", {}).items():
-            path = self.build_dir / fname
-            if not path.exists():
-                raise CompileError(f"build {self.build_dir} lacks {fname}: re-run 'edgesp compile'")
-            if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-                raise CompileError(f"{path} is corrupt (hash mismatch with manifest.json): re-run 'edgesp compile'")
+    def _check_artifact_shapes(self) -> None:
+        """The manifest's batch, input shape and state layout must be the ONNX graphs' own (an edited manifest
+        would otherwise feed wrong shapes: ORT tracebacks or silently different state)."""
+        art = self.manifest["artifacts"]
+        want = {"x": [self.batch, *self.spec.input_shape], "y": [self.batch]}
+        want.update({p["name"]: list(p["shape"]) for p in self.manifest["parameters"]})
+        needed = {art["update"]: ["x", "y", *(p["name"] for p in self.manifest["parameters"])], art["inference"]: ["x"]}
+        for sess, fname in ((self.update, art["update"]), (self.inference, art["inference"])):
+            graph = {i.name: list(i.shape) for i in [*sess.get_inputs(), *sess.get_overridable_initializers()]}
+            for name in [*needed[fname], *(n for n in graph if n in want and n not in needed[fname])]:
+                if name not in graph:
+                    problem = f"it has no input '{name}'"
+                elif graph[name] != want[name]:
+                    problem = f"'{name}' is {graph[name]} there, the manifest implies {want[name]} (edited?)"
+                else:
+                    continue
+                raise CompileError(
+                    f"{self.build_dir / 'manifest.json'} does not match {fname}: {problem}: re-run 'edgesp compile'"
+                )
 
     # ------------------------------------------------------------------ device operations
     def check_batch(self, x: np.ndarray) -> None:
@@ -210,11 +219,16 @@ def ort_profile_peaks(build_dir: Path, x: np.ndarray, y: np.ndarray) -> tuple[in
 
 
 def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, Any]:
-    from firmware_sim.memory import bp_training_memory
+    from firmware_sim.memory import annotate_peak, bp_training_memory
 
     dev = OrtDevice(build_dir)
     if batch is not None and batch != dev.batch:
         raise DataError(f"the build was compiled for batch {dev.batch}, not {batch}: recompile with --batch {batch}")
+    plan = {  # before any measurement: a manifest without its plan is refused at once
+        (k, f): planned(dev.manifest, build_dir, k, f)
+        for k in ("update_step", "inference")
+        for f in ("peak_bytes", "peak_activation_bytes")
+    }
     rng = np.random.default_rng(0)
     x = rng.standard_normal((dev.batch, *dev.spec.input_shape)).astype(np.float32)
     y = rng.integers(0, dev.spec.num_classes, dev.batch)
@@ -224,9 +238,10 @@ def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, An
 
     upd_rss, inf_rss = measure(build_dir, "update"), measure(build_dir, "inference")
     upd_prof, inf_prof = ort_profile_peaks(build_dir, x, y)
-    plan = dev.manifest["planned_memory"]
     bp = bp_training_memory(dev.spec, dev.parameters(), dev.batch)
-    bp["measured_peak_bytes"] = measure(build_dir, "bp")
+    bp.pop("measured_peak_note", None)
+    bp["measured_peak_bytes"] = measure(build_dir, "bp")  # fresh process (this one's heap would hide the peak)
+    annotate_peak(bp)
     state_bytes = sum(4 * int(np.prod(p["shape"])) for p in dev.params)
     return {
         "runtime": "onnxruntime",
@@ -236,17 +251,17 @@ def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, An
         "update_step": {
             "measured_peak_bytes": upd_prof,
             "measured_rss_increase_bytes": upd_rss,
-            "planned_peak_bytes": plan["update_step"]["peak_bytes"],
-            "planned_activation_bytes": plan["update_step"]["peak_activation_bytes"],
+            "planned_peak_bytes": plan["update_step", "peak_bytes"],
+            "planned_activation_bytes": plan["update_step", "peak_activation_bytes"],
         },
         "inference": {
             "measured_peak_bytes": inf_prof,
             "measured_rss_increase_bytes": inf_rss,
-            "planned_peak_bytes": plan["inference"]["peak_bytes"],
-            "planned_activation_bytes": plan["inference"]["peak_activation_bytes"],
+            "planned_peak_bytes": plan["inference", "peak_bytes"],
+            "planned_activation_bytes": plan["inference", "peak_activation_bytes"],
         },
         "bp_baseline": bp,
-        "largest_layer_working_set_bytes": plan.get("largest_layer_working_set_bytes"),
+        "largest_layer_working_set_bytes": dev.manifest["planned_memory"].get("largest_layer_working_set_bytes"),
         "definitions": {
             "measured_peak_bytes": "ORT profiler: max mem_in_use_peak of the run (arena bytes; excludes "
             "caller-owned inputs such as weights bound from OrtValues)",

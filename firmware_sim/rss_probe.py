@@ -10,7 +10,6 @@ step (after a warm-up step that allocates Adam's state).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import sys
 from pathlib import Path
@@ -18,16 +17,10 @@ from pathlib import Path
 import numpy as np
 
 
-def _trim() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-
-
 def main(argv: list[str]) -> int:
     build, mode = Path(argv[0]), argv[1]
     from firmware_sim.memory import bp_training_memory, peak_rss_increase
+    from firmware_sim.memory import release_freed_heap as _trim
     from firmware_sim.onnx_device import OrtDevice
 
     dev = OrtDevice(build)
@@ -49,16 +42,21 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def measure(build: Path, mode: str) -> int:
-    """Run the probe in a subprocess; returns the RSS increase in bytes."""
+def measure(build: Path, mode: str) -> int | None:
+    """Run the probe in a fresh process (this installation's module, never a ``firmware_sim/rss_probe.py`` of
+    the current directory: :func:`firmware_sim.module_command`); returns the RSS increase in bytes."""
     import subprocess
 
-    r = subprocess.run(
-        [sys.executable, "-m", "firmware_sim.rss_probe", str(build), mode], capture_output=True, text=True, timeout=600
-    )
+    from edgesp.errors import CompileError
+    from firmware_sim import module_command
+
+    cmd = module_command("firmware_sim.rss_probe", str(Path(build).resolve()), mode)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
-        raise RuntimeError(f"rss probe failed: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}")
-    return int(json.loads(r.stdout.strip().splitlines()[-1])["rss_increase_bytes"])
+        tail = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit code {r.returncode}"
+        raise CompileError(f"memory measurement '{mode}' failed ({tail[:200]}): re-run 'edgesp profile'")
+    v = json.loads(r.stdout.strip().splitlines()[-1])["rss_increase_bytes"]
+    return None if v is None else int(v)
 
 
 if __name__ == "__main__":

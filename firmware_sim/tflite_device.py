@@ -16,7 +16,6 @@ overhead; ``planned_peak_bytes`` is the static plan from the flatbuffer (:mod:`c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -26,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from firmware_sim.tflite_runtime import DEFAULT_INTERPRETER, TFLiteModel
 from edgesp.data import Dataset
 from edgesp.errors import CompileError, DataError
 from edgesp.spec import ModelSpec
-from firmware_sim import read_manifest
+from firmware_sim import planned, read_manifest, verify_build
+from firmware_sim.tflite_runtime import DEFAULT_INTERPRETER, TFLiteModel
 
 
 # --------------------------------------------------------------------------- loading
@@ -45,21 +44,33 @@ class TFLiteDevice:
         if self.manifest["runtime"] != "tflite":
             raise CompileError(f"{build_dir} was compiled for {self.manifest['runtime']}, not tflite: use "
                                "its own simulator or re-compile for a tflite target")
-        _verify_hashes(self.build_dir, self.manifest)
-        self.spec = ModelSpec.from_dict(self.manifest["spec"])
+        # schema, hashes, spec vs parameters vs state file (firmware_sim.verify_build), before any artifact is used
+        self.spec, state = verify_build(self.build_dir, self.manifest)
         self.batch = int(self.manifest["batch"])
         self.lr = float(self.manifest.get("learning_rate", self.spec.rule.optimizer.lr))
         art = self.manifest["artifacts"]
-        try:
-            with np.load(self.build_dir / art["state"], allow_pickle=False) as z:
-                state = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise CompileError(f"{self.build_dir / art['state']} is unreadable ({e}): "
-                               "re-run 'edgesp compile'") from None
         if threads is None:
             threads = int(self.manifest.get("target_description", {}).get("threads", 1))
         self.model = TFLiteModel(self.build_dir / art["update"], interpreter, threads, resolver)
-        self.model.init(state)
+        self._check_artifact_shapes(art["update"])
+        self.model.init({p["name"]: state[p["name"]] for p in self.manifest["parameters"]})
+
+    def _check_artifact_shapes(self, fname: str) -> None:
+        """The manifest's batch, input shape and state layout must be the flatbuffer's own signatures'."""
+        want = {("step", "x"): (self.batch, *self.spec.input_shape), ("step", "y"): (self.batch,),
+                ("infer", "x"): (self.batch, *self.spec.input_shape)}
+        if "init" in self.model.signatures:
+            want.update({("init", p["name"]): tuple(p["shape"]) for p in self.manifest["parameters"]})
+        for (sig, name), shape in want.items():
+            try:
+                have = self.model.input_shape(sig, name)
+            except KeyError:
+                raise CompileError(f"{self.build_dir / 'manifest.json'} does not match {fname}: its {sig} "
+                                   f"signature has no input '{name}': re-run 'edgesp compile'") from None
+            if have != shape and not (shape == () and have in ((1,), ())):  # scalars may be stored as [1]
+                raise CompileError(f"{self.build_dir / 'manifest.json'} does not match {fname}: {sig}() input "
+                                   f"'{name}' is {list(have)} there, the manifest implies {list(shape)} (edited?): "
+                                   "re-run 'edgesp compile'")
 
     def check_batch(self, x: np.ndarray) -> None:
         if x.shape[0] != self.batch:
@@ -94,16 +105,6 @@ class TFLiteDevice:
         """The model parameters only (no optimizer state)."""
         names = {p["name"] for p in self.manifest["parameters"] if p["kind"] == "parameter"}
         return {k: v for k, v in self.weights().items() if k in names}
-
-
-def _verify_hashes(build_dir: Path, manifest: dict[str, Any]) -> None:
-    for fname, digest in manifest.get("hashes", {}).items():
-        path = build_dir / fname
-        if not path.exists():
-            raise CompileError(f"build {build_dir} lacks {fname}: re-run 'edgesp compile'")
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            raise CompileError(f"{path} is corrupt (hash mismatch with manifest.json): "
-                               "re-run 'edgesp compile'")
 
 
 # --------------------------------------------------------------------------- simulate
@@ -143,7 +144,11 @@ def _measure_here(kind: str, build_dir: str, interpreter: str, resolver: str,
     if kind == "bp":
         with np.load(Path(build_dir) / manifest["artifacts"]["state"], allow_pickle=False) as z:
             params = {k: z[k] for k in spec.param_shapes() if k in z.files}
-        return bp_training_memory(spec, params, b)
+        from firmware_sim.memory import release_freed_heap
+
+        # freed heap returned to the OS first, as in firmware_sim.rss_probe: else the step reuses pages freed by
+        # the warm-up and the peak RSS increase reads 0 (what profile reported before)
+        return bp_training_memory(spec, params, b, before=release_freed_heap)
     import importlib
 
     from firmware_sim.tflite_runtime import INTERPRETERS
@@ -172,10 +177,10 @@ def _measure_here(kind: str, build_dir: str, interpreter: str, resolver: str,
 
 def _measure(kind: str, build_dir: Path, interpreter: str, resolver: str) -> dict[str, Any]:
     """Run :func:`_measure_here` in a fresh interpreter process (so no earlier allocation hides a peak)."""
-    cmd = [sys.executable, "-m", "firmware_sim.tflite_device", kind, str(Path(build_dir).resolve()),
-           interpreter, resolver]
-    root = Path(__file__).resolve().parent.parent
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600)
+    from firmware_sim import module_command  # this installation's module, never one of the current directory
+
+    cmd = module_command("firmware_sim.tflite_device", kind, str(Path(build_dir).resolve()), interpreter, resolver)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
         raise CompileError(f"memory measurement '{kind}' failed: {tail}")
@@ -191,17 +196,18 @@ def profile(build_dir: Path, batch: int | None = None, **options: Any) -> dict[s
     if batch is not None and batch != dev.batch:
         raise DataError(f"the build was compiled for batch {dev.batch}, not {batch}: recompile with "
                         f"--batch {batch}")
-    plan = dev.manifest["planned_memory"]
+    plan = {(k, f): planned(dev.manifest, build_dir, k, f)  # before any measurement
+            for k in ("inference", "update_step")
+            for f in ("planned_peak_bytes", "activations_peak_bytes", "variables_bytes")}
     result: dict[str, Any] = {"runtime": "tflite", "interpreter": interpreter, "resolver": resolver,
                               "build": str(build_dir), "batch": dev.batch,
                               "state_bytes": sum(4 * int(np.prod(p["shape"]))
                                                  for p in dev.manifest["parameters"])}
     for key, kind in (("inference", "inference"), ("update_step", "update")):
         m = _measure(kind, build_dir, interpreter, resolver)
-        pl = plan[key]
-        result[key] = {**m, "planned_peak_bytes": pl["planned_peak_bytes"],
-                       "planned_activation_bytes": pl["activations_peak_bytes"],
-                       "planned_variable_bytes": pl["variables_bytes"]}
+        result[key] = {**m, "planned_peak_bytes": plan[key, "planned_peak_bytes"],
+                       "planned_activation_bytes": plan[key, "activations_peak_bytes"],
+                       "planned_variable_bytes": plan[key, "variables_bytes"]}
     result["bp_baseline"] = _measure("bp", build_dir, interpreter, resolver)
     result["definitions"] = {
         "measured_peak_bytes": "peak RSS (VmHWM) above RSS before creating the interpreter, through init and "
@@ -233,7 +239,7 @@ def bench_step(build_dir: str | Path, steps: int = 200, interpreter: str = DEFAU
     return {"samples_per_second": steps * dev.batch / dt, "steps_per_second": steps / dt,
             "samples_per_cpu_second": steps * dev.batch / max(cpu, 1e-9),
             "peak_rss_bytes": mem["measured_peak_bytes"],
-            "planned_peak_bytes": dev.manifest["planned_memory"]["update_step_peak_bytes"]}
+            "planned_peak_bytes": planned(dev.manifest, build_dir, "update_step_peak_bytes")}
 
 
 if __name__ == "__main__":  # child process of _measure: <kind> <build_dir> <interpreter> <resolver>

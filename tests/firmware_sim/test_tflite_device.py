@@ -89,7 +89,16 @@ def test_bad_inputs_and_corrupt_builds(build, digits, tmp_path):
         simulate(broken, digits, steps=1, progress=False)
     assert "\n" not in str(e.value)
     manifest = json.loads((broken / "manifest.json").read_text())
-    manifest.pop("hashes")  # without the hash check the interpreter itself must refuse the file
+    manifest.pop("hashes")  # a manifest without hashes is refused, not silently unverified (issue 12)
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CompileError, match="lacks 'hashes'") as e:
+        TFLiteDevice(broken)
+    assert "\n" not in str(e.value)
+    import hashlib
+
+    manifest["hashes"] = {  # hashes that match the truncated file: the interpreter itself must refuse it
+        f: hashlib.sha256((broken / f).read_bytes()).hexdigest() for f in ("model.tflite", "state.npz")
+    }
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CompileError, match="not a loadable TFLite model") as e:
         TFLiteDevice(broken)
