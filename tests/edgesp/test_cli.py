@@ -321,3 +321,19 @@ def test_default_png_into_a_read_only_build_is_refused_first(tmp_path, monkeypat
         assert main([cmd, str(build)]) == 2
         err = capsys.readouterr().err
         assert f"cannot write --png {build}" in err and "not writable (Permission denied)" in err
+
+
+def test_identical_train_runs_give_byte_identical_checkpoints(tmp_path):
+    """Defect 8: two identical 'train' runs write the same checkpoint bytes (sha256), readable by safetensors."""
+    import hashlib
+
+    from safetensors.numpy import load_file
+
+    digests = []
+    for name in ("a", "b"):
+        args = ["train", "--epochs", "1", "--width", "16", "--max-train", "200", "--quiet", "--out"]
+        r = run(args + [str(tmp_path / name)])
+        assert r.returncode == 0, r.stderr
+        digests.append(hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    assert set(load_file(str(tmp_path / "a" / "model.safetensors"))) >= {"head.weight", "blocks.0.weight"}
