@@ -382,7 +382,25 @@ class SignalSpec:
         return self.placement == "hidden"
 
 
-RULES = ("sigprop", "bp", "fa", "dfa", "local", "sp-voltage", "sp-surrogate", "sp-online", "bptt", "rtrl")
+RULES = (
+    "sigprop",
+    "bp",
+    "fa",
+    "dfa",
+    "local",
+    "sp-voltage",
+    "sp-surrogate",
+    "sp-online",
+    "bptt",
+    "rtrl",
+    "ifa",
+    "bdfa",
+    "kp",
+    "wm",
+    "tp",
+    "dtp",
+    "dfc",
+)
 SP_LOSSES = ("v14", "v9", "v15", "v1", "l2")
 OPTIMIZERS = ("sgd", "adam")
 

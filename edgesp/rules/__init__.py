@@ -40,6 +40,13 @@ _RULE_MODULES = {
     "sp-online": "edgesp.rules.spiking_rules",
     "bptt": "edgesp.rules.spiking_rules",
     "rtrl": "edgesp.rules.spiking_rules",
+    "ifa": "edgesp.rules.feedback_rules",
+    "bdfa": "edgesp.rules.feedback_rules",
+    "kp": "edgesp.rules.feedback_rules",
+    "wm": "edgesp.rules.feedback_rules",
+    "tp": "edgesp.rules.feedback_rules",
+    "dtp": "edgesp.rules.feedback_rules",
+    "dfc": "edgesp.rules.feedback_rules",
 }
 assert set(_RULE_MODULES) == set(RULES)
 
