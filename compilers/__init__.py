@@ -80,7 +80,8 @@ def compile_model(
 ) -> dict[str, Any]:
     """Compile into ``out_dir`` as a whole: the backend writes a temporary sibling folder, which then replaces
     ``out_dir`` (:func:`edgesp.atomic.atomic_dir`); if anything fails midway an existing build is untouched.
-    Weights holding NaN or inf (a diverged run) are refused."""
+    ``out_dir`` must be new, empty or an earlier build (it is replaced whole, so a folder holding other files is
+    refused). Weights holding NaN or inf (a diverged run) are refused."""
     from edgesp.atomic import atomic_dir
     from edgesp.checkpoint import check_finite
 
@@ -90,6 +91,12 @@ def compile_model(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CompileError(f"the build folder {out_dir} is a file: pass a folder path (--out)")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
+        # the whole folder is replaced: never a folder that holds anything but an earlier build
+        raise CompileError(
+            f"{out_dir} is not empty and not a build folder (no manifest.json); compiling replaces the whole "
+            "folder: pass a new or empty folder (--out)"
+        )
     backend = backend_module(target.runtime)
     with atomic_dir(out_dir) as tmp:
         manifest = backend.compile_model(spec, params, target, tmp, batch)

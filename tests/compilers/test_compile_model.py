@@ -7,7 +7,7 @@ import pytest
 
 import compilers.onnx
 from compilers import compile_model
-from edgesp.errors import CheckpointError
+from edgesp.errors import CheckpointError, CompileError
 from targets import load_target
 from tests.compilers.helpers import make
 
@@ -57,3 +57,14 @@ def test_non_finite_weights_refused(model, tmp_path):
     with pytest.raises(CheckpointError, match="blocks.0.weight holds NaN or inf"):
         compile_model(spec, bad, load_target("edge-cpu"), tmp_path / "b", batch=4)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_folder_that_is_not_a_build_is_never_replaced(model, tmp_path):
+    spec, params = model
+    (tmp_path / "notes.txt").write_text("my files")
+    with pytest.raises(CompileError, match="not empty and not a build folder"):
+        compile_model(spec, params, load_target("edge-cpu"), tmp_path, batch=4)
+    assert (tmp_path / "notes.txt").read_text() == "my files"
+    (tmp_path / "empty").mkdir()
+    compile_model(spec, params, load_target("edge-cpu"), tmp_path / "empty", batch=4)
+    assert (tmp_path / "empty" / "manifest.json").exists()
