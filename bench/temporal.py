@@ -33,18 +33,38 @@ RULES = ("sp-voltage", "sp-surrogate", "sp-online", "bptt", "rtrl")
 # LIF settings per encoding: the preset's LIF() (du=1, dv=0.2) for rate-coded digits; slower decays for
 # MNIST-1D sequences (measured, BPTT 1x64, 3 epochs: dv=0.2/du=1 12 %, dv=0.05/du=0.5 33 %, dv=0.02/du=0.2 35 %)
 SEQ_LIF = {"du": 0.5, "dv": 0.05}
+# SP settings, pinned here so the table does not follow changes of the spec defaults (which are tuned for
+# continuous networks): measured on spiking digits in docs/benchmarks/spiking.md (temperature 0.03 or below
+# collapses the spiking SP rules; hidden signal placement beats input placement)
+SP_LOSS, SP_TEMPERATURE, SIGNAL = "v9", 0.1, {"placement": "hidden", "init_std": 0.05}
 
 
-def _spec(rule: str, input_shape, classes: int, width: int, depth: int, t: int, encoding: str, lr: float,
-          readout: str = "membrane"):
+def _spec(
+    rule: str,
+    input_shape,
+    classes: int,
+    width: int,
+    depth: int,
+    t: int,
+    encoding: str,
+    lr: float,
+    readout: str = "membrane",
+):
     import dataclasses
 
     from edgesp.presets import build_spec
-    from edgesp.spec import LIF, OptimizerSpec, RuleSpec, TemporalSpec
+    from edgesp.spec import LIF, OptimizerSpec, RuleSpec, SignalSpec, TemporalSpec
 
-    spec = build_spec("snn", input_shape, classes, width=width, depth=depth,
-                      temporal=TemporalSpec(time_steps=t, encoding=encoding, readout=readout),
-                      rule=RuleSpec(name=rule, optimizer=OptimizerSpec(lr=lr)))
+    spec = build_spec(
+        "snn",
+        input_shape,
+        classes,
+        width=width,
+        depth=depth,
+        signal=SignalSpec(**SIGNAL),
+        temporal=TemporalSpec(time_steps=t, encoding=encoding, readout=readout),
+        rule=RuleSpec(name=rule, optimizer=OptimizerSpec(lr=lr), loss=SP_LOSS, temperature=SP_TEMPERATURE),
+    )
     if encoding == "sequence":
         blocks = tuple(tuple(LIF(**SEQ_LIF) if isinstance(la, LIF) else la for la in b) for b in spec.blocks)
         spec = dataclasses.replace(spec, blocks=blocks)
@@ -63,8 +83,9 @@ def _trainer(spec, recurrent: bool, seed: int = 0):
     return make_trainer(spec, params, seed)
 
 
-def accuracy_run(ds, rule: str, width: int, depth: int, t: int, epochs: int, lr: float, recurrent: bool,
-                 limit: int | None) -> dict:
+def accuracy_run(
+    ds, rule: str, width: int, depth: int, t: int, epochs: int, lr: float, recurrent: bool, limit: int | None
+) -> dict:
     import torch
 
     from edgesp.data import adapt_inputs
@@ -83,15 +104,24 @@ def accuracy_run(ds, rule: str, width: int, depth: int, t: int, epochs: int, lr:
     for _ in range(epochs):
         perm = rng.permutation(len(x))
         for b in range(0, len(perm), 32):
-            idx = perm[b:b + 32]
+            idx = perm[b : b + 32]
             tr.train_step(x[idx], y[idx])
     train_s = time.perf_counter() - t0
     acc = float((tr.predict(xte).argmax(1) == ds.y_test).mean())
     from edgesp.encoding import num_steps
 
-    return {"dataset": ds.name, "rule": rule + ("+rec" if recurrent else ""), "width": width, "depth": depth,
-            "T": num_steps(spec), "epochs": epochs, "train_samples": len(x), "lr": lr,
-            "test_accuracy": acc, "train_seconds": round(train_s, 1)}
+    return {
+        "dataset": ds.name,
+        "rule": rule + ("+rec" if recurrent else ""),
+        "width": width,
+        "depth": depth,
+        "T": num_steps(spec),
+        "epochs": epochs,
+        "train_samples": len(x),
+        "lr": lr,
+        "test_accuracy": acc,
+        "train_seconds": round(train_s, 1),
+    }
 
 
 def _status(field: str) -> int:
@@ -123,9 +153,16 @@ def cost_point(rule: str, t: int, width: int, depth: int, batch: int) -> dict:
             t0, c0 = time.perf_counter(), time.process_time()
             tr.train_step(x, y)
             dt, dc = min(dt, time.perf_counter() - t0), min(dc, time.process_time() - c0)
-    out = {"rule": rule, "T": t, "width": width, "depth": depth, "batch": batch,
-           "peak_train_mib": round((peak - base) / 2**20, 2), "ms_per_sample": round(1e3 * dt / batch, 3),
-           "cpu_ms_per_sample": round(1e3 * dc / batch, 3)}
+    out = {
+        "rule": rule,
+        "T": t,
+        "width": width,
+        "depth": depth,
+        "batch": batch,
+        "peak_train_mib": round((peak - base) / 2**20, 2),
+        "ms_per_sample": round(1e3 * dt / batch, 3),
+        "cpu_ms_per_sample": round(1e3 * dc / batch, 3),
+    }
     if rule == "rtrl":
         out["sensitivity_mib"] = round(tr.last_sensitivity_bytes / 2**20, 2)
     return out
@@ -166,8 +203,12 @@ def plot(cost: list[dict], rtrl_state: list[dict], path: Path) -> None:
         ss = [r["state_size"] for r in rtrl_state]
         axes[2].plot(ss, [r["peak_train_mib"] for r in rtrl_state], marker="o", label="peak RSS (MiB)")
         axes[2].plot(ss, [r["sensitivity_mib"] for r in rtrl_state], marker="s", label="sensitivity J (MiB)")
-        axes[2].plot(ss, [r.get("cpu_ms_per_sample", r["ms_per_sample"]) for r in rtrl_state], marker="^",
-                     label="CPU ms / sample")
+        axes[2].plot(
+            ss,
+            [r.get("cpu_ms_per_sample", r["ms_per_sample"]) for r in rtrl_state],
+            marker="^",
+            label="CPU ms / sample",
+        )
         axes[2].set_xscale("log")
         axes[2].set_yscale("log")
         axes[2].set_xlabel("RTRL state size S (T = 40)")
@@ -185,7 +226,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true", help="cost part only (keeps accuracy rows of --out)")
-    ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--skip-cost", action="store_true", help="accuracy part only (keeps cost rows of --out)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "temporal.json"))
     ap.add_argument("--cost-point", nargs=5, metavar=("RULE", "T", "WIDTH", "DEPTH", "BATCH"))
     a = ap.parse_args()
@@ -199,39 +240,60 @@ def main() -> None:
     from edgesp.atomic import write_text
     from edgesp.data import load_dataset
 
-    results: dict = {"command": " ".join(["python", "bench/temporal.py", *sys.argv[1:]]), "accuracy": [],
-                     "cost": [], "torch_threads": 1}
+    results: dict = {
+        "command": " ".join(["python", "bench/temporal.py", *sys.argv[1:]]),
+        "accuracy": [],
+        "cost": [],
+        "torch_threads": 1,
+    }
     out = Path(a.out)
     if a.skip_accuracy and out.exists():  # keep the accuracy rows of an earlier run
         results["accuracy"] = json.loads(out.read_text()).get("accuracy", [])
+    if a.skip_cost and out.exists():  # keep the cost rows of an earlier run
+        old = json.loads(out.read_text())
+        results["cost"], results["rtrl_state"] = old.get("cost", []), old.get("rtrl_state", [])
+        results["cost_command"] = old.get("cost_command", old.get("command"))
     if not a.skip_accuracy:
         ep = 1 if a.quick else None
         plans = {
             # dataset: (T, [(rule, width, depth, epochs, lr, recurrent, train-sample limit)])
-            "digits": (10, [("sp-voltage", 128, 2, 4, 3e-3, False, None),
-                            ("sp-surrogate", 128, 2, 4, 3e-3, False, None),
-                            ("sp-online", 128, 2, 4, 1e-3, False, None),
-                            ("bptt", 128, 2, 4, 3e-3, False, None),
-                            ("sp-voltage", 16, 1, 4, 3e-3, False, None),
-                            ("bptt", 16, 1, 4, 3e-3, False, None),
-                            ("rtrl", 16, 1, 2, 3e-3, False, None)]),
-            "mnist1d-seq": (40, [("sp-voltage", 64, 1, 2, 3e-3, False, None),
-                                 ("sp-surrogate", 64, 1, 2, 3e-3, False, None),
-                                 ("sp-online", 64, 1, 2, 1e-3, False, None),
-                                 ("bptt", 64, 1, 2, 3e-3, False, None),
-                                 ("bptt", 64, 1, 2, 3e-3, True, None),
-                                 ("bptt", 16, 1, 2, 3e-3, False, 1000),
-                                 ("rtrl", 16, 1, 2, 3e-3, False, 1000),
-                                 ("bptt", 16, 1, 2, 3e-3, True, 1000),
-                                 ("rtrl", 16, 1, 2, 3e-3, True, 1000)]),
+            "digits": (
+                10,
+                [
+                    ("sp-voltage", 128, 2, 4, 3e-3, False, None),
+                    ("sp-surrogate", 128, 2, 4, 3e-3, False, None),
+                    ("sp-online", 128, 2, 4, 1e-3, False, None),
+                    ("bptt", 128, 2, 4, 3e-3, False, None),
+                    ("sp-voltage", 16, 1, 4, 3e-3, False, None),
+                    ("bptt", 16, 1, 4, 3e-3, False, None),
+                    ("rtrl", 16, 1, 2, 3e-3, False, None),
+                ],
+            ),
+            "mnist1d-seq": (
+                40,
+                [
+                    ("sp-voltage", 64, 1, 2, 3e-3, False, None),
+                    ("sp-surrogate", 64, 1, 2, 3e-3, False, None),
+                    ("sp-online", 64, 1, 2, 1e-3, False, None),
+                    ("bptt", 64, 1, 2, 3e-3, False, None),
+                    ("bptt", 64, 1, 2, 3e-3, True, None),
+                    ("bptt", 16, 1, 2, 3e-3, False, 1000),
+                    ("rtrl", 16, 1, 2, 3e-3, False, 1000),
+                    ("bptt", 16, 1, 2, 3e-3, True, 1000),
+                    ("rtrl", 16, 1, 2, 3e-3, True, 1000),
+                ],
+            ),
         }
         for name, (t, rows) in plans.items():
             ds = load_dataset(name)
             for rule, w, d, epochs, lr, rec, limit in rows:
                 r = accuracy_run(ds, rule, w, d, t, ep or epochs, lr, rec, 512 if a.quick else limit)
                 results["accuracy"].append(r)
-                print(f"{r['dataset']:12s} {r['rule']:13s} {d}x{w:<4d} T={r['T']:<4d} ep={r['epochs']} "
-                      f"acc={r['test_accuracy']:.3f}  ({r['train_seconds']} s)", flush=True)
+                print(
+                    f"{r['dataset']:12s} {r['rule']:13s} {d}x{w:<4d} T={r['T']:<4d} ep={r['epochs']} "
+                    f"acc={r['test_accuracy']:.3f}  ({r['train_seconds']} s)",
+                    flush=True,
+                )
     if not a.skip_cost:
         ts = (10, 40, 100) if a.quick else (10, 40, 100, 400, 1000)
         configs = [(r, 16, 1) for r in RULES] + [(r, 128, 2) for r in ("sp-voltage", "sp-online", "bptt")]
@@ -240,19 +302,25 @@ def main() -> None:
                 r = run_cost(rule, t, w, d, 32)
                 results["cost"].append(r)
                 extra = f" J={r['sensitivity_mib']} MiB" if "sensitivity_mib" in r else ""
-                print(f"cost {rule:12s} {d}x{w:<4d} T={t:<5d} peak={r['peak_train_mib']:8.2f} MiB  "
-                      f"{r['ms_per_sample']:9.3f} ms/sample (CPU {r['cpu_ms_per_sample']:9.3f}){extra}", flush=True)
+                print(
+                    f"cost {rule:12s} {d}x{w:<4d} T={t:<5d} peak={r['peak_train_mib']:8.2f} MiB  "
+                    f"{r['ms_per_sample']:9.3f} ms/sample (CPU {r['cpu_ms_per_sample']:9.3f}){extra}",
+                    flush=True,
+                )
         # RTRL against the state size at fixed T (its cost is independent of T, grows with S·P)
         results["rtrl_state"] = []
-        for w in ((4, 8) if a.quick else (4, 8, 16, 32)):
+        for w in (4, 8) if a.quick else (4, 8, 16, 32):
             r = run_cost("rtrl", 40, w, 1, 32)
             r["state_size"] = 3 * w  # u, v and the readout trace per hidden neuron
             results["rtrl_state"].append(r)
-            print(f"rtrl state S={3 * w:<4d} (1x{w}) T=40 peak={r['peak_train_mib']:8.2f} MiB  "
-                  f"J={r['sensitivity_mib']} MiB  {r['ms_per_sample']:9.3f} ms/sample "
-                  f"(CPU {r['cpu_ms_per_sample']:9.3f})", flush=True)
+            print(
+                f"rtrl state S={3 * w:<4d} (1x{w}) T=40 peak={r['peak_train_mib']:8.2f} MiB  "
+                f"J={r['sensitivity_mib']} MiB  {r['ms_per_sample']:9.3f} ms/sample "
+                f"(CPU {r['cpu_ms_per_sample']:9.3f})",
+                flush=True,
+            )
     write_text(out, json.dumps(results, indent=2))
-    if results["cost"]:
+    if results["cost"] and not a.skip_cost:
         plot(results["cost"], results.get("rtrl_state", []), out.with_suffix(".png"))
     print(f"wrote {out}")
 

@@ -10,13 +10,14 @@ A batch ``x`` has shape ``(B, *spec.input_shape)``; step t feeds block 0 a tenso
 - ``sequence``: the input's last axis is time: x[t] = x[..., t] (one value per channel per step);
   T = the sequence length ``input_shape[-1]`` (``temporal.time_steps`` is not used for the length).
 
-Target (signal) stream: the generator output t0 = signal_forward(y) (shape of one step of block-0 input)
-enters as a constant *direct current* at every step, whatever the sample encoding. It is deterministic
-(no sampling noise on the target), identical for all samples of a class (so it can be de-duplicated to one
-row per class), and available at every step, so online SP can learn from step 1. When the per-step input
-has fewer features than there are classes (e.g. a 1-channel sequence: t0 would be 1-D and, after the
-generator's LayerNorm, identically zero), no class can be told apart in that space; the SP rules then
-let the target enter at the first hidden layer instead (see ``edgesp.rules.spiking_rules``).
+Target (signal) stream: the generator output z = signal_forward(y) enters as a constant *direct current* at
+every step, whatever the sample encoding: with the default hidden placement as block 0's input current
+(a^t_0[t] = z, z shaped like block 0's output), with input placement as block 0's input t_0 (shape of one step
+of block-0 input). It is deterministic (no sampling noise on the target), identical for all samples of a class
+(so it can be de-duplicated to one row per class), and available at every step, so online SP can learn from
+step 1. Input placement needs at least as many per-step input features as classes (a 1-channel sequence's t_0
+would be identically zero after the generator's LayerNorm); the SP rules refuse it otherwise (see
+``edgesp.rules.spiking_rules``).
 
 Encoders produce one step at a time (no (T, B, …) tensor is ever built), so memory stays flat in T.
 """
@@ -73,5 +74,6 @@ class Encoder:
 
 
 def target_current(t0: torch.Tensor, t: int) -> torch.Tensor:
-    """The target's input at step t: the generator output itself (direct current, every step)."""
+    """The target's input at step t: the generator output itself (direct current, every step; block 0's
+    input t_0 for input placement, block 0's input current for hidden placement)."""
     return t0

@@ -5,11 +5,26 @@ Notation per block i and step t: s_in[t] the block's input (encoded sample, or s
 a[t] = W s_in[t] + b, LIF: u[t] = (1−du) u[t−1] + a[t], v[t] = (1−dv) v[t−1] + u[t] + bias (pre-reset
 membrane), s[t] = S(v[t]) = 1[v[t] > θ]. Sample stream h and target stream t pass the *same* W, each with its
 own neuron state; the target stream has one row per class (C rows, by class id, so labels may change between
-steps) and each loss uses the rows of the classes in the batch (de-duplicated targets, positives = same class).
-Target stream input of block 0: t0 = signal_forward(y) as a direct current every step
-(:mod:`edgesp.encoding`); when the per-step input has fewer features than classes (1-channel sequences) the
-target enters at the first hidden layer instead: a^t_0[t] = relu(LN(P onehot(y))) with P (H_0×C) fixed,
-N(0,1), seeded by ``temporal.seed`` (the SP tutorial's "signal into the first hidden layer" option).
+steps) and each loss uses the rows of the classes in the batch (de-duplicated targets, positives = same class;
+loss v1 uses all C rows).
+
+Signal z = act(LayerNorm(W_S·onehot(c) + b_S)) for the C classes (:func:`edgesp.functional.signal_forward`),
+recomputed every step from the current W_S (so sp-online sees its own updates):
+
+- **hidden placement** (``spec.signal.placement='hidden'``, the default): z is shaped like block 0's output
+  and is the target stream's block-0 input *current*: a^t_0[t] = z in place of W_0·t_0 + b_0, every step,
+  into block 0's LIF neurons. Block 0's loss L_0[t] = sp_loss(v^h_0[t], v^t_0[t]) then updates W_0, b_0
+  through the sample path (∂v^h_0[t]/∂W_0 = s_in[t]) and W_S, b_S through the target path
+  (∂v^t_0[t]/∂z = 1, then LayerNorm and W_S), with one optimizer (both are layer 1,
+  ``spec.param_layer_index``); no other loss reaches W_S (deeper blocks see the target's spikes, detached).
+  Block 0's parametric output must have block 0's output shape (Linear → LIF). Positives/similarity of the
+  previous target (v15): onehot(c).
+- **input placement**: z is shaped like one step of block-0 input (t_0) and enters as a direct current
+  every step (:mod:`edgesp.encoding`), a^t_0[t] = W_0 t_0 + b_0; a learned W_S (layer 0, its own optimizer)
+  is trained by block 0's loss through W_0. An input with fewer features than classes (a 1-channel sequence:
+  t_0 would be identically zero after LayerNorm) is refused: use placement 'hidden'.
+
+``signal.kind='fixed'``: W_S, b_S are frozen (detached, in no optimizer). bptt and rtrl never read the signal.
 
 - **sp-voltage**: L_t = Σ_i sp_loss(v^h_i[t], v^t_i[t]) (``spec.rule.loss``, classes as positives). The
   previous state is detached, so ∂v[t]/∂W = ∂u[t]/∂W = s_in[t] (∂v[t]/∂b = 1): ΔW ∝ −Σ_t (∂L_t/∂v[t]) s_in[t]ᵀ.
@@ -28,9 +43,14 @@ N(0,1), seeded by ``temporal.seed`` (the SP tutorial's "signal into the first hi
 - **rtrl**: the same gradient as bptt computed forward in time (:mod:`edgesp.rtrl`); memory B·S·P floats
   (S state size, P block parameters), refused above ``rtrl_max_mib`` (default 2048).
 
+Memory of the SP rules, per training step: the neuron state of both streams (u, v of every LIF: B rows
+for the sample, C rows for the target) and the readout trace, plus one step's autograd graph per block (freed
+by the step's backward); nothing grows with T. The per-batch rules (sp-voltage, sp-surrogate) accumulate the
+T steps' gradients in the parameters' .grad and apply them once; sp-online applies them every k steps.
+
 Rule parameters (``spec.rule.params``): surrogate_slope, update_every, online_loss, spike, rtrl_max_mib.
-The signal generator (``spec.signal.kind='learned'``) is trained by block 0's SP loss; bptt/rtrl leave it.
-Optimizers: one per layer (signal, each block, head) from ``spec.rule.optimizer``.
+Optimizers: one per layer from ``spec.rule.optimizer`` (``spec.param_layer_index``: with hidden placement
+the signal shares block 0's).
 """
 
 from __future__ import annotations
@@ -43,7 +63,7 @@ import torch.nn.functional as F
 
 from edgesp.encoding import Encoder, num_steps, target_current
 from edgesp.errors import SpecError
-from edgesp.functional import Params, layer_norm, signal_forward
+from edgesp.functional import Params, signal_forward
 from edgesp.losses import sp_loss
 from edgesp.rtrl import bptt_loss, rtrl_bytes, rtrl_loss_and_grads
 from edgesp.snn import BlockState, Readout, block_step, empty_readout, readout_decay, run
@@ -73,8 +93,10 @@ class _SpikingTrainer:
             raise SpecError(f"rule {spec.rule.name!r} needs a spiking model (--model snn)")
         unknown = set(spec.rule.params) - _KNOWN_PARAMS
         if unknown:
-            raise SpecError(f"unknown rule parameters {sorted(unknown)} for {spec.rule.name}; "
-                            f"known: {', '.join(sorted(_KNOWN_PARAMS))}")
+            raise SpecError(
+                f"unknown rule parameters {sorted(unknown)} for {spec.rule.name}; "
+                f"known: {', '.join(sorted(_KNOWN_PARAMS))}"
+            )
         self.spec = spec
         self.rp: dict[str, Any] = dict(spec.rule.params)
         self.p: Params = {k: torch.tensor(np.asarray(v, np.float32), requires_grad=True) for k, v in params.items()}
@@ -84,8 +106,14 @@ class _SpikingTrainer:
         self.loss_gen = torch.Generator().manual_seed(seed + 17)  # v14's random positives
         groups: dict[int, list[torch.Tensor]] = {}
         for name, t in self.p.items():
+            if name.startswith("signal.") and not self._trains_signal():
+                t.requires_grad_(False)  # frozen (fixed signal) or unused (bptt/rtrl): in no optimizer
+                continue
             groups.setdefault(spec.param_layer_index(name), []).append(t)
         self.opts = {i: _make_optimizer(spec.rule.optimizer, ts) for i, ts in sorted(groups.items())}
+
+    def _trains_signal(self) -> bool:
+        return False
 
     # -- contract
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -125,13 +153,21 @@ class SPTrainer(_SpikingTrainer):
         if self.every < 1:
             raise SpecError(f"update_every must be >= 1, got {self.every}")
         self.spike: SpikeFn = strict_spike
-        self.hidden_signal: torch.Tensor | None = None
-        if spec.signal_dim < spec.num_classes:
-            h0 = spec.blocks[0][0].param_shapes()["weight"][0]
-            g = torch.Generator().manual_seed(spec.temporal.seed + 4242)  # type: ignore[union-attr]
-            proj = torch.randn((spec.num_classes, h0), generator=g)
-            t = layer_norm(proj, 1e-5)
-            self.hidden_signal = F.relu(t) if spec.signal.activation == "relu" else t
+        self.hidden = spec.signal.hidden
+        if self.hidden:
+            a_shape = spec.shapes()[0][0]  # block 0's parametric output, which z replaces
+            if tuple(a_shape) != tuple(spec.signal_shape()):
+                raise SpecError(
+                    f"hidden signal placement feeds z {spec.signal_shape()} as block 0's input current, "
+                    f"but block 0's {type(spec.blocks[0][0]).__name__} outputs {a_shape}: use a block 0 "
+                    "without pooling/reshaping, or placement 'input'"
+                )
+        elif spec.signal_dim < spec.num_classes:
+            raise SpecError(
+                f"input signal placement: one step of block-0 input has {spec.signal_dim} features, fewer "
+                f"than the {spec.num_classes} classes, so the target t_0 = LayerNorm(W_S onehot) cannot "
+                "tell classes apart: use placement hidden (--signal-placement hidden)"
+            )
 
     # -- the per-step pieces (public so tests can drive a step by itself)
     def begin(self, batch: int) -> None:
@@ -141,12 +177,13 @@ class SPTrainer(_SpikingTrainer):
         self.readout: Readout = empty_readout(self.spec, batch, torch.zeros(()))
         self.t = 0
 
-    def _target0(self, classes: torch.Tensor) -> torch.Tensor | None:
-        """Block-0 target input for the given class ids, or None when the target enters the first hidden layer."""
-        if self.hidden_signal is not None:
-            return None
-        t0 = signal_forward(self.spec, classes, self.p)
-        return t0 if self.spec.signal.kind == "learned" else t0.detach()
+    def _trains_signal(self) -> bool:
+        return self.spec.signal.kind == "learned"
+
+    def signal(self) -> torch.Tensor:
+        """z for all C classes (row c = class c), from the current W_S, b_S (detached if the signal is fixed)."""
+        z = signal_forward(self.spec, torch.arange(self.spec.num_classes), self.p)
+        return z if self._trains_signal() else z.detach()
 
     def _z(self, v: torch.Tensor, i: int) -> torch.Tensor:
         if self.mode == "voltage":
@@ -159,20 +196,36 @@ class SPTrainer(_SpikingTrainer):
         stream holds one row per class (C rows, by class id), so labels may change from step to step; the
         loss uses the rows of the classes present (de-duplicated targets)."""
         spec, r = self.spec, self.spec.rule
-        classes, inv = torch.unique(y, return_inverse=True)
-        all_classes = torch.arange(spec.num_classes)
-        t0 = self._target0(all_classes)
+        if r.loss == "v1":  # direct label: every class's target is a column
+            classes, inv = torch.arange(spec.num_classes), y
+        else:
+            classes, inv = torch.unique(y, return_inverse=True)
+        z = target_current(self.signal(), self.t)
         h_in = x_t.detach()
-        t_in = None if t0 is None else target_current(t0, self.t)
+        # hidden: z is block 0's input current (a^t_0 = z); input: z = t_0 is block 0's input
+        t_in, cur = (None, z) if self.hidden else (z, None)
         total = x_t.new_zeros(())
         for i in range(len(spec.blocks)):
-            cur = self.hidden_signal if i == 0 and t_in is None else None
             s_h, v_h, st_h = block_step(spec, i, h_in, self.p, self.h_state[i].detached(), self.spike)
-            s_t, v_t, st_t = block_step(spec, i, t_in, self.p, self.t_state[i].detached(), self.spike, current=cur)
-            t_prev = None if t_in is None else t_in.detach()[classes]
-            total = total + sp_loss(r.loss, self._z(v_h, i), self._z(v_t, i)[classes], inv, y, classes,
-                                    temperature=r.temperature, topk=r.topk, t_prev_cls=t_prev,
-                                    generator=self.loss_gen)
+            s_t, v_t, st_t = block_step(
+                spec, i, t_in, self.p, self.t_state[i].detached(), self.spike, current=cur if i == 0 else None
+            )
+            if t_in is None:  # hidden placement, block 0: the previous target is the label itself
+                t_prev = F.one_hot(classes, spec.num_classes).float()
+            else:
+                t_prev = t_in.detach()[classes]
+            total = total + sp_loss(
+                r.loss,
+                self._z(v_h, i),
+                self._z(v_t, i)[classes],
+                inv,
+                y,
+                classes,
+                temperature=r.temperature,
+                topk=r.topk,
+                t_prev_cls=t_prev,
+                generator=self.loss_gen,
+            )
             self.h_state[i], self.t_state[i] = st_h.detached(), st_t.detached()
             h_in, t_in = s_h.detach(), s_t.detach()
         self.readout = self.readout.step(h_in, self.decay)
@@ -247,8 +300,10 @@ class BPTTTrainer(_SpikingTrainer):
         if self.rtrl:
             need = 3 * rtrl_bytes(self.spec, self.p, xt.shape[0]) / 2**20
             if need > self.max_mib:
-                raise SpecError(f"RTRL needs about {need:.0f} MiB for its sensitivity tensors (limit "
-                                f"{self.max_mib:.0f}): use a smaller --width/--depth or --batch-size")
+                raise SpecError(
+                    f"RTRL needs about {need:.0f} MiB for its sensitivity tensors (limit "
+                    f"{self.max_mib:.0f}): use a smaller --width/--depth or --batch-size"
+                )
             loss, _, grads, nbytes = rtrl_loss_and_grads(self.spec, xt, yt, self.p, self.spike, self.gen)
             self.last_sensitivity_bytes = nbytes
             for k, g in grads.items():
@@ -258,7 +313,7 @@ class BPTTTrainer(_SpikingTrainer):
             loss.backward()
         self._step()
         self._zero()
-        return {"ce": float(loss)}
+        return {"ce": float(loss.detach())}
 
 
 def make(spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0) -> SPTrainer | BPTTTrainer:

@@ -46,8 +46,10 @@ def _lif_numpy(layer: LIF, currents: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return spikes, pre
 
 
-@pytest.mark.parametrize("layer", [LIF(), LIF(du=0.3, dv=0.1, threshold=0.7, reset="subtract", bias=0.05),
-                                   LIF(du=1.0, dv=0.5, spiking=False)])
+@pytest.mark.parametrize(
+    "layer",
+    [LIF(), LIF(du=0.3, dv=0.1, threshold=0.7, reset="subtract", bias=0.05), LIF(du=1.0, dv=0.5, spiking=False)],
+)
 @pytest.mark.parametrize("spike", [None, strict_spike, surrogate_spike(5.0)])
 def test_lif_step_matches_scalar_reference(layer: LIF, spike) -> None:
     rng = np.random.default_rng(0)
@@ -79,8 +81,15 @@ def test_spike_functions_forward_and_backward() -> None:
 
 
 def _spec(encoding: str, shape: tuple[int, ...], t: int = 10, readout: str = "membrane", rule: str = "sp-voltage"):
-    return build_spec("snn", shape, 3, width=8, depth=1, rule=RuleSpec(name=rule),
-                      temporal=TemporalSpec(time_steps=t, encoding=encoding, readout=readout, seed=3))
+    return build_spec(
+        "snn",
+        shape,
+        3,
+        width=8,
+        depth=1,
+        rule=RuleSpec(name=rule),
+        temporal=TemporalSpec(time_steps=t, encoding=encoding, readout=readout, seed=3),
+    )
 
 
 def test_rate_encoding_probabilities_and_seed() -> None:
