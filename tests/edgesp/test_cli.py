@@ -193,10 +193,10 @@ def test_compiled_checkpoint_learns_on_at_a_finetuning_rate(trained, tmp_path):
         (["profile", "no_such_build", "--batch", "0"], "--batch must be an integer in [1, 1048576], got 0"),
         (["evaluate", "missing.safetensors", "--seed", "-1"], "--seed must be an integer"),
         (["compile", "--fresh", "--target", "edge-cpu", "--out", "X", "--lr", "inf"], "--lr must be a finite number"),
-        (["train", "--batch", "1", "--out", "X"], "--loss v1"),
+        (["train", "--batch", "1", "--loss", "v9", "--out", "X"], "--loss v1"),
         (["train", "--batch", "1", "--loss", "v14", "--out", "X"], "sigprop loss v14 compares the samples"),
         (["train", "--batch", "1", "--loss", "v15", "--out", "X"], "sigprop loss v15 compares the samples"),
-        (["train", "--max-train", "1", "--out", "X"], "constant at batch 1"),
+        (["train", "--max-train", "1", "--loss", "v9", "--out", "X"], "constant at batch 1"),
     ],
 )
 def test_every_number_checked_and_batch_one_losses_refused(args, needle, tmp_path):
