@@ -496,7 +496,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     for key in ("inference", "update_step", "bp_baseline"):
         if key in res:
             r = res[key]
-            parts = [f"{k}={v:,}" for k, v in r.items() if isinstance(v, int)]
+            parts = [
+                f"{k}={v:,}" if isinstance(v, int) else f"{k}=n/a (see JSON note)"
+                for k, v in r.items()
+                if isinstance(v, int) or (v is None and k.endswith("_bytes"))
+            ]
             print(f"  {key:<12} " + "  ".join(parts))
     png = Path(args.png) if args.png else Path(args.build) / "memory_profile.png"
     _plot_profile(png, res, manifest["runtime"])
