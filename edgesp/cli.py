@@ -435,6 +435,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from edgesp.export import export_build
+
+    info = export_build(args.build, args.state, args.out, batch=args.batch)
+    print(
+        f"exported {args.build} ({info['runtime']}) -> {args.out}: {info['checkpoint']}, "
+        + ", ".join(info["inference"])
+        + f" (batch {info['batch']})"
+    )
+    return 0
+
+
 def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
     """Runtime-specific options given on the command line (e.g. the TFLite interpreter)."""
     return {k: getattr(args, k) for k in ("interpreter", "resolver") if getattr(args, k, None)}
@@ -467,6 +479,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         continual=args.continual,
         lr=args.lr,
         **_runtime_options(args),
+        **({"save_state": Path(args.save_state)} if args.save_state else {}),
     )
     print(
         f"on-device learning ({manifest['runtime']}): accuracy {res['accuracy_before']:.4f} -> "
@@ -544,7 +557,7 @@ def _plot_profile(png: Path, res: dict[str, Any], runtime: str) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from edgesp.demo import run_demo
 
-    return run_demo(Path(args.out), target=args.target, quick=args.quick)
+    return run_demo(Path(args.out), cli=main, target=args.target, quick=args.quick)
 
 
 # ---------------------------------------------------------------------------- parser
@@ -597,9 +610,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--continual", action="store_true", help="classes arrive in stages; report what is kept")
     s.add_argument("--json", default=None)
     s.add_argument("--png", default=None, help="learning-curve PNG (default BUILD/simulate_curve.png)")
+    s.add_argument(
+        "--save-state", default=None, help="write the weights learned on the device to this .npz (see 'export')"
+    )
     s.add_argument("--quiet", action="store_true")
     _add_runtime_args(s)
     s.set_defaults(func=cmd_simulate)
+
+    x = sub.add_parser(
+        "export", help="learned weights back out: a checkpoint + standalone inference artifacts for the runtime"
+    )
+    x.add_argument("build")
+    x.add_argument("--state", required=True, help="state file from 'simulate BUILD --save-state FILE'")
+    x.add_argument("--out", required=True, help="output folder (replaced as a whole)")
+    x.add_argument("--batch", type=int, default=1, help="batch of the standalone inference artifacts (default 1)")
+    x.set_defaults(func=cmd_export)
 
     m = sub.add_parser("profile", help="measure and plan memory of inference and the update step")
     m.add_argument("build")
