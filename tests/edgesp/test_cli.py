@@ -157,7 +157,10 @@ def test_compiled_checkpoint_learns_on_at_a_finetuning_rate(trained, tmp_path):
     """A trained checkpoint compiles with the on-device lr = host lr × 0.1 unless --lr says otherwise."""
     ckpt = str(trained / "model.safetensors")
     assert main(["compile", ckpt, "--target", "edge-cpu", "--out", str(tmp_path / "a"), "--batch", "4"]) == 0
-    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["learning_rate"] == pytest.approx(1e-4)
+    from edgesp.checkpoint import load_checkpoint
+
+    host_lr = load_checkpoint(ckpt)[0].rule.optimizer.lr
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["learning_rate"] == pytest.approx(0.1 * host_lr)
     cmd = ["compile", ckpt, "--target", "edge-cpu-tflite", "--out", str(tmp_path / "b"), "--batch", "4", "--lr", "5e-3"]
     assert main(cmd) == 0
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["learning_rate"] == pytest.approx(5e-3)
