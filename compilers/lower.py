@@ -54,6 +54,9 @@ COMPILED_LOSSES = ("v9", "v1", "l2")
 def _check_supported(spec: ModelSpec) -> None:
     if spec.is_spiking:
         raise CompileError("spiking models compile to Lava only: use --target lava-cpu or loihi2")
+    if not spec.rule.variant.is_plain:  # SPVariant: host trainer only (edgesp/rules/sigprop.py)
+        v = spec.rule.variant.describe()
+        raise CompileError(f"SP variant {v} has no on-device lowering yet: compile a plain-SP spec (drop rule.variant)")
     if spec.rule.loss not in COMPILED_LOSSES:
         raise CompileError(
             f"sigprop loss {spec.rule.loss!r} is not available on device; use one of "

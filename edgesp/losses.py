@@ -14,6 +14,10 @@ targets are distinct, which the signal generator guarantees at layer 0.
 - ``v1``  (direct label): one target row per class: Y_ic = ⟨h_i, t_c⟩/(τ d), L = CE(Y, y)
 - ``l2``: L = mean_i ‖h_i − t_{y_i}‖² / d
 
+``codes`` = K > 1 (:class:`edgesp.spec.SPVariant`, loss v1 only): ``t_cls`` holds K rows per class (row
+c·K + k), the class logit is the nearest code's, Y_ic = max_k ⟨h_i, t_{c,k}⟩/(τ d), and L = CE(Y, y): a
+sample's positive is its class's nearest code, the negatives every other class's nearest code.
+
 Target rows are supplied de-duplicated: ``t_cls`` holds one row per distinct class of the batch and
 ``inv`` maps each sample to its row (t = t_cls[inv]); this is exactly equal to the full-batch target
 stream because a sample's target depends only on its class.
@@ -35,6 +39,12 @@ def sp_logits(h: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Ten
     return hf @ tf.T / (temperature * hf.shape[1])
 
 
+def code_logits(h: torch.Tensor, t_codes: torch.Tensor, temperature: float, codes: int) -> torch.Tensor:
+    """Class logits against K codes per class (rows c·K + k of ``t_codes``): max over each class's codes."""
+    y = sp_logits(h, t_codes, temperature)
+    return y.reshape(y.shape[0], -1, codes).amax(dim=2)
+
+
 def sp_loss(
     kind: str,
     h: torch.Tensor,
@@ -47,8 +57,13 @@ def sp_loss(
     topk: int = 6,
     t_prev_cls: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    codes: int = 1,
 ) -> torch.Tensor:
     """Local loss of one block. ``classes`` are the class ids of the rows of ``t_cls``."""
+    if codes > 1:
+        if kind != "v1":
+            raise ValueError(f"several target codes per class need loss v1, got {kind!r}")
+        return F.cross_entropy(code_logits(h, t_cls, temperature, codes), labels)
     if kind == "l2":
         hf, tf = h.reshape(h.shape[0], -1), t_cls.reshape(t_cls.shape[0], -1)[inv]
         return ((hf - tf) ** 2).sum(1).mean() / hf.shape[1]

@@ -12,7 +12,8 @@ Shapes exclude the batch dimension. Conv1d activations are ``(C, L)``, Conv2d ``
 Parameter names (used by checkpoints and compiled artifacts):
 ``signal.weight``/``signal.bias`` (shape ``(D, C)``/``(D,)``, D = :attr:`ModelSpec.signal_dim`: block 0's
 output size for the default hidden placement, the input size for input placement),
-``blocks.{i}.weight``/``blocks.{i}.bias`` for block i's parametric layer, ``head.weight``/``head.bias``.
+``blocks.{i}.weight``/``blocks.{i}.bias`` for block i's parametric layer, ``head.weight``/``head.bias``;
+opt-in :class:`SPVariant` parameters (``targets.{i}.*``, ``aux.{i}.*``) belong to block i (layer i+1).
 """
 
 from __future__ import annotations
@@ -425,6 +426,73 @@ class OptimizerSpec:
         object.__setattr__(self, "betas", tuple(self.betas))
 
 
+SP_PREDICT = ("head", "nearest")
+
+
+@dataclass(frozen=True)
+class SPVariant:
+    """Opt-in additions to plain Signal Propagation (rule ``sigprop``, non-spiking models, host trainer only:
+    the compilers refuse any non-default variant). The default (all off) is plain SP.
+
+    - ``codes`` = K ≥ 1: K target codes per class *at the signal* (W_S: (D, C·K), column c·K + k). Every code
+      is propagated through the blocks like a plain SP target (t_{i+1} = f_i(t_i)), so this stays **pure SP**.
+      A sample's positive at each block is the nearest (highest-logit) code of its class: the class logit is
+      Y_c = max_k ⟨h, t_{c,k}⟩/(τ d) (loss ``v1`` only). Extra parameters: D·C·(K−1).
+    - ``free_targets``: every block i ≥ 1 gets its own learned class target
+      z_i = act(LayerNorm(T_i · onehot(y) + b_i)) (parameters ``targets.{i}.weight`` (D_i, C), ``.bias``),
+      trained with block i under its loss, instead of f_i(t_{i−1}). **Not pure SP** (a layer's target is no
+      longer its weights applied to the previous target). Extra parameters: Σ_{i≥1} D_i·(C·K+1) (with
+      ``codes`` = K, every block's free target has K codes per class).
+    - ``aux`` = λ > 0: each block also minimises λ·CE(A_i(h_i), y) with its own linear classifier A_i
+      (``aux.{i}.weight`` (C, F_i), F_i = flattened output, or its channels if ``aux_pool='channel'``: mean
+      over positions), the 'pred' loss of local learning, added to the SP loss. The SP targets stay pure; the
+      block's loss is a **hybrid** (SP + local learning), so the rule is not pure SP.
+    - ``predict``: ``'head'`` (the output layer, default) or ``'nearest'``: argmax over classes of the last
+      block's similarity to each class's target (max over its codes); needs the target stream at inference.
+    """
+
+    codes: int = 1
+    free_targets: bool = False
+    aux: float = 0.0
+    aux_pool: str = "flatten"
+    predict: str = "head"
+
+    def __post_init__(self) -> None:
+        _pos_int("variant.codes", self.codes)
+        if not isinstance(self.free_targets, bool):
+            raise SpecError(f"variant.free_targets must be true or false, got {self.free_targets!r}")
+        if not (isinstance(self.aux, (int, float)) and math.isfinite(self.aux) and self.aux >= 0):
+            raise SpecError(f"variant.aux must be a finite number >= 0, got {self.aux!r}")
+        if self.aux_pool not in ("flatten", "channel"):
+            raise SpecError(f"variant.aux_pool must be 'flatten' or 'channel', got {self.aux_pool!r}")
+        if self.predict not in SP_PREDICT:
+            raise SpecError(f"variant.predict must be one of {SP_PREDICT}, got {self.predict!r}")
+
+    @property
+    def is_plain(self) -> bool:
+        """True for plain SP (the default)."""
+        return self == SPVariant()
+
+    @property
+    def pure_sp(self) -> bool:
+        """Every layer's target is its own weights applied to the previous target, and SP's loss alone."""
+        return not self.free_targets and self.aux == 0
+
+    def describe(self) -> str:
+        if self.is_plain:
+            return "plain"
+        parts = []
+        if self.codes > 1:
+            parts.append(f"codes={self.codes}")
+        if self.free_targets:
+            parts.append("free_targets")
+        if self.aux:
+            parts.append(f"aux={self.aux:g}" + ("/channel" if self.aux_pool == "channel" else ""))
+        if self.predict != "head":
+            parts.append(f"predict={self.predict}")
+        return ",".join(parts)
+
+
 @dataclass(frozen=True)
 class RuleSpec:
     """Learning rule. For sigprop ``loss`` is one of v14 (random same-class positive), v9 (all
@@ -437,8 +505,16 @@ class RuleSpec:
     temperature: float = 0.1
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     params: dict[str, Any] = field(default_factory=dict)
+    variant: SPVariant = field(default_factory=SPVariant)
 
     def __post_init__(self) -> None:
+        if isinstance(self.variant, dict):  # from JSON
+            try:
+                object.__setattr__(self, "variant", SPVariant(**self.variant))
+            except TypeError as e:
+                raise SpecError(f"rule.variant has a bad field: {e}") from None
+        if not isinstance(self.variant, SPVariant):
+            raise SpecError(f"rule.variant must be an SPVariant, got {type(self.variant).__name__}")
         if self.name not in RULES:
             raise SpecError(f"unknown rule {self.name!r}; choose one of {', '.join(RULES)}")
         if self.loss not in SP_LOSSES:
@@ -526,6 +602,14 @@ class ModelSpec:
             raise SpecError("signal shape 'channel' needs a convolutional block 0 (channels × positions); use 'full'")
         if self.head.out_features != self.num_classes:
             raise SpecError(f"head.out_features={self.head.out_features} must equal num_classes={self.num_classes}")
+        v = self.rule.variant
+        if not v.is_plain:
+            if self.is_spiking or self.rule.name != "sigprop":
+                raise SpecError(f"SP variant {v.describe()} is for rule 'sigprop' on non-spiking models only")
+            if v.codes > 1 and (self.rule.loss != "v1" or not self.signal.hidden):
+                raise SpecError("variant.codes > 1 needs loss 'v1' and signal placement 'hidden'")
+            if v.free_targets and not self.signal.hidden:
+                raise SpecError("variant.free_targets needs signal placement 'hidden'")
 
     # -- shapes
     def shapes(self) -> list[list[Shape]]:
@@ -583,15 +667,29 @@ class ModelSpec:
     # -- parameters
     def param_shapes(self) -> dict[str, Shape]:
         """All parameters in forward order: signal, blocks, head."""
+        v = self.rule.variant
         p: dict[str, Shape] = {
-            "signal.weight": (self.signal_dim, self.num_classes),
+            "signal.weight": (self.signal_dim, self.num_classes * v.codes),
             "signal.bias": (self.signal_dim,),
         }
         for i, block in enumerate(self.blocks):
             for k, s in block[0].param_shapes().items():
                 p[f"blocks.{i}.{k}"] = s
+            p.update(self.variant_param_shapes(i))
         for k, s in self.head.param_shapes().items():
             p[f"head.{k}"] = s
+        return p
+
+    def variant_param_shapes(self, i: int) -> dict[str, Shape]:
+        """Extra parameters of :class:`SPVariant` owned by block i (layer i+1); none for plain SP."""
+        v, p = self.rule.variant, {}
+        if v.free_targets and i >= 1:
+            d = math.prod(self.block_output_shape(i))
+            p[f"targets.{i}.weight"], p[f"targets.{i}.bias"] = (d, self.num_classes * v.codes), (d,)
+        if v.aux:
+            shape = self.block_output_shape(i)
+            f = shape[0] if v.aux_pool == "channel" else math.prod(shape)
+            p[f"aux.{i}.weight"], p[f"aux.{i}.bias"] = (self.num_classes, f), (self.num_classes,)
         return p
 
     def param_layer_index(self, name: str) -> int:
@@ -599,7 +697,7 @@ class ModelSpec:
         len(blocks)+1 = head (forward order)."""
         if name.startswith("signal."):
             return self.signal_layer
-        if name.startswith("blocks."):
+        if name.startswith(("blocks.", "targets.", "aux.")):
             return int(name.split(".")[1]) + 1
         if name.startswith("head."):
             return len(self.blocks) + 1
@@ -619,7 +717,7 @@ class ModelSpec:
             "blocks": [[layer_to_dict(la) for la in b] for b in self.blocks],
             "head": layer_to_dict(self.head),
             "rule": {
-                **asdict(self.rule),
+                **{k: v for k, v in asdict(self.rule).items() if k != "variant" or not self.rule.variant.is_plain},
                 "optimizer": {**asdict(self.rule.optimizer), "betas": list(self.rule.optimizer.betas)},
             },
             "temporal": asdict(self.temporal) if self.temporal else None,

@@ -19,7 +19,8 @@ def _batch(rng, spec, n=24):
 
 @pytest.mark.parametrize("loss", ["v9", "v1"])
 def test_sigprop_learns_digits(digits, loss):
-    spec = build_spec("mlp", (64,), 10, width=64, rule=RuleSpec(loss=loss))
+    # temperature pinned: the threshold below was calibrated at 0.1 (at 0.01 the same 3 epochs reach ~0.74)
+    spec = build_spec("mlp", (64,), 10, width=64, rule=RuleSpec(loss=loss, temperature=0.1))
     tr = make_trainer(spec, init_params(spec, 0), 0)
     hist = fit(tr, digits, spec.input_shape, epochs=3, batch=32, progress=False)
     assert hist.test_accuracy[-1] > 0.85  # chance is 0.10; measured ~0.93 at 3 epochs
