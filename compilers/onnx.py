@@ -25,8 +25,9 @@ from compilers.ir import Program
 from compilers.lower import lower_inference, lower_update
 from compilers.memory_plan import plan
 from compilers.onnx_emit import IR_VERSION, NEW_SUFFIX, OPSET, initial_state, to_onnx
-from edgesp.atomic import write_bytes, write_text
+from edgesp.atomic import write_bytes
 from edgesp.errors import CompileError, TargetError
+from edgesp.manifest import Manifest, ParameterEntry, PlannedMemory, sha256
 from edgesp.spec import ModelSpec
 from targets import Target
 
@@ -64,7 +65,7 @@ def check_fit(target: Target, planned_peak: int, storage: int, what: str = "upda
 
 def compile_model(
     spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path, batch: int
-) -> dict[str, Any]:
+) -> Manifest:
     if target.runtime != "onnxruntime":
         raise CompileError(f"target {target.name} runs {target.runtime}, not onnxruntime")
     if target.precision != "fp32":
@@ -89,43 +90,45 @@ def compile_model(
     check_fit(target, update_plan["peak_bytes"], len(update_bytes) + len(infer_bytes) + len(state_bytes))
 
     largest_layer = _largest_layer_working_set(spec, batch)
-    manifest = {
-        "format": "edgesp-build",
-        "format_version": 1,
-        "target": target.name,
-        "target_description": target.to_dict(),
-        "runtime": "onnxruntime",
-        "batch": batch,
-        "opset": OPSET,
-        "ir_version": IR_VERSION,
-        "on_device_rule": "sigprop",
-        "sp_loss": spec.rule.loss,
-        "trained_with": spec.rule.name,
-        "artifacts": {"inference": "inference.onnx", "update": "update.onnx", "state": "initial_state.npz"},
-        "hashes": {
-            "inference.onnx": hashlib.sha256(infer_bytes).hexdigest(),
-            "update.onnx": hashlib.sha256(update_bytes).hexdigest(),
-            "initial_state.npz": hashlib.sha256(state_bytes).hexdigest(),
+    manifest = Manifest(
+        target=target.name,
+        target_description=target.to_dict(),
+        runtime="onnxruntime",
+        batch=batch,
+        on_device_rule="sigprop",
+        sp_loss=spec.rule.loss,
+        trained_with=spec.rule.name,
+        learning_rate=float(spec.rule.optimizer.lr),
+        artifacts={"inference": "inference.onnx", "update": "update.onnx", "state": "initial_state.npz"},
+        hashes={
+            "inference.onnx": sha256(infer_bytes),
+            "update.onnx": sha256(update_bytes),
+            "initial_state.npz": sha256(state_bytes),
         },
-        "inputs": {"update": [v.name for v in update_prog.inputs], "inference": ["x"]},
-        "outputs": {"update": list(update_prog.outputs), "inference": ["logits"]},
-        "parameters": params_layout,
-        "learning_rate": spec.rule.optimizer.lr,
-        "planned_memory": {
-            "update_step_peak_bytes": update_plan["peak_bytes"],
-            "update_step": update_plan,
-            "inference": infer_plan,
-            "largest_layer_working_set_bytes": largest_layer,
+        parameters=tuple(ParameterEntry(**p) for p in params_layout),
+        planned_memory=PlannedMemory(
+            update_step_peak_bytes=update_plan["peak_bytes"],
+            inference_peak_bytes=infer_plan["peak_bytes"],
+            details={
+                "update_step": update_plan,
+                "inference": infer_plan,
+                "largest_layer_working_set_bytes": largest_layer,
+            },
+        ),
+        spec=spec.to_dict(),
+        backend={
+            "opset": OPSET,
+            "ir_version": IR_VERSION,
+            "inputs": {"update": [v.name for v in update_prog.inputs], "inference": ["x"]},
+            "outputs": {"update": list(update_prog.outputs), "inference": ["logits"]},
+            "forward_only_checked": True,
         },
-        "spec": spec.to_dict(),
-    }
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bytes(out_dir / "update.onnx", update_bytes)
     write_bytes(out_dir / "inference.onnx", infer_bytes)
     write_bytes(out_dir / "initial_state.npz", state_bytes)
-    import json
-
-    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # last: marks a complete build
+    manifest.write(out_dir)  # last: marks a complete build
     return manifest
 
 

@@ -426,11 +426,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _probe_folder(Path(args.out).absolute().parent, f"--out {args.out}")  # the new build is made beside it
     spec, params = _load_model_for_compile(args)
     manifest = compile_model(spec, params, target, Path(args.out), batch=args.batch)
-    mem = manifest.get("planned_memory", {})
+    if isinstance(manifest, dict):  # the Lava backend still writes its own manifest layout
+        arts, peak = manifest["artifacts"], manifest.get("planned_memory", {}).get("update_step_peak_bytes")
+    else:
+        arts, peak = manifest.artifacts, manifest.planned_memory.update_step_peak_bytes
     print(
         f"compiled {spec.name} for {target.name} ({target.runtime}) -> {args.out}: "
-        + ", ".join(f"{k}={v}" for k, v in manifest["artifacts"].items())
-        + (f"; planned update-step peak {mem.get('update_step_peak_bytes', 0):,} B" if mem else "")
+        + ", ".join(f"{k}={v}" for k, v in arts.items())
+        + (f"; planned update-step peak {peak:,} B" if peak is not None else "")
     )
     return 0
 

@@ -125,6 +125,11 @@ class Manifest:
                 raise ValueError(f"artifact {role} must be a plain file name in the build folder, got {fname!r}")
             if fname not in self.hashes:
                 raise ValueError(f"artifact {fname} has no sha256 in hashes")
+        threads = self.target_description.get("threads", 1) if isinstance(self.target_description, dict) else None
+        from targets import MAX_THREADS
+
+        if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= MAX_THREADS:
+            raise ValueError(f"target_description.threads must be an integer in [1, {MAX_THREADS}], got {threads!r}")
         names = [p.name for p in self.parameters]
         if len(set(names)) != len(names):
             raise ValueError("parameter names repeat")
@@ -135,11 +140,19 @@ class Manifest:
             from edgesp.spec import ModelSpec
 
             want = ModelSpec.from_dict(self.spec).param_shapes()
-        except SpecError as e:
-            raise ValueError(f"spec is invalid ({e})") from None
+        except (SpecError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"holds an invalid spec ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})"
+            ) from None
         got = {p.name: p.shape for p in self.parameters if p.kind == "parameter"}
-        if got != {k: tuple(v) for k, v in want.items()}:
-            raise ValueError("parameters do not match the spec's parameter names and shapes")
+        for name, shape in want.items():
+            if name not in got:
+                raise ValueError(f"parameters lacks the spec's parameter {name}")
+            if got[name] != tuple(shape):
+                raise ValueError(f"parameter {name} has shape {list(got[name])} but the spec needs {list(shape)}")
+        extra = sorted(set(got) - set(want))
+        if extra:
+            raise ValueError(f"parameters {extra} are not in the spec")
 
     # ------------------------------------------------------------------ views
     def model_spec(self) -> Any:
@@ -172,9 +185,19 @@ class Manifest:
         from dataclasses import MISSING, fields
 
         known = {f.name: f for f in fields(cls)}
+        if "hashes" not in d:
+            raise _fail(where, "lacks 'hashes' (a build is only used when every artifact matches its sha256)")
         for name, f in known.items():
             if f.default is MISSING and f.default_factory is MISSING and name not in d:
                 raise _fail(where, f"missing the field {name!r}")
+        for name, kind in (("parameters", list), ("planned_memory", dict), ("artifacts", dict), ("spec", dict)):
+            if not isinstance(d[name], kind):
+                raise _fail(where, f"'{name}' must be a JSON {'array' if kind is list else 'object'}")
+        for k in ("update_step_peak_bytes", "inference_peak_bytes"):
+            if k not in d["planned_memory"]:
+                raise _fail(where, f"planned_memory lacks {k!r} (a byte count)")
+        if not all(isinstance(p, dict) for p in d["parameters"]):
+            raise _fail(where, "every 'parameters' entry must be a JSON object")
         unknown = sorted(set(d) - set(known))
         if unknown:
             raise _fail(where, f"unknown fields {unknown}")

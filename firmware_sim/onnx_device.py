@@ -16,7 +16,7 @@ import numpy as np
 
 from edgesp.data import Dataset
 from edgesp.errors import CompileError, DataError, RuntimeMissingError
-from firmware_sim import planned, read_manifest, verify_build
+from firmware_sim import load_build
 
 
 def _ort() -> Any:
@@ -33,19 +33,17 @@ class OrtDevice:
     def __init__(self, build_dir: str | Path, threads: int | None = None, profile_prefix: str | None = None):
         ort = _ort()
         self.build_dir = Path(build_dir)
-        self.manifest = read_manifest(self.build_dir)
-        if self.manifest["runtime"] != "onnxruntime":
-            raise CompileError(f"{build_dir} was compiled for {self.manifest['runtime']}, not onnxruntime")
-        # schema, hashes, spec vs parameters vs state file (firmware_sim.verify_build), before any artifact is used
-        self.spec, init = verify_build(self.build_dir, self.manifest)
-        self.batch = int(self.manifest["batch"])
+        # schema, hashes, spec vs parameters vs state file (firmware_sim.load_build), before any artifact is used
+        self.manifest, self.spec, init = load_build(self.build_dir, "onnxruntime")
+        self.batch = self.manifest.batch
+        self.params = self.manifest.parameters
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        so.intra_op_num_threads = threads or int(self.manifest.get("target_description", {}).get("threads", 1))
+        so.intra_op_num_threads = threads or self.manifest.threads
         if profile_prefix:
             so.enable_profiling = True
             so.profile_file_prefix = profile_prefix
-        art = self.manifest["artifacts"]
+        art = self.manifest.artifacts
         try:
             self.update = ort.InferenceSession(
                 str(self.build_dir / art["update"]), so, providers=["CPUExecutionProvider"]
@@ -58,31 +56,28 @@ class OrtDevice:
                 f"onnxruntime cannot load {build_dir} ({str(e).splitlines()[0][:160]}): re-run 'edgesp compile'"
             ) from None
         self._check_artifact_shapes()
-        self.params = self.manifest["parameters"]
-        self.state = {
-            p["name"]: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(init[p["name"]])) for p in self.params
-        }
+        self.state = {p.name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(init[p.name])) for p in self.params}
         # second buffer set: each step reads state A and writes state B, then they swap (no allocation
         # per step; the same OrtValue is never both input and output of one run)
         self.spare = {
-            p["name"]: ort.OrtValue.ortvalue_from_shape_and_type(list(p["shape"]) or [], np.float32)
+            p.name: ort.OrtValue.ortvalue_from_shape_and_type(list(p.shape) or [], np.float32)
             for p in self.params
-            if p["update_output"]
+            if p.update_output
         }
         self.update_outputs = [o.name for o in self.update.get_outputs()]
         # the parameters are overridable initializers of inference.onnx (ORT lists them apart from its inputs)
         self.param_names = [i.name for i in self.inference.get_inputs() if i.name != "x"] + [
             i.name for i in self.inference.get_overridable_initializers()
         ]
-        self.lr = float(self.manifest.get("learning_rate", self.spec.rule.optimizer.lr))
+        self.lr = self.manifest.learning_rate
 
     def _check_artifact_shapes(self) -> None:
         """The manifest's batch, input shape and state layout must be the ONNX graphs' own (an edited manifest
         would otherwise feed wrong shapes: ORT tracebacks or silently different state)."""
-        art = self.manifest["artifacts"]
+        art = self.manifest.artifacts
         want = {"x": [self.batch, *self.spec.input_shape], "y": [self.batch]}
-        want.update({p["name"]: list(p["shape"]) for p in self.manifest["parameters"]})
-        needed = {art["update"]: ["x", "y", *(p["name"] for p in self.manifest["parameters"])], art["inference"]: ["x"]}
+        want.update({p.name: list(p.shape) for p in self.params})
+        needed = {art["update"]: ["x", "y", *(p.name for p in self.params)], art["inference"]: ["x"]}
         for sess, fname in ((self.update, art["update"]), (self.inference, art["inference"])):
             graph = {i.name: list(i.shape) for i in [*sess.get_inputs(), *sess.get_overridable_initializers()]}
             for name in [*needed[fname], *(n for n in graph if n in want and n not in needed[fname])]:
@@ -116,8 +111,8 @@ class OrtDevice:
             io.bind_ortvalue_input(name, value)
         loss_names = []
         for p in self.params:
-            if p["update_output"]:
-                io.bind_ortvalue_output(p["update_output"], self.spare[p["name"]])
+            if p.update_output:
+                io.bind_ortvalue_output(p.update_output, self.spare[p.name])
         for name in self.update_outputs:
             if name.startswith("loss_"):
                 io.bind_output(name, "cpu")
@@ -163,11 +158,7 @@ class OrtDevice:
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Copies of the model parameters only (no optimizer state)."""
-        return {
-            p["name"]: np.array(self.state[p["name"]].numpy(), copy=True)
-            for p in self.params
-            if p["kind"] == "parameter"
-        }
+        return {p.name: np.array(self.state[p.name].numpy(), copy=True) for p in self.params if p.kind == "parameter"}
 
 
 # ---------------------------------------------------------------------- simulation loop (shared)
@@ -224,10 +215,14 @@ def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, An
     dev = OrtDevice(build_dir)
     if batch is not None and batch != dev.batch:
         raise DataError(f"the build was compiled for batch {dev.batch}, not {batch}: recompile with --batch {batch}")
-    plan = {  # before any measurement: a manifest without its plan is refused at once
-        (k, f): planned(dev.manifest, build_dir, k, f)
-        for k in ("update_step", "inference")
-        for f in ("peak_bytes", "peak_activation_bytes")
+    pm = dev.manifest.planned_memory  # the typed manifest always has it (checked when the build was loaded)
+    plan = {
+        ("update_step", "peak_bytes"): pm.update_step_peak_bytes,
+        ("inference", "peak_bytes"): pm.inference_peak_bytes,
+        **{
+            (k, "peak_activation_bytes"): pm.details.get(k, {}).get("peak_activation_bytes")
+            for k in ("update_step", "inference")
+        },
     }
     rng = np.random.default_rng(0)
     x = rng.standard_normal((dev.batch, *dev.spec.input_shape)).astype(np.float32)
@@ -242,7 +237,7 @@ def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, An
     bp.pop("measured_peak_note", None)
     bp["measured_peak_bytes"] = measure(build_dir, "bp")  # fresh process (this one's heap would hide the peak)
     annotate_peak(bp)
-    state_bytes = sum(4 * int(np.prod(p["shape"])) for p in dev.params)
+    state_bytes = sum(p.nbytes for p in dev.params)
     return {
         "runtime": "onnxruntime",
         "build": str(build_dir),
@@ -261,7 +256,7 @@ def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, An
             "planned_activation_bytes": plan["inference", "peak_activation_bytes"],
         },
         "bp_baseline": bp,
-        "largest_layer_working_set_bytes": dev.manifest["planned_memory"].get("largest_layer_working_set_bytes"),
+        "largest_layer_working_set_bytes": pm.details.get("largest_layer_working_set_bytes"),
         "definitions": {
             "measured_peak_bytes": "ORT profiler: max mem_in_use_peak of the run (arena bytes; excludes "
             "caller-owned inputs such as weights bound from OrtValues)",

@@ -27,8 +27,8 @@ import numpy as np
 
 from edgesp.data import Dataset
 from edgesp.errors import CompileError, DataError
-from edgesp.spec import ModelSpec
-from firmware_sim import planned, read_manifest, verify_build
+from edgesp.manifest import Manifest
+from firmware_sim import load_build
 from firmware_sim.tflite_runtime import DEFAULT_INTERPRETER, TFLiteModel
 
 
@@ -40,27 +40,23 @@ class TFLiteDevice:
     def __init__(self, build_dir: str | Path, interpreter: str = DEFAULT_INTERPRETER, resolver: str = "auto",
                  threads: int | None = None) -> None:
         self.build_dir = Path(build_dir)
-        self.manifest = read_manifest(self.build_dir)
-        if self.manifest["runtime"] != "tflite":
-            raise CompileError(f"{build_dir} was compiled for {self.manifest['runtime']}, not tflite: use "
-                               "its own simulator or re-compile for a tflite target")
-        # schema, hashes, spec vs parameters vs state file (firmware_sim.verify_build), before any artifact is used
-        self.spec, state = verify_build(self.build_dir, self.manifest)
-        self.batch = int(self.manifest["batch"])
-        self.lr = float(self.manifest.get("learning_rate", self.spec.rule.optimizer.lr))
-        art = self.manifest["artifacts"]
+        # schema, hashes, spec vs parameters vs state file (firmware_sim.load_build), before any artifact is used
+        self.manifest, self.spec, state = load_build(self.build_dir, "tflite")
+        self.batch = self.manifest.batch
+        self.lr = self.manifest.learning_rate
+        art = self.manifest.artifacts
         if threads is None:
-            threads = int(self.manifest.get("target_description", {}).get("threads", 1))
+            threads = self.manifest.threads
         self.model = TFLiteModel(self.build_dir / art["update"], interpreter, threads, resolver)
         self._check_artifact_shapes(art["update"])
-        self.model.init({p["name"]: state[p["name"]] for p in self.manifest["parameters"]})
+        self.model.init({p.name: state[p.name] for p in self.manifest.parameters})
 
     def _check_artifact_shapes(self, fname: str) -> None:
         """The manifest's batch, input shape and state layout must be the flatbuffer's own signatures'."""
         want = {("step", "x"): (self.batch, *self.spec.input_shape), ("step", "y"): (self.batch,),
                 ("infer", "x"): (self.batch, *self.spec.input_shape)}
         if "init" in self.model.signatures:
-            want.update({("init", p["name"]): tuple(p["shape"]) for p in self.manifest["parameters"]})
+            want.update({("init", p.name): p.shape for p in self.manifest.parameters})
         for (sig, name), shape in want.items():
             try:
                 have = self.model.input_shape(sig, name)
@@ -103,7 +99,7 @@ class TFLiteDevice:
 
     def parameters(self) -> dict[str, np.ndarray]:
         """The model parameters only (no optimizer state)."""
-        names = {p["name"] for p in self.manifest["parameters"] if p["kind"] == "parameter"}
+        names = set(self.manifest.parameter_names())
         return {k: v for k, v in self.weights().items() if k in names}
 
 
@@ -138,11 +134,11 @@ def _measure_here(kind: str, build_dir: str, interpreter: str, resolver: str,
     torch-autograd BP step of :func:`firmware_sim.memory.bp_training_memory` on the same network."""
     from firmware_sim.memory import bp_training_memory, peak_rss_increase
 
-    manifest = read_manifest(build_dir)
-    b = int(manifest["batch"])
-    spec = ModelSpec.from_dict(manifest["spec"])
+    manifest = Manifest.read(build_dir)
+    b = manifest.batch
+    spec = manifest.model_spec()
     if kind == "bp":
-        with np.load(Path(build_dir) / manifest["artifacts"]["state"], allow_pickle=False) as z:
+        with np.load(Path(build_dir) / manifest.artifacts["state"], allow_pickle=False) as z:
             params = {k: z[k] for k in spec.param_shapes() if k in z.files}
         from firmware_sim.memory import release_freed_heap
 
@@ -196,13 +192,13 @@ def profile(build_dir: Path, batch: int | None = None, **options: Any) -> dict[s
     if batch is not None and batch != dev.batch:
         raise DataError(f"the build was compiled for batch {dev.batch}, not {batch}: recompile with "
                         f"--batch {batch}")
-    plan = {(k, f): planned(dev.manifest, build_dir, k, f)  # before any measurement
+    details = dev.manifest.planned_memory.details  # the flatbuffer plan of each signature
+    plan = {(k, f): details.get(k, {}).get(f)
             for k in ("inference", "update_step")
             for f in ("planned_peak_bytes", "activations_peak_bytes", "variables_bytes")}
     result: dict[str, Any] = {"runtime": "tflite", "interpreter": interpreter, "resolver": resolver,
                               "build": str(build_dir), "batch": dev.batch,
-                              "state_bytes": sum(4 * int(np.prod(p["shape"]))
-                                                 for p in dev.manifest["parameters"])}
+                              "state_bytes": sum(p.nbytes for p in dev.manifest.parameters)}
     for key, kind in (("inference", "inference"), ("update_step", "update")):
         m = _measure(kind, build_dir, interpreter, resolver)
         result[key] = {**m, "planned_peak_bytes": plan[key, "planned_peak_bytes"],
@@ -239,7 +235,7 @@ def bench_step(build_dir: str | Path, steps: int = 200, interpreter: str = DEFAU
     return {"samples_per_second": steps * dev.batch / dt, "steps_per_second": steps / dt,
             "samples_per_cpu_second": steps * dev.batch / max(cpu, 1e-9),
             "peak_rss_bytes": mem["measured_peak_bytes"],
-            "planned_peak_bytes": planned(dev.manifest, build_dir, "update_step_peak_bytes")}
+            "planned_peak_bytes": dev.manifest.planned_memory.update_step_peak_bytes}
 
 
 if __name__ == "__main__":  # child process of _measure: <kind> <build_dir> <interpreter> <resolver>

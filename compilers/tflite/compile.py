@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,9 @@ from compilers.ir import Program
 from compilers.lower import lower_inference, lower_update
 from compilers.tflite.emit import ModelWriter
 from compilers.tflite.plan import plan_model
-from edgesp.atomic import write_bytes, write_text
+from edgesp.atomic import write_bytes
 from edgesp.errors import CompileError, TargetError
+from edgesp.manifest import Manifest, ParameterEntry, PlannedMemory, sha256
 from edgesp.spec import ModelSpec
 from targets import Target
 
@@ -78,7 +78,7 @@ def manifest_parameters(update: Program) -> list[dict[str, Any]]:
 
 
 def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path,
-                  batch: int) -> dict[str, Any]:
+                  batch: int) -> Manifest:
     if target.runtime != "tflite":
         raise TargetError(f"target {target.name!r} runs {target.runtime}, not tflite: pick a tflite target "
                           "such as edge-cpu-tflite")
@@ -106,25 +106,31 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bytes(out_dir / MODEL_FILE, data)
     write_bytes(out_dir / STATE_FILE, state)
-    manifest = {
-        "format": "edgesp-build", "format_version": 1,
-        "target": target.name, "target_description": target.to_dict(), "runtime": "tflite",
-        "batch": int(batch),
-        "on_device_rule": "sigprop", "sp_loss": spec.rule.loss, "trained_with": spec.rule.name,
-        "artifacts": {"inference": MODEL_FILE, "update": MODEL_FILE, "state": STATE_FILE},
-        "signatures": {"init": "init", "update": "step", "get": "get", "inference": "infer"},
-        "hashes": {MODEL_FILE: hashlib.sha256(data).hexdigest(),
-                   STATE_FILE: hashlib.sha256(state).hexdigest()},
-        "inputs": {"update": [v.name for v in update.inputs],
-                   "inference": [v.name for v in inference.inputs]},
-        "outputs": {"update": list(update.outputs), "inference": list(inference.outputs)},
-        "parameters": manifest_parameters(update),
-        "learning_rate": float(spec.rule.optimizer.lr),
-        "planned_memory": {"update_step_peak_bytes": plan["step"]["planned_peak_bytes"],
-                           "update_step": plan["step"], "inference": plan["infer"],
-                           "model_file_bytes": len(data), "state_file_bytes": len(state)},
-        "forward_only_checked": True,
-        "spec": spec.to_dict(),
-    }
-    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # last: a complete build
+    manifest = Manifest(
+        target=target.name,
+        target_description=target.to_dict(),
+        runtime="tflite",
+        batch=int(batch),
+        on_device_rule="sigprop",
+        sp_loss=spec.rule.loss,
+        trained_with=spec.rule.name,
+        learning_rate=float(spec.rule.optimizer.lr),
+        artifacts={"inference": MODEL_FILE, "update": MODEL_FILE, "state": STATE_FILE},
+        hashes={MODEL_FILE: sha256(data), STATE_FILE: sha256(state)},
+        parameters=tuple(ParameterEntry(**p) for p in manifest_parameters(update)),
+        planned_memory=PlannedMemory(
+            update_step_peak_bytes=plan["step"]["planned_peak_bytes"],
+            inference_peak_bytes=plan["infer"]["planned_peak_bytes"],
+            details={"update_step": plan["step"], "inference": plan["infer"], "model_file_bytes": len(data),
+                     "state_file_bytes": len(state)},
+        ),
+        spec=spec.to_dict(),
+        backend={
+            "signatures": {"init": "init", "update": "step", "get": "get", "inference": "infer"},
+            "inputs": {"update": [v.name for v in update.inputs], "inference": [v.name for v in inference.inputs]},
+            "outputs": {"update": list(update.outputs), "inference": list(inference.outputs)},
+            "forward_only_checked": True,
+        },
+    )
+    manifest.write(out_dir)  # last: marks a complete build
     return manifest

@@ -24,8 +24,8 @@ def test_recompile_replaces_the_build_as_a_whole(model, tmp_path, target):
     compile_model(spec, params, load_target("edge-cpu"), out, batch=8)
     (out / "stale.txt").write_text("from an older build")
     manifest = compile_model(spec, params, load_target(target), out, batch=4)
-    assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(manifest))
-    assert not (out / "stale.txt").exists() and manifest["batch"] == 4
+    assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(manifest.to_dict()))
+    assert not (out / "stale.txt").exists() and manifest.batch == 4
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
 
 

@@ -129,7 +129,7 @@ def test_bp_trained_checkpoint_keeps_learning_with_sp_on_device(tmp_path, digits
     trainer = make_trainer(spec, params, 0)
     fit(trainer, digits, spec.input_shape, epochs=1, batch=32, progress=False)
     manifest = compile_model(spec, trainer.params(), load_target("edge-cpu"), tmp_path, batch=16)
-    assert manifest["trained_with"] == "bp" and manifest["on_device_rule"] == "sigprop"
+    assert manifest.trained_with == "bp" and manifest.on_device_rule == "sigprop"
     dev = OrtDevice(tmp_path)
     x = digits.x_test.reshape(len(digits.x_test), 64)
     np.testing.assert_allclose(dev.predict(x[:16]), trainer.predict(x[:16]), atol=1e-4)
@@ -157,4 +157,4 @@ def test_user_target_file_is_checked(tmp_path):
     roomy = tmp_path / "my-sbc.toml"
     roomy.write_text('name = "my-sbc"\nruntime = "onnxruntime"\nmemory_budget_bytes = 100000000\nthreads = 2\n')
     manifest = compile_model(spec, params, load_target(str(roomy)), tmp_path / "b2", batch=8)
-    assert manifest["target"] == "my-sbc" and manifest["target_description"]["threads"] == 2
+    assert manifest.target == "my-sbc" and manifest.target_description["threads"] == 2

@@ -329,21 +329,21 @@ def test_manifest_layout(mlp_builds) -> None:
 
     spec, params, root, manifest = mlp_builds
     on_disk = json.loads((root / "tfl" / "manifest.json").read_text())
-    assert on_disk == json.loads(json.dumps(manifest))
-    assert manifest["runtime"] == "tflite" and manifest["target"] == "edge-cpu-tflite" and manifest["batch"] == 16
-    assert manifest["artifacts"]["inference"] == manifest["artifacts"]["update"] == "model.tflite"
-    layers = [p["layer"] for p in manifest["parameters"]]
+    assert on_disk == json.loads(json.dumps(manifest.to_dict()))
+    assert manifest.runtime == "tflite" and manifest.target == "edge-cpu-tflite" and manifest.batch == 16
+    assert manifest.artifacts["inference"] == manifest.artifacts["update"] == "model.tflite"
+    layers = [p.layer for p in manifest.parameters]
     assert layers == sorted(layers) and layers[0] == spec.signal_layer and layers[-1] == len(spec.blocks) + 1
-    names = {p["name"] for p in manifest["parameters"] if p["kind"] == "parameter"}
-    assert names == set(params)
+    assert set(manifest.parameter_names()) == set(params)
     with np.load(root / "tfl" / "state.npz", allow_pickle=False) as z:
-        assert {p["name"] for p in manifest["parameters"]} == set(z.files)
+        assert {p.name for p in manifest.parameters} == set(z.files)
         np.testing.assert_array_equal(z["blocks.0.weight"], params["blocks.0.weight"])
-    plan = manifest["planned_memory"]
-    assert plan["update_step_peak_bytes"] == plan["update_step"]["planned_peak_bytes"]
-    assert plan["update_step"]["variables_bytes"] == sum(4 * int(np.prod(p["shape"])) for p in manifest["parameters"])
-    assert plan["update_step"]["planned_peak_bytes"] > plan["inference"]["planned_peak_bytes"]
-    assert manifest["forward_only_checked"] is True
+    plan = manifest.planned_memory
+    assert plan.update_step_peak_bytes == plan.details["update_step"]["planned_peak_bytes"]
+    assert plan.inference_peak_bytes == plan.details["inference"]["planned_peak_bytes"]
+    assert plan.details["update_step"]["variables_bytes"] == sum(p.nbytes for p in manifest.parameters)
+    assert plan.update_step_peak_bytes > plan.inference_peak_bytes
+    assert manifest.backend["forward_only_checked"] is True
     sigs = TFLiteModel(root / "tfl" / "model.tflite").signatures
     assert set(sigs) == {"init", "step", "get", "infer"}
     assert sorted(sigs["step"]["inputs"]) == ["lr", "x", "y"]

@@ -45,15 +45,15 @@ def test_round_trip_and_verify(tmp_path):
     [
         (lambda d: d.update(format_version=1), "build format version 1"),
         (lambda d: d.update(format="other"), "not an edgesp build manifest"),
-        (lambda d: d.pop("hashes"), "missing the field 'hashes'"),
+        (lambda d: d.pop("hashes"), "lacks 'hashes'"),
         (lambda d: d.update(batch=0), "batch must be an integer >= 1"),
         (lambda d: d.update(batch="2"), "batch must be an integer"),
         (lambda d: d.update(learning_rate=float("nan")), "learning_rate must be a finite"),
-        (lambda d: d["parameters"][0].update(shape=[9, 9]), "do not match the spec"),
+        (lambda d: d["parameters"][0].update(shape=[9, 9]), "but the spec needs"),
         (lambda d: d["parameters"].reverse(), "forward .layer. order"),
         (lambda d: d["artifacts"].update(update="../x"), "plain file name"),
         (lambda d: d.update(surprise=1), r"unknown fields \[.surprise.\]"),
-        (lambda d: d["planned_memory"].pop("inference_peak_bytes"), "bad or unknown fields"),
+        (lambda d: d["planned_memory"].pop("inference_peak_bytes"), "planned_memory lacks 'inference_peak_bytes'"),
     ],
 )
 def test_bad_manifests_give_one_line_errors(tmp_path, edit, needle):
