@@ -36,6 +36,7 @@ from edgesp.functional import init_params  # noqa: E402
 from edgesp.presets import build_spec  # noqa: E402
 from edgesp.rules import make_trainer  # noqa: E402
 from edgesp.spec import ModelSpec, OptimizerSpec, RuleSpec, SignalSpec  # noqa: E402
+from edgesp.train import SCHEDULES, _optimizers, default_lr, lr_factor, set_lr_scale  # noqa: E402
 
 RULES = ("bp", "fa", "dfa", "local", "sigprop")
 DATASETS = ("digits", "mnist1d")
@@ -55,8 +56,19 @@ def build(args: argparse.Namespace, ds: Dataset, model: str, rule: str) -> Model
     if model == "cnn1d" and len(shape) == 3:
         shape = (1, math.prod(shape))
     lr = args.sp_lr if rule == "sigprop" else args.lr
+    d_sig = SignalSpec()
     rule_spec = RuleSpec(
-        name=rule, loss=args.sp_loss, temperature=args.sp_temperature, optimizer=OptimizerSpec(name="adam", lr=lr)
+        name=rule,
+        loss=args.sp_loss,
+        temperature=args.sp_temperature,
+        optimizer=OptimizerSpec(name="adam", lr=lr),
+        params=dict(getattr(args, "sp_params", None) or {}) if rule == "sigprop" else {},
+    )
+    signal = SignalSpec(
+        kind=args.sp_signal,
+        placement=getattr(args, "sp_placement", d_sig.placement),
+        shape=getattr(args, "sp_shape", d_sig.shape) if model != "mlp" else "full",
+        init_std=getattr(args, "sp_init_std", d_sig.init_std),
     )
     return build_spec(
         model,
@@ -66,8 +78,26 @@ def build(args: argparse.Namespace, ds: Dataset, model: str, rule: str) -> Model
         depth=args.depth,
         channels=args.channels,
         rule=rule_spec,
-        signal=SignalSpec(kind=args.sp_signal),
+        signal=signal,
     )
+
+
+def param_counts(trainer: object) -> tuple[int, int]:
+    """(trained, fixed) parameter counts of a rule's trainer: trained = every tensor an optimizer updates
+    (blocks, head, and the rule's own extras: sigprop's signal, local's auxiliary classifiers); fixed =
+    tensors the rule stores but never updates (FA/DFA feedback matrices, a fixed sigprop signal)."""
+    seen: set[int] = set()
+    trained = 0
+    for opt in _optimizers(trainer):
+        for g in opt.param_groups:
+            for t in g["params"]:
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    trained += t.numel()
+    fixed = sum(t.numel() for t in getattr(trainer, "feedback", {}).values())
+    held = getattr(trainer, "p", {}).values()
+    fixed += sum(t.numel() for t in held if id(t) not in seen and not t.requires_grad)
+    return trained, fixed
 
 
 def run_one(args: argparse.Namespace, ds: Dataset, model: str, rule: str, seed: int, epochs: int, batch: int) -> dict:
@@ -88,17 +118,22 @@ def run_one(args: argparse.Namespace, ds: Dataset, model: str, rule: str, seed: 
     open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
     rss0 = _status_kib("VmRSS")
     trainer = make_trainer(spec, init_params(spec, seed), seed)
+    schedule = getattr(args, "schedule", "constant")
+    n_batches = -(-len(xtr) // batch)
     epoch_times, losses = [], []
-    for _ in range(epochs):
+    for ep in range(epochs):
         idx = rng.permutation(len(xtr))
         t0 = time.perf_counter()
         ep_losses = []
-        for s in range(0, len(idx), batch):
+        for k, s in enumerate(range(0, len(idx), batch)):
             b = idx[s : s + batch]
+            if schedule != "constant":
+                set_lr_scale(trainer, lr_factor(schedule, ep * n_batches + k, epochs * n_batches))
             ep_losses.append(trainer.train_step(xtr[b], ds.y_train[b]))
         epoch_times.append(time.perf_counter() - t0)
         losses.append({k: float(np.mean([d[k] for d in ep_losses])) for k in ep_losses[0]})
     peak_kib = _status_kib("VmHWM") - rss0
+    trained, fixed = param_counts(trainer)
     acc = float((trainer.predict(xte).argmax(1) == ds.y_test).mean())
     train_acc = float((trainer.predict(xtr).argmax(1) == ds.y_train).mean())
     return {
@@ -114,7 +149,11 @@ def run_one(args: argparse.Namespace, ds: Dataset, model: str, rule: str, seed: 
         "peak_rss_mib": peak_kib / 1024,
         "final_losses": losses[-1],
         "num_params": spec.num_params(),
+        "trained_params": trained,
+        "fixed_params": fixed,
         "spec_name": spec.name,
+        "schedule": schedule,
+        "lr": spec.rule.optimizer.lr,
     }
 
 
@@ -172,10 +211,18 @@ def summarise(runs: list[dict]) -> list[dict]:
                 "epoch_s": float(np.mean([r["epoch_s"] for r in rs])),
                 "peak_rss_mib": float(np.mean([r["peak_rss_mib"] for r in rs])),
                 "num_params": rs[0]["num_params"],
+                "trained_params": rs[0].get("trained_params"),
+                "fixed_params": rs[0].get("fixed_params", 0),
                 "spec_name": rs[0]["spec_name"],
             }
         )
     return rows
+
+
+def _params_cell(r: dict) -> str:
+    if r.get("trained_params") is None:  # results written before the count existed
+        return str(r["num_params"])
+    return f"{r['trained_params']}" + (f" (+{r['fixed_params']})" if r.get("fixed_params") else "")
 
 
 def table(rows: list[dict], md: bool = False) -> str:
@@ -184,6 +231,7 @@ def table(rows: list[dict], md: bool = False) -> str:
         "model",
         "rule",
         "test acc % (mean ± std)",
+        "trained params (+fixed)",
         "train acc %",
         "s/epoch",
         "peak RSS MiB",
@@ -198,6 +246,7 @@ def table(rows: list[dict], md: bool = False) -> str:
                 r["spec_name"],
                 r["rule"],
                 f"{r['acc_mean']:.2f} ± {r['acc_std']:.2f}",
+                _params_cell(r),
                 f"{r['train_acc_mean']:.1f}",
                 f"{r['epoch_s']:.3f}",
                 f"{r['peak_rss_mib']:.1f}",
@@ -260,11 +309,23 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--channels", type=int, default=16, help="CNN channels of the first block")
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam lr of bp/fa/dfa/local")
-    ap.add_argument("--sp-lr", type=float, default=RuleSpec().optimizer.lr, help="Adam lr of sigprop")
+    ap.add_argument("--sp-lr", type=float, default=default_lr("sigprop"), help="Adam lr of sigprop")
     ap.add_argument("--sp-loss", default=RuleSpec().loss)
     ap.add_argument("--sp-temperature", type=float, default=RuleSpec().temperature)
     ap.add_argument("--sp-signal", default=SignalSpec().kind, choices=("learned", "fixed"), help="sigprop signal")
+    ap.add_argument("--sp-placement", default=SignalSpec().placement, choices=("hidden", "input"))
+    ap.add_argument("--sp-shape", default=SignalSpec().shape, choices=("full", "channel"), help="conv models only")
+    ap.add_argument("--sp-init-std", type=float, default=SignalSpec().init_std, help="sigprop signal init std")
+    ap.add_argument(
+        "--schedule",
+        default="constant",
+        choices=SCHEDULES,
+        help="learning-rate schedule of every rule (edgesp.train.lr_factor), per step over the whole run",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="runs in parallel (accuracies unchanged; s/epoch then includes contention)"
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/results/rules.json"))
     ap.add_argument("--md", type=Path, default=Path("bench/results/rules_table.md"))
     ap.add_argument("--png", type=Path, default=Path("bench/results/rules.png"))
@@ -280,7 +341,7 @@ def main() -> None:
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
     warm_parent(args.rules)
-    runs = []
+    jobs = []
     for dname in args.datasets:
         ds = load_dataset(dname)
         epochs = args.epochs_digits if dname == "digits" else args.epochs_mnist1d
@@ -288,14 +349,26 @@ def main() -> None:
         for model in args.models:
             for rule in args.rules:
                 for seed in range(args.seeds):
-                    r = run_forked(args, ds, model, rule, seed, epochs, batch)
-                    runs.append(r)
-                    print(
-                        f"{dname:8s} {model:6s} {rule:8s} seed {seed}: acc {r['test_acc'] * 100:6.2f}%  "
-                        f"{r['epoch_s']:.3f} s/epoch  peak +{r['peak_rss_mib']:.1f} MiB  "
-                        f"losses {', '.join(f'{k}={v:.3f}' for k, v in r['final_losses'].items())}",
-                        flush=True,
-                    )
+                    jobs.append((ds, model, rule, seed, epochs, batch))
+
+    def one(job: tuple) -> dict:
+        ds, model, rule, seed, epochs, batch = job
+        r = run_forked(args, ds, model, rule, seed, epochs, batch)
+        print(
+            f"{ds.name:8s} {model:6s} {rule:8s} seed {seed}: acc {r['test_acc'] * 100:6.2f}%  "
+            f"{r['epoch_s']:.3f} s/epoch  peak +{r['peak_rss_mib']:.1f} MiB  "
+            f"losses {', '.join(f'{k}={v:.3f}' for k, v in r['final_losses'].items())}",
+            flush=True,
+        )
+        return r
+
+    if args.jobs > 1:  # forked runs in parallel (each still 1 torch thread); timings then include contention
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            runs = list(pool.map(one, jobs))
+    else:
+        runs = [one(j) for j in jobs]
     rows = summarise(runs)
     print()
     print(table(rows))

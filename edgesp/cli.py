@@ -95,7 +95,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "--lr",
         type=float,
         default=None,
-        help="learning rate (default 1e-3; 3e-3 for sp-voltage, sp-surrogate, bptt and rtrl on spiking models); "
+        help="learning rate (default 1e-3; 2e-3 for sigprop; 3e-3 for sp-voltage, sp-surrogate, bptt and rtrl on "
+        "spiking models); "
         "with 'compile CHECKPOINT': the on-device learning rate (default: the checkpoint's × 0.1)",
     )
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
@@ -113,10 +114,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
     from edgesp.presets import build_spec
     from edgesp.spec import OptimizerSpec, RuleSpec, SignalSpec, TemporalSpec
+    from edgesp.train import default_lr
 
     lr = args.lr
-    if lr is None:  # defaults measured by bench/temporal.py (docs/benchmarks/temporal.md)
-        lr = 3e-3 if args.model == "snn" and args.rule in ("sp-voltage", "sp-surrogate", "bptt", "rtrl") else 1e-3
+    if lr is None:  # measured: bench/sp_sweep.py (docs/benchmarks/rules.md), bench/temporal.py (temporal.md)
+        lr = default_lr(args.rule, spiking=args.model == "snn")
     rule = RuleSpec(
         name=args.rule,
         loss=args.loss or RuleSpec().loss,

@@ -497,12 +497,15 @@ class SPVariant:
 class RuleSpec:
     """Learning rule. For sigprop ``loss`` is one of v14 (random same-class positive), v9 (all
     same-class positives), v15 (top-k positives, k=``topk``), v1 (direct label), l2; ``temperature``
-    divides the local logits Y = h·tᵀ/(temperature·d) with d the activation size."""
+    divides the local logits Y = h·tᵀ/(temperature·d) with d the activation size.
+
+    Defaults measured by ``bench/sp_sweep.py`` (docs/benchmarks/rules.md): loss v1 (valid at batch 1, where
+    v9/v14/v15 are constant) and temperature 0.01 (0.003, 0.02, 0.03 and 0.1 were worse)."""
 
     name: str = "sigprop"
-    loss: str = "v9"
+    loss: str = "v1"
     topk: int = 6
-    temperature: float = 0.1
+    temperature: float = 0.01
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     params: dict[str, Any] = field(default_factory=dict)
     variant: SPVariant = field(default_factory=SPVariant)
