@@ -18,19 +18,32 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from edgesp.errors import CompileError, RuntimeMissingError
 from edgesp.spec import ModelSpec
-from targets import Target
+from targets import RUNTIME_REGISTRY, Target
 
-BACKENDS = {
-    "onnxruntime": "compilers.onnx",
-    "tflite": "compilers.tflite",
-    "lava": "compilers.lava",
-}
+BACKENDS = {name: r.backend for name, r in RUNTIME_REGISTRY.items()}  # one registry: targets.RUNTIME_REGISTRY
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a backend module provides (checked for every registered runtime by tests/test_contracts.py)."""
+
+    def compile_model(
+        self, spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path, batch: int
+    ) -> Any:
+        """Write every artifact into ``out_dir``, then the manifest (last); return the manifest."""
+        ...
+
+    def export_inference(
+        self, spec: ModelSpec, params: dict[str, np.ndarray], out_dir: Path, batch: int
+    ) -> dict[str, str]:
+        """Standalone inference artifacts with ``params`` baked in; {file name: sha256}."""
+        ...
 
 
 FINETUNE_LR_SCALE = 0.1

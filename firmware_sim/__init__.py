@@ -17,18 +17,37 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from edgesp.errors import CompileError, RuntimeMissingError
 from edgesp.manifest import Manifest
+from targets import RUNTIME_REGISTRY
 
-SIMULATORS = {
-    "onnxruntime": "firmware_sim.onnx_device",
-    "tflite": "firmware_sim.tflite_device",
-    "lava": "firmware_sim.lava_device",
-}
+SIMULATORS = {name: r.device for name, r in RUNTIME_REGISTRY.items()}  # one registry: targets.RUNTIME_REGISTRY
+
+
+@runtime_checkable
+class Device(Protocol):
+    """A build loaded on its runtime, holding its learning state (``DEVICE`` of each device module).
+
+    ``step`` runs one on-device update on a batch of the compiled size and returns the per-layer losses;
+    ``predict`` returns logits for any number of samples; ``parameters`` reads the current model parameters
+    and ``load_parameters`` writes them (optimizer state is kept)."""
+
+    spec: Any
+    batch: int
+
+    def step(self, x: np.ndarray, y: np.ndarray, lr: float | None = None) -> dict[str, float]: ...
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float: ...
+
+    def parameters(self) -> dict[str, np.ndarray]: ...
+
+    def load_parameters(self, params: dict[str, np.ndarray]) -> None: ...
 
 
 _JSON_NAMES = {str: "string", dict: "object", list: "array", int: "integer"}

@@ -156,6 +156,18 @@ class OrtDevice:
         """Copies of every state value (parameters and optimizer state)."""
         return {k: np.array(v.numpy(), copy=True) for k, v in self.state.items()}
 
+    def load_parameters(self, params: dict[str, np.ndarray]) -> None:
+        """Write model parameters into the device state (names and shapes as the manifest's; optimizer state kept)."""
+        ort = _ort()
+        layout = {p.name: p.shape for p in self.params if p.kind == "parameter"}
+        for name, value in params.items():
+            arr = np.ascontiguousarray(value, np.float32)
+            if layout.get(name) != arr.shape:
+                raise DataError(f"parameter {name!r} of shape {arr.shape} is not one of this build's {sorted(layout)}")
+            if not np.all(np.isfinite(arr)):
+                raise DataError(f"parameter {name!r} holds NaN or inf")
+            self.state[name] = ort.OrtValue.ortvalue_from_numpy(arr.copy())
+
     def parameters(self) -> dict[str, np.ndarray]:
         """Copies of the model parameters only (no optimizer state)."""
         return {p.name: np.array(self.state[p.name].numpy(), copy=True) for p in self.params if p.kind == "parameter"}
@@ -209,6 +221,24 @@ def ort_profile_peaks(build_dir: Path, x: np.ndarray, y: np.ndarray) -> tuple[in
     return peaks[0], peaks[1]
 
 
+def measure_rss(build: Path, mode: str) -> int | None:
+    """Run :mod:`firmware_sim.rss_probe` (``mode``: update | inference | bp) in a fresh process: this installation's
+    module, never a ``firmware_sim/rss_probe.py`` of the current directory (:func:`firmware_sim.module_command`).
+    Returns the RSS increase in bytes."""
+    import subprocess
+
+    from edgesp.errors import CompileError
+    from firmware_sim import module_command
+
+    cmd = module_command("firmware_sim.rss_probe", str(Path(build).resolve()), mode)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        tail = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit code {r.returncode}"
+        raise CompileError(f"memory measurement '{mode}' failed ({tail[:200]}): re-run 'edgesp profile'")
+    v = json.loads(r.stdout.strip().splitlines()[-1])["rss_increase_bytes"]
+    return None if v is None else int(v)
+
+
 def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, Any]:
     from firmware_sim.memory import annotate_peak, bp_training_memory
 
@@ -229,13 +259,11 @@ def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, An
     y = rng.integers(0, dev.spec.num_classes, dev.batch)
     # RSS in fresh processes (firmware_sim.rss_probe): the first run after loading, so the increase includes
     # the arena growth for the step's activations
-    from firmware_sim.rss_probe import measure
-
-    upd_rss, inf_rss = measure(build_dir, "update"), measure(build_dir, "inference")
+    upd_rss, inf_rss = measure_rss(build_dir, "update"), measure_rss(build_dir, "inference")
     upd_prof, inf_prof = ort_profile_peaks(build_dir, x, y)
     bp = bp_training_memory(dev.spec, dev.parameters(), dev.batch)
     bp.pop("measured_peak_note", None)
-    bp["measured_peak_bytes"] = measure(build_dir, "bp")  # fresh process (this one's heap would hide the peak)
+    bp["measured_peak_bytes"] = measure_rss(build_dir, "bp")  # fresh process (this one's heap would hide the peak)
     annotate_peak(bp)
     state_bytes = sum(p.nbytes for p in dev.params)
     return {
@@ -268,3 +296,6 @@ def profile(build_dir: Path, batch: int | None = None, **_: Any) -> dict[str, An
             "bp_baseline.saved_activation_bytes": "bytes autograd saves for the backward pass (exact)",
         },
     }
+
+
+DEVICE = OrtDevice

@@ -42,22 +42,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def measure(build: Path, mode: str) -> int | None:
-    """Run the probe in a fresh process (this installation's module, never a ``firmware_sim/rss_probe.py`` of
-    the current directory: :func:`firmware_sim.module_command`); returns the RSS increase in bytes."""
-    import subprocess
-
-    from edgesp.errors import CompileError
-    from firmware_sim import module_command
-
-    cmd = module_command("firmware_sim.rss_probe", str(Path(build).resolve()), mode)
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if r.returncode != 0:
-        tail = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit code {r.returncode}"
-        raise CompileError(f"memory measurement '{mode}' failed ({tail[:200]}): re-run 'edgesp profile'")
-    v = json.loads(r.stdout.strip().splitlines()[-1])["rss_increase_bytes"]
-    return None if v is None else int(v)
-
-
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

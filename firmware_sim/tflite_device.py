@@ -97,6 +97,19 @@ class TFLiteDevice:
         """Every state variable (parameters and optimizer state), read with the ``get`` signature."""
         return self.model.get()
 
+    def load_parameters(self, params: dict[str, np.ndarray]) -> None:
+        """Write model parameters into the interpreter's variables (optimizer state kept)."""
+        layout = {p.name: p.shape for p in self.manifest.parameters if p.kind == "parameter"}
+        state = self.weights()
+        for name, value in params.items():
+            arr = np.ascontiguousarray(value, np.float32)
+            if layout.get(name) != arr.shape:
+                raise DataError(f"parameter {name!r} of shape {arr.shape} is not one of this build's {sorted(layout)}")
+            if not np.all(np.isfinite(arr)):
+                raise DataError(f"parameter {name!r} holds NaN or inf")
+            state[name] = arr
+        self.model.init(state)
+
     def parameters(self) -> dict[str, np.ndarray]:
         """The model parameters only (no optimizer state)."""
         names = set(self.manifest.parameter_names())
@@ -236,6 +249,9 @@ def bench_step(build_dir: str | Path, steps: int = 200, interpreter: str = DEFAU
             "samples_per_cpu_second": steps * dev.batch / max(cpu, 1e-9),
             "peak_rss_bytes": mem["measured_peak_bytes"],
             "planned_peak_bytes": dev.manifest.planned_memory.update_step_peak_bytes}
+
+
+DEVICE = TFLiteDevice
 
 
 if __name__ == "__main__":  # child process of _measure: <kind> <build_dir> <interpreter> <resolver>

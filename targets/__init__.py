@@ -20,7 +20,27 @@ from typing import Any
 
 from edgesp.errors import TargetError
 
-RUNTIMES = ("onnxruntime", "tflite", "lava")
+
+@dataclass(frozen=True)
+class Runtime:
+    """A runtime edgesp compiles for: the module (in ``compilers/``) that implements the Backend protocol and the
+    module (in ``firmware_sim/``) that implements the device side (a Device class, ``simulate``, ``profile``)."""
+
+    name: str
+    backend: str
+    device: str
+
+
+# the one registry of runtimes; compilers.BACKENDS and firmware_sim.SIMULATORS are views of it
+RUNTIME_REGISTRY: dict[str, Runtime] = {
+    r.name: r
+    for r in (
+        Runtime("onnxruntime", "compilers.onnx", "firmware_sim.onnx_device"),
+        Runtime("tflite", "compilers.tflite", "firmware_sim.tflite_device"),
+        Runtime("lava", "compilers.lava", "firmware_sim.lava_device"),
+    )
+}
+RUNTIMES = tuple(RUNTIME_REGISTRY)
 PRECISIONS = ("fp32", "int8", "fixed_pt", "floating_pt")
 MAX_THREADS = 256
 NEUROMORPHIC_KEYS = ("chips", "cores", "neurons_per_core", "synapses_per_core", "weight_bits", "fan_in", "fan_out")

@@ -55,7 +55,7 @@ def test_profile_from_an_untrusted_folder_runs_only_installed_modules(tmp_path, 
 
 
 def test_measure_ignores_the_current_directory(tmp_path, untrusted_cwd):
-    from firmware_sim.rss_probe import measure
+    from firmware_sim.onnx_device import measure_rss as measure
 
     spec, params = make("mlp", (64,), "v9", "adam", lr=1e-3, width=16)
     compile_model(spec, params, load_target("edge-cpu"), tmp_path / "b", batch=8)
