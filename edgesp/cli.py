@@ -316,6 +316,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.seed,
         progress=not args.quiet,
         max_train=args.max_train,
+        schedule=args.schedule,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -326,6 +327,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "batch": args.batch,
         "seed": args.seed,
+        "schedule": args.schedule,
         "num_params": spec.num_params(),
         "train_accuracy": hist.train_accuracy[-1],
         "test_accuracy": hist.test_accuracy[-1],
@@ -578,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-train", type=int, default=None, help="use only the first N training samples")
+    t.add_argument(
+        "--schedule",
+        default="constant",
+        choices=("constant", "cosine"),
+        help="learning-rate schedule over the run, any rule (default constant; cosine: lr·½(1+cos(π·step/steps)))",
+    )
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(t)

@@ -82,3 +82,15 @@ def test_fit_rejects_unknown_schedule():
     tr = make_trainer(spec, init_params(spec, 0), 0)
     with pytest.raises((ValueError, SpecError), match="schedule"):
         fit(tr, _tiny_data(), spec.input_shape, epochs=1, batch=10, progress=False, schedule="step")
+
+
+def test_cli_train_takes_a_schedule(tmp_path):
+    """`edgesp train --schedule cosine` trains any rule with the schedule and records it in metrics.json."""
+    import json
+
+    from edgesp.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--data", "digits", "--rule", "bp", "--width", "8", "--epochs", "1", "--max-train", "64"]
+    assert main([*args, "--schedule", "cosine", "--quiet", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["schedule"] == "cosine"
