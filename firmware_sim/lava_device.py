@@ -5,6 +5,8 @@ steps each; one sample after another, no per-sample restarts): the test samples 
 before, then the training samples (on-chip learning on) interleaved with short test evaluations for the
 learning curve, then the test samples again for accuracy after. ``steps`` counts training samples (each one
 is T time steps with an on-chip weight update at every step). The runtime is stopped in ``finally``.
+Hidden signal placement (the default) injects the label's table as block 0's target current; with a learned
+signal, W_S and b_S are updated on the host / embedded CPU in the same run (``signal_changed`` in the result).
 
 ``profile`` reports the planned per-core synapse/neuron memory and measures the peak RSS of the runtime's
 worker processes for an inference run (learning off) and an update run (learning on).
@@ -124,6 +126,7 @@ def simulate(
         sess.run_all(chunk, tick)
         logits = sess.logits()
         final = sess.weights()
+        signal = sess.signal()
     finally:
         sess.stop()
         if bar is not None:
@@ -163,6 +166,9 @@ def simulate(
         "lr": desc.lr,
         "weights_changed": bool(any(np.any(w != la.weight) for (w, _), la in zip(final, desc.layers, strict=True))),
         "eval_samples": segs[0][2] - segs[0][1],
+        "signal_placement": desc.placement,
+        "signal_learned": desc.signal_learn,
+        "signal_changed": bool(np.any(signal["table"] != desc.table)),
     }
     if out_png is not None:
         _plot(result, Path(out_png))

@@ -6,7 +6,8 @@ core's single copy of the synaptic memory, so synapses are counted once and neur
 
     neurons per core  = min(neurons_per_core // R, synapses_per_core // (n_in + 1))     (+1: bias synapse)
     cores(layer)      = ceil(n_out / neurons per core)
-    input axons/core  = R·n_in ≤ fan_in ;  output targets per neuron = cores of the next layer ≤ fan_out
+    input axons/core  = R·n_in ≤ fan_in   (block 0 with hidden placement: n_in, the sample only)
+    output targets per neuron = cores of the next layer ≤ fan_out
 
 Memory: synapses (n_in + 1)·n_out × weight_bits; state per compartment u, v (24-bit each on Loihi, float64
 each in the floating_pt simulation); the learning engine's third factor δ per compartment (16-bit / float64).
@@ -46,10 +47,11 @@ def plan(desc: NetDesc, target: Target) -> dict[str, Any]:
     next_core = 0
     for i, la in enumerate(desc.layers):
         rows = 1 if la.kind == "readout" else desc.rows
+        in_rows = desc.in_rows if i == 0 else rows  # hidden placement: only the sample enters block 0's synapses
         where = f"layer {i} ({la.kind}, {la.n_in}->{la.n_out}, {rows} streams)"
-        if fan_in is not None and rows * la.n_in > fan_in:
+        if fan_in is not None and in_rows * la.n_in > fan_in:
             raise TargetError(
-                f"{where} needs {rows * la.n_in} input axons per core > fan-in {fan_in} of "
+                f"{where} needs {in_rows * la.n_in} input axons per core > fan-in {fan_in} of "
                 f"{target.name}: reduce the input size or --width"
             )
         per_core = la.n_out

@@ -1,7 +1,8 @@
 """Lowering of a spiking ModelSpec + float weights to a :class:`NetDesc`, with Loihi fixed-point quantisation.
 
 fixed_pt (see :mod:`compilers.lava.rule`): per layer one weight exponent e (3-bit signed range −8..7) chosen
-as the smallest with max|W, b|·S/2^e ≤ 254; W_int = 2·round(W·S/2^(e+1)) (even ints, 8-bit signed mantissa);
+as the smallest with max|W, b|·S/2^e ≤ 254, plus rule.WEIGHT_HEADROOM (1) bit of room for the weights to grow;
+W_int = 2·round(W·S/2^(e+1)) (even ints, 8-bit signed mantissa);
 threshold θ_int = round(θ·S) (17-bit); decays du_int = round(du·4096) − 1, dv_int = round(dv·4096) (12-bit);
 graded inputs with INPUT_FRAC fractional bits; the target-signal table with SIGMA fractional bits (hidden
 placement: it is block 0's target current, in the units of a) or INPUT_FRAC (input placement: it is an input).
@@ -60,7 +61,7 @@ def _err(q: np.ndarray, x: np.ndarray) -> dict[str, float]:
 
 def weight_exponent(w: np.ndarray, b: np.ndarray) -> int:
     m = max(float(np.max(np.abs(w))), float(np.max(np.abs(b))) if b.size else 0.0, 1e-12)
-    e = math.ceil(math.log2(m * 2**rule.SIGMA / rule.W_MAX))
+    e = math.ceil(math.log2(m * 2**rule.SIGMA / rule.W_MAX)) + rule.WEIGHT_HEADROOM
     return int(min(max(e, WEIGHT_EXP_RANGE[0]), WEIGHT_EXP_RANGE[1]))
 
 

@@ -52,6 +52,8 @@ def test_simulate_streams_samples_and_learns_on_device(tmp_path, small_digits, t
     # eval 20 + train 40 + curve 10 + eval 20 samples, T=4 steps each, + 2 steps of pipeline latency
     assert r["timesteps"] == (20 + 40 + 10 + 20) * 4 + 2
     assert r["weights_changed"] and r["samples_per_second"] > 0
+    # default spec: hidden placement, learned signal -> the injected table moved during the run
+    assert r["signal_placement"] == "hidden" and r["signal_learned"] and r["signal_changed"]
     assert [p["train_samples"] for p in r["curve"]] == [0, 20, 40]
     assert png.read_bytes()[:4] == b"\x89PNG"
 
@@ -59,7 +61,7 @@ def test_simulate_streams_samples_and_learns_on_device(tmp_path, small_digits, t
 def test_simulate_without_learning_keeps_accuracy_and_weights(tmp_path, small_digits):
     build = _build(tmp_path, "lava-cpu")
     r = lava_device.simulate(build, small_digits, 20, None, 0, None, False, curve_points=1, learning=False)
-    assert not r["weights_changed"]
+    assert not r["weights_changed"] and not r["signal_changed"]
     assert r["accuracy_before"] == r["accuracy_after"]  # same network, same test samples, no learning
 
 
