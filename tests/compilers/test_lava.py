@@ -470,3 +470,34 @@ def test_legacy_input_placement_checkpoint_compiles_and_one_line_error_for_seque
     with pytest.raises(CompileError) as e:
         compile_model(seq, init_params(seq, 0), load_target("lava-cpu"), tmp_path / "seq", 1)
     assert "\n" not in str(e.value) and "--signal-placement hidden" in str(e.value)
+
+
+def test_float_learning_matches_edgesp_sp_online_trainer():
+    """The rule in floating_pt == edgesp's torch sp-online trainer (batch 1, update every step, SGD without
+    momentum, loss v1, hidden placement with a learned signal): after two samples W_0, W_1 and W_S agree to
+    float32 precision. The head is excluded: the on-chip readout integrates o ← (1−dv)o + W_t s_t + b_t with the
+    weights of each step, the torch readout recomputes W e + β b with the current weights (equal only while the
+    head does not learn)."""
+    from edgesp.rules.spiking_rules import make
+
+    spec = small_spec().replace_rule(
+        name="sp-online", loss="v1", optimizer=OptimizerSpec(name="sgd", lr=0.05, momentum=0.0)
+    )
+    params = boosted_params(spec)
+    desc, _ = lower(spec, params, "floating_pt")
+    x = np.random.default_rng(1).standard_normal((2, 12)).astype(np.float32) + 0.5
+    y = np.array([1, 2])
+    ref = ReferenceNet(desc)
+    ref.run(prepare_inputs(desc, x), y, np.ones(2, bool))
+    trainer = make(spec, params, 0)
+    for n in range(2):
+        trainer.train_step(x[n : n + 1], y[n : n + 1])
+    got = trainer.params()
+    for i in range(2):
+        moved = np.abs(got[f"blocks.{i}.weight"] - params[f"blocks.{i}.weight"]).max()
+        np.testing.assert_allclose(got[f"blocks.{i}.weight"], ref.d.layers[i].weight, atol=1e-5 * moved)
+        np.testing.assert_allclose(got[f"blocks.{i}.bias"], ref.d.layers[i].bias, atol=1e-5 * moved)
+    moved = np.abs(got["signal.weight"] - params["signal.weight"]).max()
+    assert moved > 0.1
+    np.testing.assert_allclose(got["signal.weight"], ref.d.signal_weight, atol=1e-5 * moved)
+    np.testing.assert_allclose(got["signal.bias"], ref.d.signal_bias, atol=1e-5 * moved)
