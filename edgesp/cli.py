@@ -62,14 +62,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--loss",
         default=None,
-        help=f"sigprop local loss: {', '.join(SP_LOSSES)} (default {RuleSpec().loss}; with 'compile CHECKPOINT' it "
+        help=f"sigprop local loss: {', '.join(SP_LOSSES)} (default {RuleSpec().loss}; v9 for spiking SP rules; "
+        "with 'compile CHECKPOINT' it "
         "overrides the checkpoint's loss for the on-device step)",
     )
     g.add_argument(
         "--temperature",
         type=float,
         default=None,
-        help=f"sigprop logit temperature: Y = h·tᵀ/(τ·d) (default {RuleSpec().temperature})",
+        help=f"sigprop logit temperature: Y = h·tᵀ/(τ·d) (default {RuleSpec().temperature}; 0.1 for spiking SP rules)",
     )
     g.add_argument("--signal", default="learned", help="signal generator: learned or fixed (default learned)")
     g.add_argument(
@@ -111,6 +112,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+SPIKING_SP_RULES = ("sp-voltage", "sp-surrogate", "sp-online")
+
+
 def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
     from edgesp.presets import build_spec
     from edgesp.spec import OptimizerSpec, RuleSpec, SignalSpec, TemporalSpec
@@ -119,10 +123,14 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
     lr = args.lr
     if lr is None:  # measured: bench/sp_sweep.py (docs/benchmarks/rules.md), bench/temporal.py (temporal.md)
         lr = default_lr(args.rule, spiking=args.model == "snn")
+    # spiking SP rules learn best with loss v9 at temperature 0.1 (bench/spiking_rules.py, docs/benchmarks/spiking.md:
+    # at the continuous defaults v1/0.01 sp-voltage trains to chance); the continuous defaults are RuleSpec's
+    spiking_sp = args.model == "snn" and args.rule in SPIKING_SP_RULES
+    default_loss, default_temperature = ("v9", 0.1) if spiking_sp else (RuleSpec().loss, RuleSpec().temperature)
     rule = RuleSpec(
         name=args.rule,
-        loss=args.loss or RuleSpec().loss,
-        temperature=args.temperature if args.temperature is not None else RuleSpec().temperature,
+        loss=args.loss or default_loss,
+        temperature=args.temperature if args.temperature is not None else default_temperature,
         optimizer=OptimizerSpec(name=args.optimizer, lr=lr, momentum=args.momentum),
     )
     temporal = None

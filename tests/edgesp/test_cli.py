@@ -142,8 +142,12 @@ def test_spiking_train_evaluate_and_compile_for_lava(tmp_path):
     assert json.loads((tmp_path / "l" / "manifest.json").read_text())["runtime"] == "lava"
 
 
-def test_compile_loss_override_for_batch_one(trained, tmp_path):
-    ckpt = str(trained / "model.safetensors")
+def test_compile_loss_override_for_batch_one(tmp_path):
+    """A checkpoint trained with a batch-dependent loss (v9) is refused at batch 1 with the fix (--loss v1)."""
+    out = tmp_path / "t"
+    argv = ["train", "--data", "digits", "--epochs", "1", "--width", "16", "--loss", "v9", "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    ckpt = str(out / "model.safetensors")
     r = run(["compile", ckpt, "--target", "edge-cpu", "--out", str(tmp_path / "b"), "--batch", "1"])
     assert r.returncode == 2 and "--loss v1" in r.stderr and not (tmp_path / "b").exists()
     assert (
