@@ -123,14 +123,13 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
     lr = args.lr
     if lr is None:  # measured: bench/sp_sweep.py (docs/benchmarks/rules.md), bench/temporal.py (temporal.md)
         lr = default_lr(args.rule, spiking=args.model == "snn")
-    # spiking SP rules learn best with loss v9 at temperature 0.1 (bench/spiking_rules.py, docs/benchmarks/spiking.md:
-    # at the continuous defaults v1/0.01 sp-voltage trains to chance); the continuous defaults are RuleSpec's
+    # spiking SP rules: loss v9 (bench/spiking_rules.py, docs/benchmarks/spiking.md: best at the 4-epoch budget);
+    # the temperature default (None) resolves per rule in RuleSpec (0.1 for spiking SP, 0.01 otherwise)
     spiking_sp = args.model == "snn" and args.rule in SPIKING_SP_RULES
-    default_loss, default_temperature = ("v9", 0.1) if spiking_sp else (RuleSpec().loss, RuleSpec().temperature)
     rule = RuleSpec(
         name=args.rule,
-        loss=args.loss or default_loss,
-        temperature=args.temperature if args.temperature is not None else default_temperature,
+        loss=args.loss or ("v9" if spiking_sp else RuleSpec().loss),
+        temperature=args.temperature,
         optimizer=OptimizerSpec(name=args.optimizer, lr=lr, momentum=args.momentum),
     )
     temporal = None

@@ -152,3 +152,16 @@ def test_signal_fields_round_trip_and_legacy_specs_load_as_input_placement():
     old = ModelSpec.from_dict(d)
     assert old.signal.placement == "input" and old.signal.init_std == 1.0
     assert old.param_shapes()["signal.weight"] == (40, 10)
+
+
+def test_temperature_default_resolves_per_rule():
+    from edgesp.spec import RuleSpec
+
+    assert RuleSpec().temperature == 0.01  # continuous SP (docs/benchmarks/rules.md)
+    for name in ("sp-voltage", "sp-surrogate", "sp-online"):
+        assert RuleSpec(name=name).temperature == 0.1  # spiking SP collapses at 0.01 (docs/benchmarks/spiking.md)
+    assert RuleSpec(name="sp-voltage", temperature=0.03).temperature == 0.03
+    spec = build_spec("mlp", (4,), 3, rule=RuleSpec(name="sp-online"))
+    assert ModelSpec.from_json(spec.to_json()).rule.temperature == 0.1
+    with pytest.raises(SpecError, match="temperature must be > 0"):
+        RuleSpec(temperature=0.0)
