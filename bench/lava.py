@@ -47,9 +47,10 @@ from compilers.lava.network_desc import load_netdesc  # noqa: E402
 from compilers.lava.reference import ReferenceNet  # noqa: E402
 from edgesp.data import load_dataset  # noqa: E402
 from edgesp.functional import init_params  # noqa: E402
+from edgesp.manifest import Manifest  # noqa: E402
 from edgesp.presets import build_spec  # noqa: E402
 from edgesp.spec import OptimizerSpec, RuleSpec, SignalSpec, TemporalSpec  # noqa: E402
-from firmware_sim import lava_device, read_manifest  # noqa: E402
+from firmware_sim import lava_device  # noqa: E402
 from targets import load_target  # noqa: E402
 
 
@@ -71,7 +72,7 @@ def _cpu_seconds(pids: list[int]) -> float:
 def throughput(build: Path, x: np.ndarray, y: np.ndarray, learn: bool) -> dict[str, float]:
     """Steady-state wall-clock steps/s and CPU seconds per step (all runtime workers + host; the CPU figure
     does not depend on other load on the machine)."""
-    manifest = read_manifest(build)
+    manifest = Manifest.read(build)
     desc = load_netdesc(build, manifest)
     sess = LavaSession(desc, prepare_inputs(desc, x), y, np.full(len(y), learn))
     try:
@@ -91,7 +92,7 @@ def throughput(build: Path, x: np.ndarray, y: np.ndarray, learn: bool) -> dict[s
 
 
 def reference_accuracy(build: Path, ds, n_train: int, seed: int) -> dict[str, float]:
-    desc = load_netdesc(build, read_manifest(build))
+    desc = load_netdesc(build, Manifest.read(build))
     ref = ReferenceNet(desc, seed=seed)
     xte = prepare_inputs(desc, ds.x_test)
     rng = np.random.default_rng(seed)
@@ -142,7 +143,7 @@ def ablation(args, spec, ds) -> None:
             line = {
                 "command": "python " + " ".join(sys.argv),
                 "target": tname,
-                "precision": manifest["precision"],
+                "precision": manifest.backend["precision"],
                 "encoding": args.encoding,
                 "lr": args.lr,
                 "temperature": args.temperature,
@@ -229,12 +230,12 @@ def main() -> None:
                 build, ds, n_train, None, args.seed, out / f"lava_{tname}.png", False, curve_points=4, curve_eval=100
             )
             ref = reference_accuracy(build, ds, n_train, args.seed)
-            q = manifest["quantisation"]
+            q = manifest.backend["quantisation"]
             rows.append(
                 {
                     "target": tname,
-                    "precision": manifest["precision"],
-                    "cores_used": manifest["cores_used"],
+                    "precision": manifest.backend["precision"],
+                    "cores_used": manifest.backend["cores_used"],
                     "timesteps_per_second_plain": plain["timesteps_per_second"],
                     "timesteps_per_second_learning": learning["timesteps_per_second"],
                     "learning_cost_ratio": plain["timesteps_per_second"] / learning["timesteps_per_second"],
@@ -251,7 +252,7 @@ def main() -> None:
                     "reference_accuracy_after": ref["accuracy_after"],
                     "reference_timesteps_per_second": ref["timesteps_per_second"],
                     "weight_quant_rel_rms_max": q["weight_rel_rms_max"] if q else 0.0,
-                    "planned_memory_bytes": manifest["planned_memory"]["total_bytes"],
+                    "planned_memory_bytes": manifest.planned_memory.details["total_bytes"],
                 }
             )
             print(f"done {tname}", flush=True)

@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from edgesp.errors import CompileError, RuntimeMissingError
+from edgesp.manifest import Manifest
 from edgesp.spec import ModelSpec
 from targets import RUNTIME_REGISTRY, Target
 
@@ -35,7 +36,7 @@ class Backend(Protocol):
 
     def compile_model(
         self, spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path, batch: int
-    ) -> Any:
+    ) -> Manifest:
         """Write every artifact into ``out_dir``, then the manifest (last); return the manifest."""
         ...
 
@@ -90,7 +91,7 @@ def backend_module(runtime: str) -> Any:
 
 def compile_model(
     spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: str | Path, batch: int = 32
-) -> dict[str, Any]:
+) -> Manifest:
     """Compile into ``out_dir`` as a whole: the backend writes a temporary sibling folder, which then replaces
     ``out_dir`` (:func:`edgesp.atomic.atomic_dir`); if anything fails midway an existing build is untouched.
     ``out_dir`` must be new, empty or an earlier build (it is replaced whole, so a folder holding other files is

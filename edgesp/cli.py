@@ -437,14 +437,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _probe_folder(Path(args.out).absolute().parent, f"--out {args.out}")  # the new build is made beside it
     spec, params = _load_model_for_compile(args)
     manifest = compile_model(spec, params, target, Path(args.out), batch=args.batch)
-    if isinstance(manifest, dict):  # the Lava backend still writes its own manifest layout
-        arts, peak = manifest["artifacts"], manifest.get("planned_memory", {}).get("update_step_peak_bytes")
-    else:
-        arts, peak = manifest.artifacts, manifest.planned_memory.update_step_peak_bytes
     print(
         f"compiled {spec.name} for {target.name} ({target.runtime}) -> {args.out}: "
-        + ", ".join(f"{k}={v}" for k, v in arts.items())
-        + (f"; planned update-step peak {peak:,} B" if peak is not None else "")
+        + ", ".join(f"{k}={v}" for k, v in manifest.artifacts.items())
+        + f"; planned update-step peak {manifest.planned_memory.update_step_peak_bytes:,} B"
     )
     return 0
 
@@ -477,7 +473,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from firmware_sim import read_manifest, simulator_module
 
     manifest = read_manifest(args.build)
-    sim = simulator_module(manifest["runtime"])
+    sim = simulator_module(manifest.runtime)
     check_out_file(args.png or Path(args.build) / "simulate_curve.png", "--png")
     if args.json:
         check_out_file(args.json, "--json")
@@ -496,7 +492,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         **({"save_state": Path(args.save_state)} if args.save_state else {}),
     )
     print(
-        f"on-device learning ({manifest['runtime']}): accuracy {res['accuracy_before']:.4f} -> "
+        f"on-device learning ({manifest.runtime}): accuracy {res['accuracy_before']:.4f} -> "
         f"{res['accuracy_after']:.4f} after {res['steps']} steps, {res['samples_per_second']:.0f} samples/s"
     )
     if res.get("continual"):
@@ -514,12 +510,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from firmware_sim import read_manifest, simulator_module
 
     manifest = read_manifest(args.build)
-    sim = simulator_module(manifest["runtime"])
+    sim = simulator_module(manifest.runtime)
     check_out_file(args.png or Path(args.build) / "memory_profile.png", "--png")
     if args.json:
         check_out_file(args.json, "--json")
     res = sim.profile(Path(args.build), batch=args.batch, **_runtime_options(args))
-    print(f"memory profile ({manifest['runtime']}, batch {res.get('batch')}):")
+    print(f"memory profile ({manifest.runtime}, batch {res.get('batch')}):")
     for key in ("inference", "update_step", "bp_baseline"):
         if key in res:
             r = res[key]
@@ -530,7 +526,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             ]
             print(f"  {key:<12} " + "  ".join(parts))
     png = Path(args.png) if args.png else Path(args.build) / "memory_profile.png"
-    _plot_profile(png, res, manifest["runtime"])
+    _plot_profile(png, res, manifest.runtime)
     print(f"  plot: {png}")
     if args.json:
         _write_json(args.json, res)

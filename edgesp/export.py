@@ -28,15 +28,14 @@ def export_build(build_dir: str | Path, state_file: str | Path, out_dir: str | P
     from edgesp.atomic import write_text
     from edgesp.checkpoint import check_params, save_checkpoint
     from edgesp.errors import CheckpointError
-    from edgesp.spec import ModelSpec
-    from firmware_sim import read_manifest
+    from edgesp.manifest import Manifest
     from firmware_sim.learning import read_state
 
     build_dir, out_dir = Path(build_dir), Path(out_dir)
     if batch < 1:
         raise DataError(f"--batch must be >= 1, got {batch}")
-    manifest = read_manifest(build_dir)
-    spec = ModelSpec.from_dict(manifest["spec"])
+    manifest = Manifest.read(build_dir)  # verified: the state is exported against this exact build
+    spec = manifest.model_spec()
     params = read_state(Path(state_file))
     try:
         check_params(spec, params)
@@ -48,13 +47,13 @@ def export_build(build_dir: str | Path, state_file: str | Path, out_dir: str | P
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         save_checkpoint(tmp / "model.safetensors", spec, params, extra={"exported_from": str(build_dir)})
-        files = export_inference(manifest["runtime"], spec, params, tmp, batch)
+        files = export_inference(manifest.runtime, spec, params, tmp, batch)
         info = {
             "format": "edgesp-export",
             "format_version": 1,
             "build": str(build_dir),
-            "runtime": manifest["runtime"],
-            "target": manifest.get("target"),
+            "runtime": manifest.runtime,
+            "target": manifest.target,
             "batch": batch,
             "checkpoint": "model.safetensors",
             "inference": files,

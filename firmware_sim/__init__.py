@@ -14,7 +14,6 @@ Simulator contract (one module per runtime, named in ``SIMULATORS``):
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -50,30 +49,10 @@ class Device(Protocol):
     def load_parameters(self, params: dict[str, np.ndarray]) -> None: ...
 
 
-_JSON_NAMES = {str: "string", dict: "object", list: "array", int: "integer"}
-
-
-def read_manifest(build_dir: str | Path) -> dict[str, Any]:
-    """The manifest as plain JSON with the keys every runtime has (``runtime``, ``artifacts``, ``spec``): what the
-    CLI needs to pick the simulator. Devices load builds with :func:`load_build` (typed, verified)."""
-    build_dir = Path(build_dir)
-    path = build_dir / "manifest.json"
-    if not path.exists():
-        raise CompileError(f"{build_dir} is not a build folder (no manifest.json): run 'edgesp compile' first")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CompileError(f"{path} is corrupt ({str(e).splitlines()[0][:120]}): re-run 'edgesp compile'") from None
-    except OSError as e:
-        raise CompileError(f"cannot read {path} ({e.strerror}): check the build folder's permissions") from None
-    if not isinstance(manifest, dict):
-        raise CompileError(f"{path} is not a build manifest (a JSON object): re-run 'edgesp compile'")
-    for key, kind in (("runtime", str), ("artifacts", dict), ("spec", dict)):
-        if key not in manifest:
-            raise CompileError(f"{path} lacks '{key}': re-run 'edgesp compile'")
-        if not isinstance(manifest[key], kind):
-            raise CompileError(f"{path}: '{key}' must be a JSON {_JSON_NAMES[kind]}: re-run 'edgesp compile'")
-    return manifest
+def read_manifest(build_dir: str | Path) -> Manifest:
+    """A build's typed manifest, schema-checked but its artifacts not yet hashed (what the CLI needs to pick the
+    simulator); devices load builds with :func:`load_build`, which also verifies every artifact."""
+    return Manifest.read(build_dir, verify=False)
 
 
 def load_build(build_dir: str | Path, runtime: str) -> tuple[Manifest, Any, dict[str, np.ndarray]]:

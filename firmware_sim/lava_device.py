@@ -25,15 +25,16 @@ from compilers.lava.network_desc import NetDesc, load_netdesc
 from edgesp.atomic import atomic_path
 from edgesp.data import Dataset, adapt_inputs
 from edgesp.errors import DataError
+from edgesp.manifest import Manifest
 from edgesp.spec import ModelSpec
-from firmware_sim import read_manifest
 
 
-def _load(build_dir: Path) -> tuple[dict[str, Any], NetDesc, ModelSpec]:
-    manifest = read_manifest(build_dir)
-    if manifest["runtime"] != "lava":
-        raise DataError(f"{build_dir} was compiled for {manifest['runtime']}, not lava")
-    return manifest, load_netdesc(build_dir, manifest), ModelSpec.from_dict(manifest["spec"])
+def _load(build_dir: Path) -> tuple[Manifest, NetDesc, ModelSpec]:
+    """The verified build (schema and every artifact's sha256: a swapped ``network.npz`` is refused)."""
+    manifest = Manifest.read(build_dir)
+    if manifest.runtime != "lava":
+        raise DataError(f"{build_dir} was compiled for {manifest.runtime}, not lava")
+    return manifest, load_netdesc(build_dir, manifest), manifest.model_spec()
 
 
 def _schedule(
@@ -159,9 +160,9 @@ def simulate(
         "wall_seconds": wall,
         "curve": curve,
         "online_train_accuracy": train_acc,
-        "target": manifest["target"],
+        "target": manifest.target,
         "precision": desc.precision,
-        "cores_used": manifest.get("cores_used"),
+        "cores_used": manifest.backend.get("cores_used"),
         "learning": bool(options.get("learning", True)),
         "lr": desc.lr,
         "weights_changed": bool(any(np.any(w != la.weight) for (w, _), la in zip(final, desc.layers, strict=True))),
@@ -256,7 +257,7 @@ def profile(build_dir: str | Path, batch: int | None = None, **options: Any) -> 
     import_lava()
     samples = int(options.get("samples", 20))
     seed = int(options.get("seed", 0))
-    pm = manifest["planned_memory"]
+    pm = manifest.planned_memory.details
     planned_inf = pm["synapse_bytes"] + pm["neuron_bytes"]
     inference = _measure(desc, False, samples, seed)
     update = _measure(desc, True, samples, seed)
@@ -270,10 +271,10 @@ def profile(build_dir: str | Path, batch: int | None = None, **options: Any) -> 
         "shared pages in every worker; planned = synapse + neuron memory on the chip's cores"
     )
     return {
-        "target": manifest["target"],
+        "target": manifest.target,
         "precision": desc.precision,
         "batch": 1,
-        "cores_used": manifest.get("cores_used"),
+        "cores_used": manifest.backend.get("cores_used"),
         "per_core": pm["per_core"],
         "planned_memory": pm,
         "inference": inference,

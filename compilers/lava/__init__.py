@@ -7,8 +7,10 @@ maps layers to cores and checks the target's per-core limits (:mod:`compilers.la
 - ``network.npz`` (artifact ``inference``): weights, biases, the target-signal table (and W_S, b_S when the
   signal learns) — numpy arrays, no pickles;
 - ``learning.json`` (artifact ``update``): the on-chip rule (loss, learning rates, fixed-point shifts);
-- ``manifest.json``: target, runtime "lava", artifacts, parameters, spec, batch, planned_memory, cores_used,
-  quantisation, network (the scalar description :class:`NetDesc` is rebuilt from).
+- ``manifest.json`` (:class:`edgesp.manifest.Manifest`): target, runtime "lava", artifacts with their sha256,
+  parameters, spec, batch 1, planned memory; under ``backend``: precision, cores used, core map, where each
+  parameter learns, the quantisation report, ``network`` (the scalars :class:`NetDesc` is rebuilt from) and
+  how to run inference without edgesp.
 
 Signal placement (``spec.signal.placement``):
 
@@ -41,6 +43,7 @@ from compilers.lava.plan import plan
 from compilers.lava.quant import lower
 from edgesp.atomic import write_bytes, write_text
 from edgesp.errors import CompileError, TargetError
+from edgesp.manifest import Manifest, ParameterEntry, PlannedMemory, sha256
 from edgesp.spec import ModelSpec
 from targets import Target
 
@@ -59,7 +62,7 @@ def _check_params(spec: ModelSpec, params: dict[str, np.ndarray]) -> None:
 
 def compile_model(
     spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path, batch: int = 1
-) -> dict[str, Any]:
+) -> Manifest:
     if target.runtime != "lava":
         raise TargetError(f"target {target.name!r} runs {target.runtime}, not lava")
     if target.precision not in PRECISIONS:
@@ -96,41 +99,73 @@ def compile_model(
     }
     write_text(out_dir / UPDATE_FILE, json.dumps(learning, indent=2))
     n_layers = len(desc.layers)
-    parameters = []
+    parameters, placement = [], {}
     for name, shape in spec.param_shapes().items():
         layer = spec.param_layer_index(name)
         kind = "weights" if name.endswith("weight") else "bias"
-        entry: dict[str, Any] = {"name": name, "layer": layer, "shape": list(shape)}
         if name.startswith("signal."):  # never in the synaptic memory: a table on the host / embedded CPU
             learned = desc.signal_learn
-            entry.update(
-                update_output=f"dense0.{name.replace('.', '_')}" if learned else None,
-                on_chip=False,
-                learned=learned,
-                where="embedded CPU (float64)" if learned else "fixed table",
-            )
+            update_output = f"dense0.{name.replace('.', '_')}" if learned else None
+            placement[name] = {
+                "on_chip": False,
+                "learned": learned,
+                "where": "embedded CPU (float64)" if learned else "fixed table",
+            }
         else:
-            entry.update(update_output=f"dense{layer - 1}.{kind}", on_chip=True, learned=True)
-        parameters.append(entry)
-    manifest = {
-        "target": target.name,
-        "target_spec": target.to_dict(),
-        "runtime": "lava",
-        "precision": target.precision,
-        "artifacts": {"inference": INFERENCE_FILE, "update": UPDATE_FILE},
-        "parameters": parameters,
-        "spec": spec.to_dict(),
-        "batch": 1,
-        "requested_batch": batch,
-        "planned_memory": mapping["planned_memory"],
-        "cores_used": mapping["cores_used"],
-        "cores_available": mapping["cores_available"],
-        "core_map": [{k: d[k] for k in ("layer", "kind", "n_in", "n_out", "rows", "cores")} for d in mapping["layers"]],
-        "quantisation": qreport or None,
-        "network": desc.scalars(),
-        "notes": f"streams one sample at a time (T steps); {_signal_note(desc)}; {n_layers - 1} SP blocks + readout",
-    }
-    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2, default=_json_default))
+            update_output = f"dense{layer - 1}.{kind}"
+            placement[name] = {"on_chip": True, "learned": True, "where": "synaptic learning engine"}
+        parameters.append(ParameterEntry(name, layer, tuple(shape), "parameter", update_output))
+    parameters.sort(key=lambda p: p.layer)
+    net_bytes = buf.getvalue()
+    learning_bytes = (out_dir / UPDATE_FILE).read_bytes()
+    pm = mapping["planned_memory"]
+    manifest = Manifest(
+        target=target.name,
+        target_description=target.to_dict(),
+        runtime="lava",
+        batch=1,
+        on_device_rule="sp-voltage (on-chip, online, batch 1)",
+        sp_loss=desc.loss,
+        trained_with=spec.rule.name,
+        learning_rate=float(desc.lr),
+        artifacts={"inference": INFERENCE_FILE, "update": UPDATE_FILE},
+        hashes={INFERENCE_FILE: sha256(net_bytes), UPDATE_FILE: sha256(learning_bytes)},
+        parameters=tuple(parameters),
+        # synapses + neurons of the mapped cores; learning adds no memory on chip (the rule's traces live in
+        # the compartments already counted)
+        planned_memory=PlannedMemory(int(pm["total_bytes"]), int(pm["synapse_bytes"] + pm["neuron_bytes"]), pm),
+        spec=spec.to_dict(),
+        backend=json.loads(
+            json.dumps(
+                {
+                    "precision": target.precision,
+                    "requested_batch": batch,
+                    "cores_used": mapping["cores_used"],
+                    "cores_available": mapping["cores_available"],
+                    "core_map": [
+                        {k: d[k] for k in ("layer", "kind", "n_in", "n_out", "rows", "cores")}
+                        for d in mapping["layers"]
+                    ],
+                    "parameter_placement": placement,
+                    "quantisation": qreport or None,
+                    "network": desc.scalars(),
+                    "notes": (
+                        f"streams one sample at a time (T steps); {_signal_note(desc)}; {n_layers - 1} SP blocks + "
+                        "readout"
+                    ),
+                    "inference_without_edgesp": (
+                        "network.npz holds each layer's weight/bias (floating_pt: float32; fixed_pt: int32 mantissas "
+                        "× 2^weight_exp) and manifest backend.network the LIF constants (du, dv, threshold, reset) and "
+                        "the readout: per time step t, u = (1-du) u + W s_in + b, v = (1-dv) v + u, spikes where "
+                        "v > threshold (then reset); the head integrates W s + b; prediction = argmax of the readout "
+                        "after T steps. No label or signal table is needed for inference."
+                    ),
+                },
+                default=_json_default,
+            )
+        ),
+    )
+    manifest.write(out_dir)  # last: marks a complete build
     return manifest
 
 

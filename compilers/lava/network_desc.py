@@ -6,7 +6,7 @@ z_c = act(LayerNorm(W_S e_c + b_S)). Placement ``'hidden'`` (the spec's default)
 is the current a^t_0 injected into block 0's target compartments every step (float32; fixed_pt: int32 in
 block 0's current units, SIGMA fractional bits). Placement ``'input'`` (legacy checkpoints): D = the input
 size; z_c is the target stream's input t_0 (float32; fixed_pt: int32 with INPUT_FRAC fractional bits).
-``manifest['network']`` holds the scalars: per layer kind ('lif' | 'readout'), sizes, decays, threshold,
+the manifest's ``backend['network']`` holds the scalars: per layer kind ('lif' | 'readout'), sizes, decays, threshold,
 reset, weight exponent; the precision, encoding, T, loss, temperature, learning rates.
 """
 
@@ -129,13 +129,15 @@ class NetDesc:
         return NetDesc(**{**self.__dict__, "table": self.table.copy(), "layers": layers, **extra})
 
 
-def load_netdesc(build_dir: str | Path, manifest: dict[str, Any]) -> NetDesc:
+def load_netdesc(build_dir: str | Path, manifest: Any) -> NetDesc:
+    """The network of a (verified) Lava build: ``manifest`` is its :class:`edgesp.manifest.Manifest`."""
     build_dir = Path(build_dir)
-    if "network" not in manifest:
+    network = manifest.backend.get("network")
+    if not isinstance(network, dict) or "layers" not in network:
         raise CompileError(
-            f"{build_dir}/manifest.json has no 'network' section: re-run 'edgesp compile' with a lava target"
+            f"{build_dir}/manifest.json has no backend 'network' section: re-run 'edgesp compile' with a lava target"
         )
-    path = build_dir / manifest["artifacts"]["inference"]
+    path = build_dir / manifest.artifacts["inference"]
     if not path.exists():
         raise CompileError(f"{path} is missing: re-run 'edgesp compile'")
     try:
@@ -143,7 +145,7 @@ def load_netdesc(build_dir: str | Path, manifest: dict[str, Any]) -> NetDesc:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:
         raise CompileError(f"{path} is corrupt ({type(e).__name__}): re-run 'edgesp compile'") from None
-    sc = dict(manifest["network"])
+    sc = dict(network)
     layers = []
     for i, ld in enumerate(sc.pop("layers")):
         try:

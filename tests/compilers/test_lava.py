@@ -268,17 +268,18 @@ def test_compile_writes_manifest_npz_and_reports_quantisation(tmp_path):
     disk = json.loads((tmp_path / "manifest.json").read_text())
     assert disk["runtime"] == "lava" and disk["target"] == "loihi2"
     assert set(disk["artifacts"]) == {"inference", "update"}
-    assert [p["name"] for p in disk["parameters"]] == list(spec.param_shapes())
-    assert disk["cores_used"] == m["cores_used"] == 3
+    assert sorted(p["name"] for p in disk["parameters"]) == sorted(spec.param_shapes())
+    assert disk["backend"]["cores_used"] == m.backend["cores_used"] == 3
+    assert set(disk["hashes"]) == {"network.npz", "learning.json"}  # Lava builds are verified too
     with np.load(tmp_path / disk["artifacts"]["inference"], allow_pickle=False) as z:
         w0 = z["layer0.weight"]
         assert w0.dtype == np.int32 and w0.min() >= rule.W_MIN and w0.max() <= rule.W_MAX and np.all(w0 % 2 == 0)
-    q = disk["quantisation"]
+    q = disk["backend"]["quantisation"]
     assert 0 < q["weight_rel_rms_max"] < 0.05  # 8-bit mantissa + per-layer exponent
     assert q["tensors"]["layer0.dv"]["quantised"] == pytest.approx(0.2, abs=1 / 4096)
-    assert disk["planned_memory"]["synapse_bytes"] == (64 + 1) * 32 + (32 + 1) * 32 + (32 + 1) * 10
+    assert disk["planned_memory"]["details"]["synapse_bytes"] == (64 + 1) * 32 + (32 + 1) * 32 + (32 + 1) * 10
     m2 = compile_model(spec, params, load_target("lava-cpu"), tmp_path / "f", 16)
-    assert m2["quantisation"] is None and m2["cores_used"] == 3
+    assert m2.backend["quantisation"] is None and m2.backend["cores_used"] == 3
 
 
 def test_fit_check_refuses_a_model_too_large_for_loihi2(tmp_path):
@@ -443,15 +444,17 @@ def test_legacy_input_placement_checkpoint_compiles_and_one_line_error_for_seque
     legacy = ModelSpec.from_dict(d)
     assert legacy.signal.placement == "input"
     m = compile_model(legacy, init_params(legacy, 0), load_target("loihi2"), tmp_path / "legacy", 1)
-    assert "input signal placement" in m["notes"] and m["network"]["placement"] == "input"
-    sig = [p for p in m["parameters"] if p["name"].startswith("signal.")]
-    assert [p["learned"] for p in sig] == [False, False] and sig[0]["shape"] == [64, 10]
+    assert "input signal placement" in m.backend["notes"] and m.backend["network"]["placement"] == "input"
+    where = m.backend["parameter_placement"]
+    sig = [p for p in m.parameters if p.name.startswith("signal.")]
+    assert [where[p.name]["learned"] for p in sig] == [False, False] and sig[0].shape == (64, 10)
     with np.load(tmp_path / "legacy" / "network.npz") as z:
         assert z["signal.table"].shape == (10, 64) and "signal.weight" not in z.files
     m = compile_model(spec, init_params(spec, 0), load_target("lava-cpu"), tmp_path / "hidden", 1)
-    assert "hidden signal placement" in m["notes"] and "embedded CPU" in m["notes"]
-    sig = [p for p in m["parameters"] if p["name"].startswith("signal.")]
-    assert [(p["learned"], p["on_chip"], p["update_output"]) for p in sig] == [
+    assert "hidden signal placement" in m.backend["notes"] and "embedded CPU" in m.backend["notes"]
+    where = m.backend["parameter_placement"]
+    sig = [p for p in m.parameters if p.name.startswith("signal.")]
+    assert [(where[p.name]["learned"], where[p.name]["on_chip"], p.update_output) for p in sig] == [
         (True, False, "dense0.signal_weight"),
         (True, False, "dense0.signal_bias"),
     ]
@@ -501,3 +504,26 @@ def test_float_learning_matches_edgesp_sp_online_trainer():
     assert moved > 0.1
     np.testing.assert_allclose(got["signal.weight"], ref.d.signal_weight, atol=1e-5 * moved)
     np.testing.assert_allclose(got["signal.bias"], ref.d.signal_bias, atol=1e-5 * moved)
+
+
+def test_lava_builds_are_verified_before_use(tmp_path):
+    """A Lava build carries the sha256 of network.npz and learning.json: a swapped same-shape network is refused
+    with one line before any process starts (issue 12), and an old untyped manifest names the fix."""
+    from edgesp.errors import CompileError
+    from firmware_sim.lava_device import _load
+
+    spec = build_spec(
+        "snn", (64,), 10, width=16, depth=1, rule=RuleSpec(name="sp-voltage"), temporal=TemporalSpec(time_steps=3)
+    )
+    compile_model(spec, init_params(spec, 0), load_target("lava-cpu"), tmp_path / "a", 1)
+    compile_model(spec, init_params(spec, 1), load_target("lava-cpu"), tmp_path / "b", 1)
+    _load(tmp_path / "a")  # intact
+    (tmp_path / "a" / "network.npz").write_bytes((tmp_path / "b" / "network.npz").read_bytes())
+    with pytest.raises(CompileError, match="network.npz: corrupt or replaced") as e:
+        _load(tmp_path / "a")
+    assert "\n" not in str(e.value)
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    m.pop("format_version")
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CompileError, match="build format version None.*re-run 'edgesp compile'"):
+        _load(tmp_path / "b")
