@@ -37,6 +37,36 @@ def _load(build_dir: Path) -> tuple[Manifest, NetDesc, ModelSpec]:
     return manifest, load_netdesc(build_dir, manifest), manifest.model_spec()
 
 
+def learned_params(
+    manifest: Manifest, build_dir: Path, weights: list[tuple[np.ndarray, np.ndarray]], signal: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The model's parameters in the spec's float32 units from a Lava run's final state: each layer's (W, b)
+    (fixed_pt: int32 mantissas × 2^(weight_exp − SIGMA), :func:`compilers.lava.quant.dequantise`), W_S and b_S as
+    learned on the embedded CPU, or (signal not learned on Lava) as compiled."""
+    from compilers.lava.quant import dequantise
+
+    spec = manifest.model_spec()
+    layers = manifest.backend["network"]["layers"]
+    fixed = manifest.backend["network"]["precision"] == "fixed_pt"
+    names = [f"blocks.{i}" for i in range(len(spec.blocks))] + ["head"]
+    out: dict[str, np.ndarray] = {}
+    for name, (w, b), ld in zip(names, weights, layers, strict=True):
+        if fixed:
+            w, b = dequantise(np.asarray(w), ld["weight_exp"]), dequantise(np.asarray(b), ld["weight_exp"])
+        out[f"{name}.weight"] = np.asarray(w, np.float32)
+        if f"{name}.bias" in spec.param_shapes():
+            out[f"{name}.bias"] = np.asarray(b, np.float32).reshape(-1)
+    if "signal_weight" in signal:
+        out["signal.weight"] = np.asarray(signal["signal_weight"], np.float32)
+        out["signal.bias"] = np.asarray(signal["signal_bias"], np.float32)
+    else:
+        with np.load(build_dir / manifest.artifacts["inference"], allow_pickle=False) as z:
+            key = "spec.signal.weight" if "spec.signal.weight" in z.files else "signal.weight"
+            out["signal.weight"] = z[key].astype(np.float32)
+            out["signal.bias"] = z[key.replace("weight", "bias")].astype(np.float32)
+    return out
+
+
 def _schedule(
     ds: Dataset, spec: ModelSpec, n_train: int, eval_n: int, curve_points: int, curve_eval: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, int, int, int]]]:
@@ -86,6 +116,10 @@ def simulate(
     ``batch`` must be None or 1: the on-chip rule is online (one sample at a time)."""
     build_dir = Path(build_dir)
     manifest, desc, spec = _load(build_dir)
+    if options.get("save_state") is not None:
+        from firmware_sim.learning import check_writable
+
+        check_writable(Path(options["save_state"]))
     if batch not in (None, 1):
         raise DataError(f"lava builds learn one sample at a time: use --batch 1 (or omit it), not {batch}")
     if options.get("continual"):
@@ -171,6 +205,11 @@ def simulate(
         "signal_learned": desc.signal_learn,
         "signal_changed": bool(np.any(signal["table"] != desc.table)),
     }
+    if options.get("save_state") is not None:
+        from firmware_sim.learning import write_state
+
+        write_state(Path(options["save_state"]), learned_params(manifest, build_dir, final, signal))
+        result["state"] = str(options["save_state"])
     if out_png is not None:
         _plot(result, Path(out_png))
         result["png"] = str(out_png)

@@ -74,8 +74,12 @@ def compile_model(
     mapping = plan(desc, target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    arrays = desc.arrays()
+    if not desc.signal_learn:  # the compiled signal weights, kept for exporting the learned model as a checkpoint
+        arrays["spec.signal.weight"] = np.asarray(params["signal.weight"], np.float32)
+        arrays["spec.signal.bias"] = np.asarray(params["signal.bias"], np.float32)
     buf = io.BytesIO()
-    np.savez(buf, **desc.arrays())
+    np.savez(buf, **arrays)
     write_bytes(out_dir / INFERENCE_FILE, buf.getvalue())
     learning = {
         "rule": "sp-voltage (on-chip, online, batch 1)",
@@ -191,3 +195,41 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.floating):
         return float(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def export_inference(spec: ModelSpec, params: dict[str, np.ndarray], out_dir: Path, batch: int) -> dict[str, str]:
+    """Standalone inference description of a spiking model, runnable by any LIF simulator without edgesp:
+    ``snn_inference.npz`` (float32 ``layer{i}.weight``/``layer{i}.bias``, blocks then the readout) and
+    ``snn_inference.json`` (per layer: du, dv, threshold, reset, the readout kind; T, encoding). Per step t:
+    u = (1−du)·u + W·s_in + b, v = (1−dv)·v + u + lif_bias, s = 1[v > threshold], v reset where s; the readout
+    integrates W·s + b (membrane: decays by its dv); prediction = argmax after T steps. ``batch`` is unused (the
+    description has no batch dimension). Returns {file name: sha256}."""
+    from edgesp.manifest import sha256
+
+    desc, _ = lower(spec, params, "floating_pt")
+    arrays = {}
+    for i, la in enumerate(desc.layers):
+        arrays[f"layer{i}.weight"] = np.asarray(la.weight, np.float32)
+        arrays[f"layer{i}.bias"] = np.asarray(la.bias, np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    info = {
+        "time_steps": desc.time_steps,
+        "encoding": desc.encoding,
+        "encoding_seed": desc.encoding_seed,
+        "layers": [
+            {
+                k: v
+                for k, v in la.__dict__.items()
+                if k in ("kind", "n_in", "n_out", "du", "dv", "threshold", "reset", "lif_bias", "spiking", "readout")
+            }
+            for la in desc.layers
+        ],
+        "update": "u = (1-du) u + W s_in + b; v = (1-dv) v + u + lif_bias; s = [v > threshold]; reset v where s",
+        "prediction": "argmax of the readout after time_steps steps",
+    }
+    text = json.dumps(info, indent=2, default=_json_default).encode()
+    out_dir = Path(out_dir)
+    write_bytes(out_dir / "snn_inference.npz", buf.getvalue())
+    write_bytes(out_dir / "snn_inference.json", text)
+    return {"snn_inference.npz": sha256(buf.getvalue()), "snn_inference.json": sha256(text)}

@@ -91,3 +91,25 @@ def test_export_refuses_a_foreign_or_bad_state(tmp_path):
         export_build(tmp_path / "b", tmp_path / "junk.npz", tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_lava_simulate_export_evaluate(digits, tmp_path):
+    """lava-cpu (floating_pt): the weights learned on chip come back as a checkpoint whose torch evaluation gives
+    the accuracy the on-chip run reported. Tolerance 2 test samples: learning is off during the evaluation, so
+    both run the same network with the same weights; float32 sums in another order may flip a near-tie."""
+    build, state, out = tmp_path / "b", tmp_path / "state.npz", tmp_path / "exported"
+    cmd = ["compile", "--fresh", "--data", "digits", "--model", "snn", "--rule", "sp-voltage", "--width", "32"]
+    assert main([*cmd, "--encoding", "direct", "--time-steps", "5", "--target", "lava-cpu", "--out", str(build)]) == 0
+    sim = tmp_path / "sim.json"
+    cmd = ["simulate", str(build), "--steps", "500", "--quiet", "--json", str(sim), "--save-state", str(state)]
+    assert main(cmd) == 0
+    res = json.loads(sim.read_text())
+    assert res["accuracy_after"] > res["accuracy_before"] + 0.2  # it learned on chip
+    assert main(["export", str(build), "--state", str(state), "--out", str(out)]) == 0
+    assert set(json.loads((out / "export.json").read_text())["inference"]) == {
+        "snn_inference.npz",
+        "snn_inference.json",
+    }
+    ev = tmp_path / "ev.json"
+    assert main(["evaluate", str(out / "model.safetensors"), "--data", "digits", "--json", str(ev)]) == 0
+    assert abs(json.loads(ev.read_text())["test_accuracy"] - res["accuracy_after"]) <= 2 / len(digits.y_test)
