@@ -42,15 +42,15 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(ROOT))
 
 from compilers import compile_model  # noqa: E402
-from compilers.lava.network import LavaSession, prepare_inputs  # noqa: E402
 from compilers.lava.network_desc import load_netdesc  # noqa: E402
-from compilers.lava.reference import ReferenceNet  # noqa: E402
 from edgesp.data import load_dataset  # noqa: E402
 from edgesp.functional import init_params  # noqa: E402
 from edgesp.manifest import Manifest  # noqa: E402
 from edgesp.presets import build_spec  # noqa: E402
 from edgesp.spec import OptimizerSpec, RuleSpec, SignalSpec, TemporalSpec  # noqa: E402
 from firmware_sim import lava_device  # noqa: E402
+from firmware_sim.lava.network import LavaSession, prepare_inputs  # noqa: E402
+from firmware_sim.lava.reference import ReferenceNet  # noqa: E402
 from targets import load_target  # noqa: E402
 
 

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from compilers.lava.network import LavaSession, import_lava, prepare_inputs
 from compilers.lava.network_desc import NetDesc, load_netdesc
 from edgesp.atomic import atomic_path
 from edgesp.data import Dataset, adapt_inputs
 from edgesp.errors import DataError
 from edgesp.manifest import Manifest
 from edgesp.spec import ModelSpec
+from firmware_sim.lava.network import LavaSession, import_lava, prepare_inputs
 
 
 def _load(build_dir: Path) -> tuple[Manifest, NetDesc, ModelSpec]:

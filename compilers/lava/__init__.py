@@ -25,7 +25,7 @@ Signal placement (``spec.signal.placement``):
 - ``'input'`` (checkpoints written before placement existed): the table (C, D_in) is the target stream's
   input t_0, a fixed table on the host (W_S is not learned on Lava: its gradient would cross W_0).
 
-Lava processes cannot be serialised: :mod:`compilers.lava.network` builds them from these files at simulate
+Lava processes cannot be serialised: :mod:`firmware_sim.lava.network` builds them from these files at simulate
 time. This module does not import Lava, so compiling works without the runtime.
 """
 

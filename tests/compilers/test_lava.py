@@ -12,14 +12,14 @@ import torch
 
 from compilers import compile_model
 from compilers.lava import rule
-from compilers.lava.network import LavaSession, import_lava, prepare_inputs
 from compilers.lava.quant import lower
-from compilers.lava.reference import ReferenceNet, encode
 from edgesp.errors import CompileError, RuntimeMissingError, TargetError
 from edgesp.functional import init_params
 from edgesp.presets import build_spec
 from edgesp.spec import LIF, Linear, ModelSpec, OptimizerSpec, RuleSpec, SignalSpec, TemporalSpec
 from edgesp.spiking import LIFState, lif_step
+from firmware_sim.lava.network import LavaSession, import_lava, prepare_inputs
+from firmware_sim.lava.reference import ReferenceNet, encode
 from targets import load_target
 
 
@@ -325,7 +325,7 @@ def test_runtime_is_stopped_on_worker_error_and_on_interrupt(monkeypatch):
             sess.run_all(3, interrupt)
     assert lava_children() == before
 
-    from compilers.lava import processes
+    from firmware_sim.lava import processes
 
     def boom(self):
         raise ValueError("boom")

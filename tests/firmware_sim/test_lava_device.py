@@ -89,7 +89,7 @@ def test_ctrl_c_to_the_process_group_stops_the_runtime(tmp_path):
     build = _build(tmp_path, "lava-cpu")
     code = (
         "import sys\n"
-        "from compilers.lava.network import LavaSession, prepare_inputs\n"
+        "from firmware_sim.lava.network import LavaSession, prepare_inputs\n"
         "from compilers.lava.network_desc import load_netdesc\n"
         "from edgesp.manifest import Manifest\n"
         "import numpy as np\n"

@@ -11,7 +11,7 @@ the third factor δ = ∂L/∂v from its pre-reset voltages; SPReadout integrate
 readout) and sends the head's cross-entropy error. Learning happens in ``run_spk`` of every step, so weights
 change during the run. Dense adds one step of latency (as Lava's Dense), so layer l works on sample n during
 steps n·T + l + 1 … n·T + l + T (1-based); every process derives sample index and phase from its delay.
-The arithmetic is in :mod:`compilers.lava.rule`; :mod:`compilers.lava.reference` is the numpy oracle.
+The arithmetic is in :mod:`compilers.lava.rule`; :mod:`firmware_sim.lava.reference` is the numpy oracle.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from compilers.lava import rule
-from compilers.lava.reference import encode
+from firmware_sim.lava.reference import encode
 
 FLOAT_PORT = LavaPyType(PyOutPort.VEC_DENSE, float)
 FLOAT_IN = LavaPyType(PyInPort.VEC_DENSE, float)

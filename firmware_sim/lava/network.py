@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from compilers.lava.network_desc import NetDesc
-from compilers.lava.reference import input_frac, quantise_inputs
 from edgesp.errors import CompileError, RuntimeMissingError
+from firmware_sim.lava.reference import input_frac, quantise_inputs
 
 
 @contextlib.contextmanager
@@ -52,7 +52,7 @@ def import_lava() -> dict[str, Any]:
             from lava.magma.core.run_conditions import RunSteps
             from lava.magma.core.run_configs import Loihi2SimCfg
 
-            from compilers.lava import processes
+            from firmware_sim.lava import processes
     except ImportError as e:
         raise RuntimeMissingError(
             f"lava-nc cannot be imported ({e}): run 'make setup' (lava-nc 0.10.0, numpy<2)"
