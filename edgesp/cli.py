@@ -664,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
+    _stop_on_sigterm()
     try:
         check_numbers(args)
         return int(args.func(args) or 0)
@@ -676,6 +677,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that every ``finally`` runs (a Lava runtime is stopped and its
+    worker processes end, a temporary build folder is removed) before the process exits with 143."""
+
+
+def _stop_on_sigterm() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

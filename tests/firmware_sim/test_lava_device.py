@@ -126,3 +126,43 @@ def test_ctrl_c_to_the_process_group_stops_the_runtime(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+
+
+def test_sigterm_to_edgesp_simulate_stops_the_lava_workers(tmp_path):
+    """``kill -TERM`` on the host process of ``edgesp simulate`` (not its group): the CLI turns SIGTERM into an
+    exception, the runtime is stopped in ``finally``, no Lava worker is left behind, exit code 143 (issue 12)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    build = _build(tmp_path, "lava-cpu")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgesp", "simulate", str(build), "--steps", "100000", "--quiet"],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    group = os.getpgid(proc.pid)
+    try:
+        for _ in range(300):  # wait until the runtime's worker processes exist
+            kids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            if len(kids) >= 3:
+                break
+            time.sleep(0.1)
+        assert len(kids) >= 3, "the Lava runtime did not start"
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.returncode == 143 and "terminated" in proc.stderr.read()
+        for _ in range(50):
+            left = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split()
+            if not left:
+                break
+            time.sleep(0.2)
+        assert left == []
+    finally:
+        if proc.poll() is None or subprocess.run(["pgrep", "-g", str(group)], capture_output=True).stdout:
+            os.killpg(group, signal.SIGKILL)
