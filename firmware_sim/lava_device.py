@@ -167,6 +167,13 @@ def simulate(
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t_wall
+    finite = all(np.all(np.isfinite(np.asarray(a, np.float64))) for wb in final for a in wb)
+    finite = finite and all(np.all(np.isfinite(np.asarray(a, np.float64))) for a in signal.values())
+    if not finite or not np.all(np.isfinite(logits)):
+        raise DataError(
+            f"on-device learning diverged on Lava (weights or readout became NaN/inf within {n_train} training "
+            f"samples at lr {desc.lr:g}): lower the learning rate (--lr); nothing was written"
+        )
     correct = logits.argmax(1) == y
     acc = {}
     curve = []

@@ -92,8 +92,9 @@ def sround_shift(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max())
-    return e / e.sum()
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverged run is reported once by the simulator
+        e = np.exp(z - z.max())
+        return e / e.sum()
 
 
 def hidden_delta(v: np.ndarray, y: int, loss: str, temperature: float) -> np.ndarray:
@@ -103,7 +104,8 @@ def hidden_delta(v: np.ndarray, y: int, loss: str, temperature: float) -> np.nda
         return np.stack([d, -d])
     n = v.shape[1]
     scale = 1.0 / (temperature * n)
-    logits = (v[1:] @ v[0]) * scale
+    with np.errstate(over="ignore", invalid="ignore"):
+        logits = (v[1:] @ v[0]) * scale
     g = softmax(logits)
     g[y] -= 1.0
     delta = np.empty_like(v, dtype=np.float64)

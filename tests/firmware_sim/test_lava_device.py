@@ -166,3 +166,18 @@ def test_sigterm_to_edgesp_simulate_stops_the_lava_workers(tmp_path):
     finally:
         if proc.poll() is None or subprocess.run(["pgrep", "-g", str(group)], capture_output=True).stdout:
             os.killpg(group, signal.SIGKILL)
+
+
+def test_divergence_on_lava_is_one_line_and_writes_nothing(tmp_path, digits):
+    """The divergence policy of every runtime (issue 12): lr 1000 drives the float weights to inf; simulate stops
+    with one line naming the fix and writes no curve and no state."""
+    from edgesp.errors import DataError
+    from firmware_sim.lava_device import simulate
+
+    spec = build_spec("snn", (64,), 10, width=16, depth=2, rule=RuleSpec(name="sp-voltage"), temporal=TemporalSpec())
+    build = tmp_path / "b"
+    compile_model(spec, init_params(spec, 0), load_target("lava-cpu"), build, 1)
+    with pytest.raises(DataError, match=r"diverged on Lava .* lower the learning rate") as e:
+        simulate(build, digits, steps=100, lr=1e3, out_png=tmp_path / "c.png", save_state=tmp_path / "s.npz")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "s.npz").exists()
