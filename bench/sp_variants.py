@@ -6,13 +6,14 @@ seed = run seed), a seeded shuffle, N epochs, test accuracy of the final weights
 spec: ``bench.rules.build`` is wrapped so that the sigprop spec gets the variant. The base SP settings are
 explicit options (defaults: loss v1, temperature 0.01, Adam 1e-3, constant lr, learned hidden signal).
 
-Cost columns are computed, not timed: *extra params* = spec.num_params() − the plain spec's;
+Cost columns are computed, not timed: *extra params* = spec.num_params() − the plain spec's (full signal);
 *extra state bytes* = 4 bytes × 3 (weight + Adam m, v) × extra params; *extra FLOPs/step* = the matmul/conv
 FLOPs of one torch ``train_step`` (forward + backward, counted by ``torch.utils.flop_counter``) minus the
 plain step's, at the row's batch size (element-wise ops such as LayerNorm are not counted).
 
     .venv/bin/python bench/sp_variants.py --variants plain codes4 free aux [--seeds 3] [--jobs 2]
         [--datasets mnist1d] [--models cnn1d] [--out bench/results/sp_variants.json]
+    .venv/bin/python bench/sp_variants.py --from-json A.json [B.json ...]   # markdown tables of saved runs
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ VARIANTS: dict[str, tuple[SPVariant, dict]] = {
     "aux-free-lin": (SPVariant(aux=1.0, free_targets=True), {"activation": "none"}),
     "aux3-free-lin": (SPVariant(aux=3.0, free_targets=True), {"activation": "none"}),
     "free-codes4-lin": (SPVariant(free_targets=True, codes=4), {"activation": "none"}),
+    "free-ch-lin": (SPVariant(free_targets=True), {"shape": "channel", "activation": "none"}),
+    "aux-free-ch-lin": (SPVariant(aux=1.0, free_targets=True), {"shape": "channel", "activation": "none"}),
 }
 
 _orig_build = rules.build
@@ -86,7 +89,10 @@ rules.init_params = init_variant
 def build_variant(args: argparse.Namespace, ds, model: str, rule: str) -> ModelSpec:  # noqa: ANN001
     spec = _orig_build(args, ds, model, rule)
     variant, sig = VARIANTS[args.variant]
-    sig = {k: v for k, v in sig.items() if model != "mlp" or k != "shape"}
+    # the signal is set explicitly (not from SignalSpec's defaults, which may change): learned, hidden, full,
+    # relu, init std --sp-init-std; then the variant's overrides (shape only on conv models)
+    base = dict(kind="learned", placement="hidden", shape="full", activation="relu", init_std=args.sp_init_std)
+    sig = {k: v for k, v in {**base, **sig}.items() if model != "mlp" or k != "shape"}
     spec = replace(spec, signal=replace(spec.signal, **sig))
     spec = spec.replace_rule(variant=variant)
     return replace(spec, name=f"{spec.name}[{args.variant}]")
@@ -133,7 +139,7 @@ def step_flops(spec: ModelSpec, x: np.ndarray, y: np.ndarray) -> int:
 def cost(args: argparse.Namespace, ds, model: str, batch: int) -> dict:  # noqa: ANN001
     torch.set_num_threads(1)
     spec = rules.build(args, ds, model, "sigprop")
-    plain = _orig_build(args, ds, model, "sigprop")
+    plain = build_variant(argparse.Namespace(**{**vars(args), "variant": "plain"}), ds, model, "sigprop")
     x = ds.x_train[:batch].reshape(batch, *spec.input_shape)
     y = ds.y_train[:batch]
     extra = spec.num_params() - plain.num_params()
@@ -233,10 +239,10 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="forked runs at a time (1 torch thread each)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/sp_variants.json"))
     ap.add_argument("--targets-init-std", type=float, help="free targets N(0, std²) instead of init_params'")
-    ap.add_argument("--from-json", type=Path, help="print the markdown tables of a results JSON and exit")
+    ap.add_argument("--from-json", type=Path, nargs="+", help="print the markdown tables of results JSONs and exit")
     a = ap.parse_args()
     if a.from_json:
-        print(markdown(json.loads(a.from_json.read_text())["summary"]))
+        print(markdown([r for f in a.from_json for r in json.loads(f.read_text())["summary"]]))
         return
     global TARGETS_INIT_STD
     TARGETS_INIT_STD = a.targets_init_std

@@ -443,7 +443,8 @@ class SPVariant:
       A sample's positive at each block is the nearest (highest-logit) code of its class: the class logit is
       Y_c = max_k ⟨h, t_{c,k}⟩/(τ d) (loss ``v1`` only). Extra parameters: D·C·(K−1).
     - ``free_targets``: every block i ≥ 1 gets its own learned class target
-      z_i = act(LayerNorm(T_i · onehot(y) + b_i)) (parameters ``targets.{i}.weight`` (D_i, C), ``.bias``),
+      z_i = act(LayerNorm(T_i · onehot(y) + b_i)), act = ``signal.activation`` ('none' measured best; see
+      docs/benchmarks/sp_variants.md) (parameters ``targets.{i}.weight`` (D_i, C), ``.bias``, init as weights),
       trained with block i under its loss, instead of f_i(t_{i−1}). **Not pure SP** (a layer's target is no
       longer its weights applied to the previous target). Extra parameters: Σ_{i≥1} D_i·(C·K+1) (with
       ``codes`` = K, every block's free target has K codes per class).
