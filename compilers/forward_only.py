@@ -11,8 +11,14 @@ Checked on the IR program and, independently, on the emitted ONNX graph.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from edgesp.errors import CompileError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from compilers.ir import Program
 
 
 class ForwardOnlyError(CompileError):
@@ -52,14 +58,14 @@ def check_dependencies(
         raise ForwardOnlyError("update step is not forward-only: " + "; ".join(problems[:5]))
 
 
-def check_program(program) -> None:  # noqa: ANN001 - compilers.ir.Program (avoid import cycle)
+def check_program(program: Program) -> None:
     producers = {op.output: op.inputs for op in program.ops}
     state_layer = {s.value.name: s.layer for s in program.states}
     losses = {int(k.split("_")[1]): v for k, v in program.outputs.items() if k.startswith("loss_")}
     check_dependencies(producers, state_layer, program.state_updates, losses)
 
 
-def check_onnx(model, manifest_params: list[dict]) -> None:  # noqa: ANN001 - onnx.ModelProto
+def check_onnx(model: onnx.ModelProto, manifest_params: list[dict[str, Any]]) -> None:
     """Check an ONNX update-step graph using the manifest's parameter list (name, layer, update_output)."""
     producers: dict[str, list[str]] = {}
     for node in model.graph.node:
