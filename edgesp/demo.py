@@ -89,19 +89,18 @@ def run_demo(out: Path, cli: Callable[[list[str]], int], target: str = "edge-cpu
             str(out / "simulate.json"),
             "--png",
             str(out / "simulate_curve.png"),
-            *(["--save-state", str(out / "learned_state.npz")] if not spiking else []),
+            "--save-state",
+            str(out / "learned_state.npz"),
             *quiet,
         ]
     )
     _run(["profile", str(build_dir), "--json", str(out / "profile.json")])
-    standalone: dict[str, Any] = {}
-    if not spiking:
-        export_dir, ebatch = out / "exported", 1
-        _run(["export", str(build_dir), "--state", str(out / "learned_state.npz"), "--out", str(export_dir)])
-        standalone = {
-            "exported_to": str(export_dir),
-            "standalone_test_accuracy": _standalone_accuracy(tgt.runtime, export_dir, ebatch),
-        }
+    export_dir, ebatch = out / "exported", 1
+    _run(["export", str(build_dir), "--state", str(out / "learned_state.npz"), "--out", str(export_dir)])
+    standalone: dict[str, Any] = {
+        "exported_to": str(export_dir),
+        "standalone_test_accuracy": _standalone_accuracy(tgt.runtime, export_dir, ebatch),
+    }
 
     metrics = json.loads((train_dir / "metrics.json").read_text())
     sim = json.loads((out / "simulate.json").read_text())
