@@ -18,6 +18,7 @@ demo-lava: setup
 
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q -n 2 tests
 
 bench: setup
@@ -30,6 +31,7 @@ bench-ort-training:
 
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf build .pytest_cache

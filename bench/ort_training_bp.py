@@ -65,9 +65,13 @@ def build_module(depth: int, width: int, seed: int):
         def __init__(self) -> None:
             super().__init__()
             self.blocks = nn.ModuleList(
-                nn.Sequential(nn.Linear(784 if i == 0 else width, width),
-                              nn.LayerNorm(width, eps=1e-5, elementwise_affine=False), nn.ReLU())
-                for i in range(depth))
+                nn.Sequential(
+                    nn.Linear(784 if i == 0 else width, width),
+                    nn.LayerNorm(width, eps=1e-5, elementwise_affine=False),
+                    nn.ReLU(),
+                )
+                for i in range(depth)
+            )
             self.head = nn.Linear(width, 10)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,9 +122,17 @@ def make_artifacts(model, batch: int, optimizer: str, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "forward.onnx"
     model.train()
-    torch.onnx.export(model, (torch.zeros(batch, 784),), str(onnx_path), input_names=["input"],
-                      output_names=["logits"], training=torch.onnx.TrainingMode.TRAINING,
-                      do_constant_folding=False, export_params=True, dynamo=False)
+    torch.onnx.export(
+        model,
+        (torch.zeros(batch, 784),),
+        str(onnx_path),
+        input_names=["input"],
+        output_names=["logits"],
+        training=torch.onnx.TrainingMode.TRAINING,
+        do_constant_folding=False,
+        export_params=True,
+        dynamo=False,
+    )
     fwd = onnx.load(str(onnx_path))
     # ORT's LayerNormalization gradient reads the node's optional Mean / InvStdDev outputs, which the torch
     # exporter leaves out ("i < node_->OutputDefs().size() was false"): name them so the backward can use them.
@@ -129,12 +141,20 @@ def make_artifacts(model, batch: int, optimizer: str, out: Path) -> dict:
             node.output.append(f"ln{k}_{('mean', 'inv_std')[len(node.output) - 1]}")
     trainable = [n for n, _ in model.named_parameters()]
     frozen = [i.name for i in fwd.graph.initializer if i.name not in trainable]
-    optim = (onnxblock.optim.AdamW(bias_correction=True, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-             if optimizer == "adam" else onnxblock.optim.SGD())
+    optim = (
+        onnxblock.optim.AdamW(bias_correction=True, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        if optimizer == "adam"
+        else onnxblock.optim.SGD()
+    )
     with _quiet_stderr():  # the gradient builder logs every graph transformer at INFO level
-        artifacts.generate_artifacts(fwd, requires_grad=trainable, frozen_params=frozen,
-                                     loss=artifacts.LossType.CrossEntropyLoss, optimizer=optim,
-                                     artifact_directory=str(out))
+        artifacts.generate_artifacts(
+            fwd,
+            requires_grad=trainable,
+            frozen_params=frozen,
+            loss=artifacts.LossType.CrossEntropyLoss,
+            optimizer=optim,
+            artifact_directory=str(out),
+        )
     if optimizer == "adam":  # onnxblock hard-codes adam_mode 1 (HF); mode 0 is torch's update rule
         opt_path = out / "optimizer_model.onnx"
         om = onnx.load(str(opt_path))
@@ -144,9 +164,12 @@ def make_artifacts(model, batch: int, optimizer: str, out: Path) -> dict:
                     if attr.name == "adam_mode":
                         attr.i = 0
         onnx.save(om, str(opt_path))
-    return {"opset": fwd.opset_import[0].version, "ir_version": fwd.ir_version,
-            "frozen_initializers": frozen,
-            "artifact_bytes": {f: (out / f).stat().st_size for f in ARTIFACT_FILES if (out / f).exists()}}
+    return {
+        "opset": fwd.opset_import[0].version,
+        "ir_version": fwd.ir_version,
+        "frozen_initializers": frozen,
+        "artifact_bytes": {f: (out / f).stat().st_size for f in ARTIFACT_FILES if (out / f).exists()},
+    }
 
 
 # --------------------------------------------------------------------------------------------- ORT side
@@ -190,8 +213,11 @@ def _torch_bp_step(depth: int, width: int, seed: int, optimizer: str, lr: float,
 
     torch.set_num_threads(1)
     model, _, _ = build_module(depth, width, seed)
-    opt = (torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
-           if optimizer == "adam" else torch.optim.SGD(model.parameters(), lr=lr))
+    opt = (
+        torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        if optimizer == "adam"
+        else torch.optim.SGD(model.parameters(), lr=lr)
+    )
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     def step():
@@ -202,8 +228,18 @@ def _torch_bp_step(depth: int, width: int, seed: int, optimizer: str, lr: float,
     return step
 
 
-def child(art: Path, depth: int, width: int, batch: int, steps: int, warmup: int, repeats: int,
-          optimizer: str, lr: float, seed: int) -> dict:
+def child(
+    art: Path,
+    depth: int,
+    width: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    optimizer: str,
+    lr: float,
+    seed: int,
+) -> dict:
     """Runs in a fresh process: memory of train steps 1 and 2, then speed (ORT and eager torch interleaved,
     `repeats` blocks of `steps` steps each, so both see the same machine load; wall clock and process CPU time).
     Returns a JSON-able dict."""
@@ -249,18 +285,28 @@ def child(art: Path, depth: int, width: int, batch: int, steps: int, warmup: int
     final_loss = float(np.asarray(step().numpy()).reshape(-1)[0])
     best = max(wall["ort"])
     return {
-        "samples_per_s": best, "steps_per_s": best / batch, "samples_per_s_median": float(np.median(wall["ort"])),
-        "samples_per_s_all": wall["ort"], "torch_bp_samples_per_s": max(wall["torch"]),
-        "torch_bp_samples_per_s_all": wall["torch"], "ort_over_torch_speed": best / max(wall["torch"]),
-        "samples_per_cpu_s": max(cpu["ort"]), "torch_bp_samples_per_cpu_s": max(cpu["torch"]),
+        "samples_per_s": best,
+        "steps_per_s": best / batch,
+        "samples_per_s_median": float(np.median(wall["ort"])),
+        "samples_per_s_all": wall["ort"],
+        "torch_bp_samples_per_s": max(wall["torch"]),
+        "torch_bp_samples_per_s_all": wall["torch"],
+        "ort_over_torch_speed": best / max(wall["torch"]),
+        "samples_per_cpu_s": max(cpu["ort"]),
+        "torch_bp_samples_per_cpu_s": max(cpu["torch"]),
         "cpu_over_wall": float(np.median([w / c for w, c in zip(wall["ort"], cpu["ort"], strict=True)])),
-        "timed_steps": steps, "repeats": repeats, "warmup_steps": warmup, "load_s": load_s,
+        "timed_steps": steps,
+        "repeats": repeats,
+        "warmup_steps": warmup,
+        "load_s": load_s,
         "rss_kib_after": stages,
         "load_increase_bytes": 1024 * (stages["optimizer"] - stages["import"]),
         "step1_peak_increase_bytes": 1024 * (mem[1]["hwm_kib"] - mem[1]["rss_before_kib"]),
         "step1_retained_bytes": 1024 * (mem[1]["rss_after_kib"] - mem[1]["rss_before_kib"]),
         "step2_peak_increase_bytes": 1024 * (mem[2]["hwm_kib"] - mem[2]["rss_before_kib"]),
-        "final_loss": final_loss, "ort_threads": {"intra_op": 1, "inter_op": 1}, "torch_threads": 1,
+        "final_loss": final_loss,
+        "ort_threads": {"intra_op": 1, "inter_op": 1},
+        "torch_threads": 1,
     }
 
 
@@ -282,8 +328,11 @@ def check(model, art: Path, batch: int, steps: int, optimizer: str, lr: float, s
     from edgesp.functional import predict_logits, to_torch
 
     ref = copy.deepcopy(model)
-    topt = (torch.optim.Adam(ref.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
-            if optimizer == "adam" else torch.optim.SGD(ref.parameters(), lr=lr))
+    topt = (
+        torch.optim.Adam(ref.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        if optimizer == "adam"
+        else torch.optim.SGD(ref.parameters(), lr=lr)
+    )
     state, module, opt = load_session(art, lr)
     rng = np.random.default_rng(seed + 7)
     out: dict = {"check_steps": steps}
@@ -291,24 +340,30 @@ def check(model, art: Path, batch: int, steps: int, optimizer: str, lr: float, s
     for k in range(steps):
         x = rng.standard_normal((batch, 784)).astype(np.float32)
         y = rng.integers(0, 10, batch).astype(np.int64)
-        loss = float(np.asarray(module(ort.OrtValue.ortvalue_from_numpy(x),
-                                       ort.OrtValue.ortvalue_from_numpy(y)).numpy()).reshape(-1)[0])
+        loss = float(
+            np.asarray(
+                module(ort.OrtValue.ortvalue_from_numpy(x), ort.OrtValue.ortvalue_from_numpy(y)).numpy()
+            ).reshape(-1)[0]
+        )
         topt.zero_grad()
         tl = torch.nn.functional.cross_entropy(ref(torch.from_numpy(x)), torch.from_numpy(y))
         tl.backward()
         if k == 0:
             out["step1_max_rel_grad_err"] = max(
                 float(np.max(np.abs(state.parameters[n].grad - p.grad.numpy())) / (p.grad.abs().max().item() + 1e-30))
-                for n, p in ref.named_parameters())
+                for n, p in ref.named_parameters()
+            )
         opt.step()
         module.lazy_reset_grad()
         topt.step()
         dloss = max(dloss, abs(loss - tl.item()))
         if k == 0:
-            out["step1_max_abs_dW"] = max(float(np.max(np.abs(state.parameters[n].data - p.detach().numpy())))
-                                          for n, p in ref.named_parameters())
-    out["max_abs_dW_vs_torch"] = max(float(np.max(np.abs(state.parameters[n].data - p.detach().numpy())))
-                                     for n, p in ref.named_parameters())
+            out["step1_max_abs_dW"] = max(
+                float(np.max(np.abs(state.parameters[n].data - p.detach().numpy()))) for n, p in ref.named_parameters()
+            )
+    out["max_abs_dW_vs_torch"] = max(
+        float(np.max(np.abs(state.parameters[n].data - p.detach().numpy()))) for n, p in ref.named_parameters()
+    )
     out["max_abs_dloss_vs_torch"] = dloss
     _, spec, params = build_module(len(model.blocks), model.head.in_features, seed)
     xs = torch.from_numpy(make_data(batch, seed)[0])
@@ -332,44 +387,84 @@ def run(depths, batches, width, steps, warmup, repeats, optimizer, lr, seed, che
                 t0 = time.perf_counter()
                 info = make_artifacts(model, batch, optimizer, art)
                 gen_s = time.perf_counter() - t0
-                cmd = [sys.executable, __file__, "--child", str(art), "--depths", str(depth), "--batches", str(batch),
-                       "--width", str(width), "--steps", str(steps), "--warmup", str(warmup), "--repeats",
-                       str(repeats), "--optimizer", optimizer, "--lr", str(lr), "--seed", str(seed)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(art),
+                    "--depths",
+                    str(depth),
+                    "--batches",
+                    str(batch),
+                    "--width",
+                    str(width),
+                    "--steps",
+                    str(steps),
+                    "--warmup",
+                    str(warmup),
+                    "--repeats",
+                    str(repeats),
+                    "--optimizer",
+                    optimizer,
+                    "--lr",
+                    str(lr),
+                    "--seed",
+                    str(seed),
+                ]
                 env = dict(os.environ, OMP_NUM_THREADS="1")
                 res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
                 if res.returncode != 0:
                     raise SystemExit(f"error: child failed for depth {depth} batch {batch}:\n{res.stderr[-3000:]}")
                 meas = json.loads(res.stdout.strip().splitlines()[-1])
                 chk = check(model, art, batch, check_steps, optimizer, lr, seed) if check_steps else {}
-            row = {"depth": depth, "batch": batch, "width": width, "optimizer": optimizer,
-                   "ort_optimizer": "AdamW(weight_decay=0, eps=1e-8)" if optimizer == "adam" else "SGD (no momentum)",
-                   "lr": lr, "trainable_params": n_params, "param_bytes": 4 * n_params,
-                   "state_bytes": 4 * n_params * (4 if optimizer == "adam" else 2),
-                   "artifact_gen_s": gen_s, **info, **meas, **chk}
+            row = {
+                "depth": depth,
+                "batch": batch,
+                "width": width,
+                "optimizer": optimizer,
+                "ort_optimizer": "AdamW(weight_decay=0, eps=1e-8)" if optimizer == "adam" else "SGD (no momentum)",
+                "lr": lr,
+                "trainable_params": n_params,
+                "param_bytes": 4 * n_params,
+                "state_bytes": 4 * n_params * (4 if optimizer == "adam" else 2),
+                "artifact_gen_s": gen_s,
+                **info,
+                **meas,
+                **chk,
+            }
             rows.append(row)
-            print(f"depth {depth} batch {batch:>2}: BP/ORT-training {row['samples_per_s']:8.0f} samples/s  "
-                  f"BP/torch {row['torch_bp_samples_per_s']:8.0f} samples/s  "
-                  f"step-1 peak +{row['step1_peak_increase_bytes'] / 2**20:6.2f} MiB  "
-                  f"step-2 peak +{row['step2_peak_increase_bytes'] / 2**20:6.2f} MiB"
-                  + (f"  grad rel err {row['step1_max_rel_grad_err']:.1e}" if chk else ""), flush=True)
+            print(
+                f"depth {depth} batch {batch:>2}: BP/ORT-training {row['samples_per_s']:8.0f} samples/s  "
+                f"BP/torch {row['torch_bp_samples_per_s']:8.0f} samples/s  "
+                f"step-1 peak +{row['step1_peak_increase_bytes'] / 2**20:6.2f} MiB  "
+                f"step-2 peak +{row['step2_peak_increase_bytes'] / 2**20:6.2f} MiB"
+                + (f"  grad rel err {row['step1_max_rel_grad_err']:.1e}" if chk else ""),
+                flush=True,
+            )
     return rows
 
 
 def table(rows) -> str:
     mib = 2**20
-    head = ("| depth | batch | BP/ORT-training samples/s | BP/torch samples/s | ORT÷torch | ORT samples/CPU-s "
-            "| torch samples/CPU-s | CPU÷wall | load +MiB | step-1 peak +MiB | step-2 peak +MiB | params MiB "
-            "| params+grads(+Adam moments) MiB | grad rel. err vs torch | ΔW after 1 step | ΔW after N steps |")
+    head = (
+        "| depth | batch | BP/ORT-training samples/s | BP/torch samples/s | ORT÷torch | ORT samples/CPU-s "
+        "| torch samples/CPU-s | CPU÷wall | load +MiB | step-1 peak +MiB | step-2 peak +MiB | params MiB "
+        "| params+grads(+Adam moments) MiB | grad rel. err vs torch | ΔW after 1 step | ΔW after N steps |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        dw = " | ".join(f"{r[k]:.1e}" if k in r else "–"
-                        for k in ("step1_max_rel_grad_err", "step1_max_abs_dW", "max_abs_dW_vs_torch"))
-        lines.append(f"| {r['depth']} | {r['batch']} | {r['samples_per_s']:.0f} | {r['torch_bp_samples_per_s']:.0f} | "
-                     f"{r['ort_over_torch_speed']:.2f} | {r['samples_per_cpu_s']:.0f} | "
-                     f"{r['torch_bp_samples_per_cpu_s']:.0f} | {r['cpu_over_wall']:.2f} | "
-                     f"{r['load_increase_bytes'] / mib:.2f} | {r['step1_peak_increase_bytes'] / mib:.2f} | "
-                     f"{r['step2_peak_increase_bytes'] / mib:.2f} | {r['param_bytes'] / mib:.2f} | "
-                     f"{r['state_bytes'] / mib:.2f} | {dw} |")
+        dw = " | ".join(
+            f"{r[k]:.1e}" if k in r else "–"
+            for k in ("step1_max_rel_grad_err", "step1_max_abs_dW", "max_abs_dW_vs_torch")
+        )
+        lines.append(
+            f"| {r['depth']} | {r['batch']} | {r['samples_per_s']:.0f} | {r['torch_bp_samples_per_s']:.0f} | "
+            f"{r['ort_over_torch_speed']:.2f} | {r['samples_per_cpu_s']:.0f} | "
+            f"{r['torch_bp_samples_per_cpu_s']:.0f} | {r['cpu_over_wall']:.2f} | "
+            f"{r['load_increase_bytes'] / mib:.2f} | {r['step1_peak_increase_bytes'] / mib:.2f} | "
+            f"{r['step2_peak_increase_bytes'] / mib:.2f} | {r['param_bytes'] / mib:.2f} | "
+            f"{r['state_bytes'] / mib:.2f} | {dw} |"
+        )
     return "\n".join(lines)
 
 
@@ -389,8 +484,22 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(Path(a.child), a.depths[0], a.width, a.batches[0], a.steps, a.warmup, a.repeats,
-                               a.optimizer, a.lr, a.seed)))
+        print(
+            json.dumps(
+                child(
+                    Path(a.child),
+                    a.depths[0],
+                    a.width,
+                    a.batches[0],
+                    a.steps,
+                    a.warmup,
+                    a.repeats,
+                    a.optimizer,
+                    a.lr,
+                    a.seed,
+                )
+            )
+        )
         return
     import onnx
     import onnxruntime
@@ -401,18 +510,28 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "ort_training_bp" if a.optimizer == "adam" else f"ort_training_bp_{a.optimizer}"
-    doc = {"command": " ".join([".venv-ort-training/bin/python", *sys.argv]),
-           "versions": {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
-                        "numpy": np.__version__, "python": sys.version.split()[0]},
-           "loadavg_1_5_15_at_start": load0, "loadavg_1_5_15_at_end": os.getloadavg(), "rows": rows}
+    doc = {
+        "command": " ".join([".venv-ort-training/bin/python", *sys.argv]),
+        "versions": {
+            "onnxruntime": onnxruntime.__version__,
+            "onnx": onnx.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": sys.version.split()[0],
+        },
+        "loadavg_1_5_15_at_start": load0,
+        "loadavg_1_5_15_at_end": os.getloadavg(),
+        "rows": rows,
+    }
     tmp = out / f".{stem}.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2))
     os.replace(tmp, out / f"{stem}.json")
     print(table(rows))
     print(f"wrote {out / (stem + '.json')}")
     if any(not r.get("step1_max_rel_grad_err", 0.0) <= 1e-4 for r in rows):
-        print("warning: ORT gradients differ from torch autograd by > 1e-4 (relative); check the export",
-              file=sys.stderr)
+        print(
+            "warning: ORT gradients differ from torch autograd by > 1e-4 (relative); check the export", file=sys.stderr
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,7 @@ def max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray], names: list[str
     return max(float(np.abs(a[n] - b[n]).max()) for n in names)
 
 
-def run(steps: int, batch: int, optimizer: str, lr: float, width: int, depth: int,
-        checkpoints: list[int]) -> dict:
+def run(steps: int, batch: int, optimizer: str, lr: float, width: int, depth: int, checkpoints: list[int]) -> dict:
     ds = load_dataset("digits")
     opt = OptimizerSpec(name=optimizer, lr=lr)
     spec = build_spec("mlp", ds.input_shape, ds.num_classes, width=width, depth=depth)
@@ -52,10 +51,12 @@ def run(steps: int, batch: int, optimizer: str, lr: float, width: int, depth: in
     with tempfile.TemporaryDirectory() as tmp:
         compile_tflite(spec, params, load_target("edge-cpu-tflite"), Path(tmp) / "tfl", batch)
         compile_onnx(spec, params, load_target("edge-cpu"), Path(tmp) / "onnx", batch)
-        runs = {"litert": TFLiteDevice(Path(tmp) / "tfl", "litert"),
-                "litert_reference": TFLiteDevice(Path(tmp) / "tfl", "litert", "reference"),
-                "tflite_runtime": TFLiteDevice(Path(tmp) / "tfl", "tflite_runtime"),
-                "onnxruntime": OrtDevice(Path(tmp) / "onnx")}
+        runs = {
+            "litert": TFLiteDevice(Path(tmp) / "tfl", "litert"),
+            "litert_reference": TFLiteDevice(Path(tmp) / "tfl", "litert", "reference"),
+            "tflite_runtime": TFLiteDevice(Path(tmp) / "tfl", "tflite_runtime"),
+            "onnxruntime": OrtDevice(Path(tmp) / "onnx"),
+        }
         torch_ref = SigpropTrainer(spec, params, 0)
         state = {s.value.name: s.init for s in prog.states}
         x_all = adapt_inputs(ds.x_train, spec.input_shape).astype(np.float32)
@@ -79,10 +80,20 @@ def run(steps: int, batch: int, optimizer: str, lr: float, width: int, depth: in
                 row["litert_vs_onnxruntime"] = max_diff(w["litert"], w["onnxruntime"], names)
                 row["litert_vs_tflite_runtime"] = max_diff(w["litert"], w["tflite_runtime"], names)
                 rows.append(row)
-                print(" ".join(f"{k2}={v:.2e}" if isinstance(v, float) else f"{k2}={v}" for k2, v in row.items()),
-                      flush=True)
-    return {"steps": steps, "batch": batch, "optimizer": optimizer, "lr": lr, "width": width, "depth": depth,
-            "dataset": "digits", "rows": rows}
+                print(
+                    " ".join(f"{k2}={v:.2e}" if isinstance(v, float) else f"{k2}={v}" for k2, v in row.items()),
+                    flush=True,
+                )
+    return {
+        "steps": steps,
+        "batch": batch,
+        "optimizer": optimizer,
+        "lr": lr,
+        "width": width,
+        "depth": depth,
+        "dataset": "digits",
+        "rows": rows,
+    }
 
 
 def main() -> None:

@@ -59,8 +59,10 @@ def main() -> None:
     args = ap.parse_args()
     target = load_target("edge-cpu-tflite")
     rows = []
-    print(f"{'depth':>5} {'batch':>5} {'interpreter':>15} {'samples/s':>10} {'samples/cpu-s':>13} "
-          f"{'peak RSS MiB':>12} {'planned MiB':>11} {'ORT samples/s':>13} {'ORT samples/cpu-s':>17}")
+    print(
+        f"{'depth':>5} {'batch':>5} {'interpreter':>15} {'samples/s':>10} {'samples/cpu-s':>13} "
+        f"{'peak RSS MiB':>12} {'planned MiB':>11} {'ORT samples/s':>13} {'ORT samples/cpu-s':>17}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for depth in args.depths:
             spec = build_spec("mlp", (784,), 10, width=args.width, depth=depth)
@@ -73,18 +75,30 @@ def main() -> None:
                 for interp in INTERPRETERS:
                     r = bench_step(build, args.steps, interp, args.resolver)
                     ort, ort_cpu = ort_step_rate(build / "onnx", args.steps)
-                    row = {"depth": depth, "width": args.width, "batch": batch, "interpreter": interp,
-                           "resolver": args.resolver, "optimizer": spec.rule.optimizer.name, **r,
-                           "onnxruntime_samples_per_second": ort, "onnxruntime_samples_per_cpu_second": ort_cpu}
+                    row = {
+                        "depth": depth,
+                        "width": args.width,
+                        "batch": batch,
+                        "interpreter": interp,
+                        "resolver": args.resolver,
+                        "optimizer": spec.rule.optimizer.name,
+                        **r,
+                        "onnxruntime_samples_per_second": ort,
+                        "onnxruntime_samples_per_cpu_second": ort_cpu,
+                    }
                     rows.append(row)
-                    print(f"{depth:>5} {batch:>5} {interp:>15} {r['samples_per_second']:>10.0f} "
-                          f"{r['samples_per_cpu_second']:>13.0f} {r['peak_rss_bytes'] / 2**20:>12.2f} "
-                          f"{r['planned_peak_bytes'] / 2**20:>11.2f} {ort:>13.0f} {ort_cpu:>17.0f}", flush=True)
+                    print(
+                        f"{depth:>5} {batch:>5} {interp:>15} {r['samples_per_second']:>10.0f} "
+                        f"{r['samples_per_cpu_second']:>13.0f} {r['peak_rss_bytes'] / 2**20:>12.2f} "
+                        f"{r['planned_peak_bytes'] / 2**20:>11.2f} {ort:>13.0f} {ort_cpu:>17.0f}",
+                        flush=True,
+                    )
     import os
 
     load = os.getloadavg()
-    print(f"load average during the run (1/5/15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on "
-          f"{os.cpu_count()} cores")
+    print(
+        f"load average during the run (1/5/15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores"
+    )
     write_text(args.out, json.dumps({"steps": args.steps, "load_average": load, "rows": rows}, indent=2))
     _plot(rows, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
@@ -102,8 +116,12 @@ def _plot(rows: list[dict], path: Path) -> None:
     for interp in INTERPRETERS:
         for batch in sorted({r["batch"] for r in rows}):
             sel = [r for r in rows if r["interpreter"] == interp and r["batch"] == batch]
-            ax.plot([r["depth"] for r in sel], [r["samples_per_cpu_second"] for r in sel], marker="o",
-                    label=f"{interp}, batch {batch}")
+            ax.plot(
+                [r["depth"] for r in sel],
+                [r["samples_per_cpu_second"] for r in sel],
+                marker="o",
+                label=f"{interp}, batch {batch}",
+            )
     ax.set_xlabel("MLP depth (blocks)")
     ax.set_ylabel("update-step samples per CPU-second (1 thread)")
     ax.set_yscale("log")

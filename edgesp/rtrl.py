@@ -31,8 +31,9 @@ from edgesp.spec import LIF, ModelSpec
 from edgesp.spiking import LIFState, SpikeFn
 
 
-def add_recurrence(spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0,
-                   blocks: tuple[int, ...] = (0,)) -> dict[str, np.ndarray]:
+def add_recurrence(
+    spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0, blocks: tuple[int, ...] = (0,)
+) -> dict[str, np.ndarray]:
     """Params plus recurrent weights R_i ~ U(±1/sqrt(H)) (H×H) for the given blocks."""
     rng = np.random.default_rng(seed + 7919)
     out = dict(params)
@@ -52,8 +53,14 @@ def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
-def bptt_loss(spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, params: Params, spike: SpikeFn,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def bptt_loss(
+    spec: ModelSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    params: Params,
+    spike: SpikeFn,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward over all T steps keeping the autograd graph (nothing detached; the same stepping as
     :func:`edgesp.snn.run`). Returns (loss, logits)."""
     logits = run(spec, x, params, spike, generator)
@@ -109,9 +116,14 @@ class StateLayout:
         return states, e
 
 
-def rtrl_loss_and_grads(spec: ModelSpec, x: torch.Tensor, y: torch.Tensor, params: Params, spike: SpikeFn,
-                        generator: torch.Generator | None = None,
-                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], int]:
+def rtrl_loss_and_grads(
+    spec: ModelSpec,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    params: Params,
+    spike: SpikeFn,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], int]:
     """RTRL. Returns (loss, logits, grads for block and head params, peak sensitivity bytes B·S·P·itemsize)."""
     names = block_param_names(spec, params)
     shapes = [params[k].shape for k in names]

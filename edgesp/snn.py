@@ -38,13 +38,20 @@ class BlockState:
     prev_out: torch.Tensor | None = None
 
     def detached(self) -> BlockState:
-        return BlockState({j: s.detached() for j, s in self.lif.items()},
-                          None if self.prev_out is None else self.prev_out.detach())
+        return BlockState(
+            {j: s.detached() for j, s in self.lif.items()}, None if self.prev_out is None else self.prev_out.detach()
+        )
 
 
-def block_step(spec: ModelSpec, i: int, x: torch.Tensor | None, params: Params, state: BlockState,
-               spike: SpikeFn | None = None,
-               current: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, BlockState]:
+def block_step(
+    spec: ModelSpec,
+    i: int,
+    x: torch.Tensor | None,
+    params: Params,
+    state: BlockState,
+    spike: SpikeFn | None = None,
+    current: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, BlockState]:
     """One time step of block i on a batch. Returns (output, membrane of the last LIF (or the output if
     the block has none), new state). The caller decides what to detach. ``current`` replaces the
     parametric layer's output a_i[t] (used when a target enters directly at the first hidden layer)."""
@@ -114,8 +121,13 @@ def empty_readout(spec: ModelSpec, batch: int, like: torch.Tensor) -> Readout:
     return Readout(like.new_zeros((batch, feat)))
 
 
-def run(spec: ModelSpec, x: torch.Tensor, params: Params, spike: SpikeFn | None = None,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+def run(
+    spec: ModelSpec,
+    x: torch.Tensor,
+    params: Params,
+    spike: SpikeFn | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Inference: encode, step every block T times, return the readout logits (B, C). No target needed.
     With ``generator=None`` the rate code is seeded from ``spec.temporal.seed`` (deterministic)."""
     enc = Encoder(spec, x, generator)

@@ -92,8 +92,9 @@ def smooth_spike(slope: float = 5.0) -> SpikeFn:
     return spike
 
 
-def lif_step(layer: LIF, a: torch.Tensor, state: LIFState,
-             spike: SpikeFn | None = None) -> tuple[torch.Tensor, torch.Tensor, LIFState]:
+def lif_step(
+    layer: LIF, a: torch.Tensor, state: LIFState, spike: SpikeFn | None = None
+) -> tuple[torch.Tensor, torch.Tensor, LIFState]:
     u = (1.0 - layer.du) * state.u + a
     v = (1.0 - layer.dv) * state.v + u + layer.bias
     if not layer.spiking:

@@ -37,8 +37,13 @@ class TFLiteDevice:
     """A build loaded into one TFLite interpreter; parameters and optimizer state stay in its variables.
     ``step``/``accuracy`` follow the device protocol of :func:`firmware_sim.onnx_device.run_learning`."""
 
-    def __init__(self, build_dir: str | Path, interpreter: str = DEFAULT_INTERPRETER, resolver: str = "auto",
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        build_dir: str | Path,
+        interpreter: str = DEFAULT_INTERPRETER,
+        resolver: str = "auto",
+        threads: int | None = None,
+    ) -> None:
         self.build_dir = Path(build_dir)
         # schema, hashes, spec vs parameters vs state file (firmware_sim.load_build), before any artifact is used
         self.manifest, self.spec, state = load_build(self.build_dir, "tflite")
@@ -53,25 +58,34 @@ class TFLiteDevice:
 
     def _check_artifact_shapes(self, fname: str) -> None:
         """The manifest's batch, input shape and state layout must be the flatbuffer's own signatures'."""
-        want = {("step", "x"): (self.batch, *self.spec.input_shape), ("step", "y"): (self.batch,),
-                ("infer", "x"): (self.batch, *self.spec.input_shape)}
+        want = {
+            ("step", "x"): (self.batch, *self.spec.input_shape),
+            ("step", "y"): (self.batch,),
+            ("infer", "x"): (self.batch, *self.spec.input_shape),
+        }
         if "init" in self.model.signatures:
             want.update({("init", p.name): p.shape for p in self.manifest.parameters})
         for (sig, name), shape in want.items():
             try:
                 have = self.model.input_shape(sig, name)
             except KeyError:
-                raise CompileError(f"{self.build_dir / 'manifest.json'} does not match {fname}: its {sig} "
-                                   f"signature has no input '{name}': re-run 'edgesp compile'") from None
+                raise CompileError(
+                    f"{self.build_dir / 'manifest.json'} does not match {fname}: its {sig} "
+                    f"signature has no input '{name}': re-run 'edgesp compile'"
+                ) from None
             if have != shape and not (shape == () and have in ((1,), ())):  # scalars may be stored as [1]
-                raise CompileError(f"{self.build_dir / 'manifest.json'} does not match {fname}: {sig}() input "
-                                   f"'{name}' is {list(have)} there, the manifest implies {list(shape)} (edited?): "
-                                   "re-run 'edgesp compile'")
+                raise CompileError(
+                    f"{self.build_dir / 'manifest.json'} does not match {fname}: {sig}() input "
+                    f"'{name}' is {list(have)} there, the manifest implies {list(shape)} (edited?): "
+                    "re-run 'edgesp compile'"
+                )
 
     def check_batch(self, x: np.ndarray) -> None:
         if x.shape[0] != self.batch:
-            raise DataError(f"the build was compiled for batch {self.batch}, got {x.shape[0]}: "
-                            "recompile with --batch or keep the batch")
+            raise DataError(
+                f"the build was compiled for batch {self.batch}, got {x.shape[0]}: "
+                "recompile with --batch or keep the batch"
+            )
 
     def step(self, x: np.ndarray, y: np.ndarray, lr: float | None = None) -> dict[str, float]:
         """One SP update inside the interpreter; returns the per-layer local losses."""
@@ -83,7 +97,7 @@ class TFLiteDevice:
         """Logits for any number of samples; the last chunk is zero-padded to the static batch."""
         out = []
         for i in range(0, len(x), self.batch):
-            chunk = np.asarray(x[i:i + self.batch], np.float32)
+            chunk = np.asarray(x[i : i + self.batch], np.float32)
             n = len(chunk)
             if n < self.batch:
                 chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), np.float32)])
@@ -117,9 +131,18 @@ class TFLiteDevice:
 
 
 # --------------------------------------------------------------------------- simulate
-def simulate(build_dir: Path, dataset: Dataset, steps: int, batch: int | None = None, seed: int = 0,
-             out_png: Path | None = None, progress: bool = True, continual: bool = False,
-             lr: float | None = None, **options: Any) -> dict[str, Any]:
+def simulate(
+    build_dir: Path,
+    dataset: Dataset,
+    steps: int,
+    batch: int | None = None,
+    seed: int = 0,
+    out_png: Path | None = None,
+    progress: bool = True,
+    continual: bool = False,
+    lr: float | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Stream ``steps`` shuffled batches through ``step`` (the shared loop of
     :func:`firmware_sim.onnx_device.run_learning`: test accuracy with ``infer`` before, along and after;
     samples/s counts ``step`` calls only; ``continual`` feeds the classes in stages of two)."""
@@ -127,21 +150,36 @@ def simulate(build_dir: Path, dataset: Dataset, steps: int, batch: int | None = 
 
     if steps < 1:
         raise DataError("steps must be >= 1")
-    device = TFLiteDevice(build_dir, options.get("interpreter", DEFAULT_INTERPRETER),
-                          options.get("resolver", "auto"), options.get("threads"))
+    device = TFLiteDevice(
+        build_dir,
+        options.get("interpreter", DEFAULT_INTERPRETER),
+        options.get("resolver", "auto"),
+        options.get("threads"),
+    )
     if batch is not None and batch != device.batch:
-        raise DataError(f"the build was compiled for batch {device.batch}, not {batch}: recompile with "
-                        f"--batch {batch}")
-    res = run_learning(device, device.spec, dataset, steps, device.batch, seed, out_png, progress, continual,
-                       lr, runtime=f"tflite ({device.model.name})", save_state=options.get("save_state"))
-    res.update(runtime="tflite", interpreter=device.model.name, resolver=options.get("resolver", "auto"),
-               build=str(build_dir))
+        raise DataError(f"the build was compiled for batch {device.batch}, not {batch}: recompile with --batch {batch}")
+    res = run_learning(
+        device,
+        device.spec,
+        dataset,
+        steps,
+        device.batch,
+        seed,
+        out_png,
+        progress,
+        continual,
+        lr,
+        runtime=f"tflite ({device.model.name})",
+        save_state=options.get("save_state"),
+    )
+    res.update(
+        runtime="tflite", interpreter=device.model.name, resolver=options.get("resolver", "auto"), build=str(build_dir)
+    )
     return res
 
 
 # --------------------------------------------------------------------------- memory
-def _measure_here(kind: str, build_dir: str, interpreter: str, resolver: str,
-                  calls: int = 3) -> dict[str, Any]:
+def _measure_here(kind: str, build_dir: str, interpreter: str, resolver: str, calls: int = 3) -> dict[str, Any]:
     """Runs in the child process. ``inference``/``update``: peak RSS increase of creating the interpreter,
     ``init`` and ``calls`` calls (+ the steady-state increase of one more call after that); ``bp``: the
     torch-autograd BP step of :func:`firmware_sim.memory.bp_training_memory` on the same network."""
@@ -203,24 +241,33 @@ def profile(build_dir: Path, batch: int | None = None, **options: Any) -> dict[s
     interpreter, resolver = options.get("interpreter", DEFAULT_INTERPRETER), options.get("resolver", "auto")
     dev = TFLiteDevice(build_dir, interpreter, resolver)
     if batch is not None and batch != dev.batch:
-        raise DataError(f"the build was compiled for batch {dev.batch}, not {batch}: recompile with "
-                        f"--batch {batch}")
+        raise DataError(f"the build was compiled for batch {dev.batch}, not {batch}: recompile with --batch {batch}")
     details = dev.manifest.planned_memory.details  # the flatbuffer plan of each signature
-    plan = {(k, f): details.get(k, {}).get(f)
-            for k in ("inference", "update_step")
-            for f in ("planned_peak_bytes", "activations_peak_bytes", "variables_bytes")}
-    result: dict[str, Any] = {"runtime": "tflite", "interpreter": interpreter, "resolver": resolver,
-                              "build": str(build_dir), "batch": dev.batch,
-                              "state_bytes": sum(p.nbytes for p in dev.manifest.parameters)}
+    plan = {
+        (k, f): details.get(k, {}).get(f)
+        for k in ("inference", "update_step")
+        for f in ("planned_peak_bytes", "activations_peak_bytes", "variables_bytes")
+    }
+    result: dict[str, Any] = {
+        "runtime": "tflite",
+        "interpreter": interpreter,
+        "resolver": resolver,
+        "build": str(build_dir),
+        "batch": dev.batch,
+        "state_bytes": sum(p.nbytes for p in dev.manifest.parameters),
+    }
     for key, kind in (("inference", "inference"), ("update_step", "update")):
         m = _measure(kind, build_dir, interpreter, resolver)
-        result[key] = {**m, "planned_peak_bytes": plan[key, "planned_peak_bytes"],
-                       "planned_activation_bytes": plan[key, "activations_peak_bytes"],
-                       "planned_variable_bytes": plan[key, "variables_bytes"]}
+        result[key] = {
+            **m,
+            "planned_peak_bytes": plan[key, "planned_peak_bytes"],
+            "planned_activation_bytes": plan[key, "activations_peak_bytes"],
+            "planned_variable_bytes": plan[key, "variables_bytes"],
+        }
     result["bp_baseline"] = _measure("bp", build_dir, interpreter, resolver)
     result["definitions"] = {
         "measured_peak_bytes": "peak RSS (VmHWM) above RSS before creating the interpreter, through init and "
-                               "3 calls (model, arena, variables, runtime overhead); fresh process",
+        "3 calls (model, arena, variables, runtime overhead); fresh process",
         "steady_call_rss_increase_bytes": "peak RSS increase of one more call after those",
         "planned_peak_bytes": "flatbuffer plan: variables + constants + max live tensors over the op order",
         "bp_baseline.measured_peak_bytes": "torch autograd BP step: peak RSS increase of a steady-state step",
@@ -229,8 +276,13 @@ def profile(build_dir: Path, batch: int | None = None, **options: Any) -> dict[s
 
 
 # --------------------------------------------------------------------------- benchmark
-def bench_step(build_dir: str | Path, steps: int = 200, interpreter: str = DEFAULT_INTERPRETER,
-               resolver: str = "auto", warmup: int = 10) -> dict[str, Any]:
+def bench_step(
+    build_dir: str | Path,
+    steps: int = 200,
+    interpreter: str = DEFAULT_INTERPRETER,
+    resolver: str = "auto",
+    warmup: int = 10,
+) -> dict[str, Any]:
     """Update-step throughput in this process (samples/s over ``steps`` calls after ``warmup``, 1 thread;
     also per CPU-second of this process, which a loaded machine distorts less) and the update step's peak
     RSS increase (fresh process, see :func:`profile`)."""
@@ -245,10 +297,13 @@ def bench_step(build_dir: str | Path, steps: int = 200, interpreter: str = DEFAU
         dev.model.step(x, y, dev.lr)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     mem = _measure("update", Path(build_dir), interpreter, resolver)
-    return {"samples_per_second": steps * dev.batch / dt, "steps_per_second": steps / dt,
-            "samples_per_cpu_second": steps * dev.batch / max(cpu, 1e-9),
-            "peak_rss_bytes": mem["measured_peak_bytes"],
-            "planned_peak_bytes": dev.manifest.planned_memory.update_step_peak_bytes}
+    return {
+        "samples_per_second": steps * dev.batch / dt,
+        "steps_per_second": steps / dt,
+        "samples_per_cpu_second": steps * dev.batch / max(cpu, 1e-9),
+        "peak_rss_bytes": mem["measured_peak_bytes"],
+        "planned_peak_bytes": dev.manifest.planned_memory.update_step_peak_bytes,
+    }
 
 
 DEVICE = TFLiteDevice

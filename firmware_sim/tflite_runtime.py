@@ -28,24 +28,29 @@ def interpreter_module(name: str) -> Any:
     if name not in INTERPRETERS:
         raise CompileError(f"unknown TFLite interpreter {name!r}; choose one of {', '.join(INTERPRETERS)}")
     if name == "tflite_runtime" and int(np.__version__.split(".")[0]) >= 2:
-        raise RuntimeMissingError(f"tflite-runtime 2.14 does not work with numpy {np.__version__} (needs numpy < 2): "
-                                  "use the litert interpreter (ai-edge-litert)")
+        raise RuntimeMissingError(
+            f"tflite-runtime 2.14 does not work with numpy {np.__version__} (needs numpy < 2): "
+            "use the litert interpreter (ai-edge-litert)"
+        )
     try:
         return importlib.import_module(INTERPRETERS[name])
     except ImportError as e:
-        raise RuntimeMissingError(f"the {name} interpreter cannot be imported ({e}): run 'make setup'") \
-            from None
+        raise RuntimeMissingError(f"the {name} interpreter cannot be imported ({e}): run 'make setup'") from None
 
 
 class TFLiteModel:
     """One interpreter over one model file; the signatures present become methods."""
 
-    def __init__(self, model: str | Path | bytes, interpreter: str = DEFAULT_INTERPRETER, threads: int = 1,
-                 resolver: str = "auto") -> None:
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        interpreter: str = DEFAULT_INTERPRETER,
+        threads: int = 1,
+        resolver: str = "auto",
+    ) -> None:
         mod = interpreter_module(interpreter)
         if resolver not in RESOLVERS:
-            raise CompileError(f"unknown TFLite kernel set {resolver!r}; choose one of "
-                               f"{', '.join(RESOLVERS)}")
+            raise CompileError(f"unknown TFLite kernel set {resolver!r}; choose one of {', '.join(RESOLVERS)}")
         kind = getattr(mod.OpResolverType, RESOLVERS[resolver])
         kwargs: dict[str, Any] = {"num_threads": threads, "experimental_op_resolver_type": kind}
         if isinstance(model, bytes):
@@ -63,8 +68,7 @@ class TFLiteModel:
             self._runners = {k: self.interpreter.get_signature_runner(k) for k in self.signatures}
         except (ValueError, RuntimeError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CompileError(f"{where} is not a loadable TFLite model ({msg}): re-run 'edgesp compile'") \
-                from None
+            raise CompileError(f"{where} is not a loadable TFLite model ({msg}): re-run 'edgesp compile'") from None
         self.name = interpreter
         self.initialised = "init" not in self.signatures
         self._input_details = {k: r.get_input_details() for k, r in self._runners.items()}
@@ -81,8 +85,7 @@ class TFLiteModel:
             a = np.asarray(feeds[name])
             want = tuple(int(s) for s in d["shape"])
             if a.shape != want:
-                raise DataError(f"{key}(): input '{name}' has shape {a.shape}, the model was compiled for "
-                                f"{want}")
+                raise DataError(f"{key}(): input '{name}' has shape {a.shape}, the model was compiled for {want}")
             args[name] = np.ascontiguousarray(a, dtype=d["dtype"])
         try:
             out = self._runners[key](**args)
@@ -93,8 +96,10 @@ class TFLiteModel:
 
     def _guard(self, key: str) -> None:
         if not self.initialised:
-            raise CompileError(f"{key}() before init(): the variables hold uninitialised memory; call init() "
-                               "with the initial state (state.npz) first")
+            raise CompileError(
+                f"{key}() before init(): the variables hold uninitialised memory; call init() "
+                "with the initial state (state.npz) first"
+            )
 
     def init(self, states: Mapping[str, np.ndarray]) -> None:
         """Assign every resource variable (the ``init`` signature)."""

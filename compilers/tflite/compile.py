@@ -43,8 +43,7 @@ def build_model(update: Program, inference: Program) -> bytes:
     known = dict(states)
     for s in inference.states:
         if known.get(s.value.name) != s.value.shape:
-            raise CompileError(f"inference state {s.value.name} {s.value.shape} is not a state of the "
-                               "update step")
+            raise CompileError(f"inference state {s.value.name} {s.value.shape} is not a state of the update step")
     w = ModelWriter(description=f"edgesp SP on-device learning: {update.name}")
     w.add_init(states)
     w.add_program(update, "step", assign=True)
@@ -70,21 +69,29 @@ def export_inference(spec: ModelSpec, params: dict[str, np.ndarray], out_dir: Pa
 def manifest_parameters(update: Program) -> list[dict[str, Any]]:
     """Every state (parameters, then optimizer state, per layer in forward order). ``update_output`` is
     the key of the ``get`` signature output holding the state's current value (the state's own name)."""
-    out = [{"name": s.value.name, "layer": s.layer, "shape": list(s.value.shape),
+    out = [
+        {
+            "name": s.value.name,
+            "layer": s.layer,
+            "shape": list(s.value.shape),
             "kind": "optimizer_state" if s.value.name.startswith("opt.") else "parameter",
-            "update_output": s.value.name} for s in update.states]
+            "update_output": s.value.name,
+        }
+        for s in update.states
+    ]
     out.sort(key=lambda d: (d["layer"], d["kind"] != "parameter"))
     return out
 
 
-def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path,
-                  batch: int) -> Manifest:
+def compile_model(
+    spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path, batch: int
+) -> Manifest:
     if target.runtime != "tflite":
-        raise TargetError(f"target {target.name!r} runs {target.runtime}, not tflite: pick a tflite target "
-                          "such as edge-cpu-tflite")
+        raise TargetError(
+            f"target {target.name!r} runs {target.runtime}, not tflite: pick a tflite target such as edge-cpu-tflite"
+        )
     if target.precision != "fp32":
-        raise TargetError(f"target {target.name!r} asks for {target.precision}; the TFLite backend emits "
-                          "fp32 only")
+        raise TargetError(f"target {target.name!r} asks for {target.precision}; the TFLite backend emits fp32 only")
     update = lower_update(spec, params, batch)
     check_program(update)  # raises ForwardOnlyError if any layer's update reads a later layer
     inference = lower_inference(spec, params, batch)
@@ -92,16 +99,20 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target
     plan = plan_model(data)
     peak = max(plan["step"]["planned_peak_bytes"], plan["infer"]["planned_peak_bytes"])
     if target.memory_budget_bytes is not None and peak > target.memory_budget_bytes:
-        raise TargetError(f"model does not fit {target.name}: the update step needs {peak:,} B (weights + "
-                          f"optimizer state + activations, planned) but the budget is "
-                          f"{target.memory_budget_bytes:,} B; use a smaller model or batch")
+        raise TargetError(
+            f"model does not fit {target.name}: the update step needs {peak:,} B (weights + "
+            f"optimizer state + activations, planned) but the budget is "
+            f"{target.memory_budget_bytes:,} B; use a smaller model or batch"
+        )
     buf = io.BytesIO()
     np.savez(buf, **{s.value.name: np.asarray(s.init, np.float32) for s in update.states})
     state = buf.getvalue()
     storage = len(data) + len(state)
     if target.storage_budget_bytes is not None and storage > target.storage_budget_bytes:
-        raise TargetError(f"artifacts of {storage:,} B exceed {target.name}'s storage budget of "
-                          f"{target.storage_budget_bytes:,} B; use a smaller model")
+        raise TargetError(
+            f"artifacts of {storage:,} B exceed {target.name}'s storage budget of "
+            f"{target.storage_budget_bytes:,} B; use a smaller model"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bytes(out_dir / MODEL_FILE, data)
@@ -121,8 +132,12 @@ def compile_model(spec: ModelSpec, params: dict[str, np.ndarray], target: Target
         planned_memory=PlannedMemory(
             update_step_peak_bytes=plan["step"]["planned_peak_bytes"],
             inference_peak_bytes=plan["infer"]["planned_peak_bytes"],
-            details={"update_step": plan["step"], "inference": plan["infer"], "model_file_bytes": len(data),
-                     "state_file_bytes": len(state)},
+            details={
+                "update_step": plan["step"],
+                "inference": plan["infer"],
+                "model_file_bytes": len(data),
+                "state_file_bytes": len(state),
+            },
         ),
         spec=spec.to_dict(),
         backend={

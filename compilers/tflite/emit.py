@@ -44,8 +44,12 @@ NP_DTYPES = {"float32": np.float32, "int32": np.int32}
 FILE_IDENTIFIER = b"TFL3"
 
 _ELEMENTWISE = {"relu": BO.RELU, "tanh": BO.TANH, "exp": BO.EXP, "log": BO.LOG, "sqrt": BO.SQRT}
-_ARITH = {"add": (BO.ADD, OPT.AddOptions, S.AddOptionsT), "sub": (BO.SUB, OPT.SubOptions, S.SubOptionsT),
-          "mul": (BO.MUL, OPT.MulOptions, S.MulOptionsT), "div": (BO.DIV, OPT.DivOptions, S.DivOptionsT)}
+_ARITH = {
+    "add": (BO.ADD, OPT.AddOptions, S.AddOptionsT),
+    "sub": (BO.SUB, OPT.SubOptions, S.SubOptionsT),
+    "mul": (BO.MUL, OPT.MulOptions, S.MulOptionsT),
+    "div": (BO.DIV, OPT.DivOptions, S.DivOptionsT),
+}
 _REDUCE = {"reduce_sum": BO.SUM, "reduce_mean": BO.MEAN, "reduce_max": BO.REDUCE_MAX}
 # minimum registered kernel versions for the float32 paths used here (BROADCAST_TO starts at 2)
 _VERSION = {BO.BROADCAST_TO: 2}
@@ -57,7 +61,7 @@ class _Subgraph:
     tensors: list[Any] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
     operators: list[Any] = field(default_factory=list)
-    inputs: list[tuple[str, int]] = field(default_factory=list)   # (signature name, tensor index)
+    inputs: list[tuple[str, int]] = field(default_factory=list)  # (signature name, tensor index)
     outputs: list[tuple[str, int]] = field(default_factory=list)
     signature: bool = True  # False: an internal subgraph (run by CALL_ONCE), not a signature
 
@@ -116,8 +120,9 @@ class ModelWriter:
             return g.index[name]
         return self._tensor(g, name, tuple(arr.shape), dtype, self._buffer(arr))
 
-    def _op(self, g: _Subgraph, code: int, inputs: list[int], outputs: list[int], opt_type: int = 0,
-            opt: Any = None) -> None:
+    def _op(
+        self, g: _Subgraph, code: int, inputs: list[int], outputs: list[int], opt_type: int = 0, opt: Any = None
+    ) -> None:
         o = S.OperatorT()
         o.opcodeIndex = self._opcode(code)
         o.inputs = np.asarray(inputs, np.int32)
@@ -302,8 +307,13 @@ def _fusable_transposes(program: Program, needed: set[str]) -> dict[str, str]:
     outs = set(program.outputs.values()) | set(program.state_updates.values())
     fusable = {}
     for op in program.ops:
-        if (op.kind == "transpose" and op.output in needed and op.output not in outs
-                and len(program.values[op.inputs[0]].shape) == 2 and tuple(op.attr("perm")) == (1, 0)):
+        if (
+            op.kind == "transpose"
+            and op.output in needed
+            and op.output not in outs
+            and len(program.values[op.inputs[0]].shape) == 2
+            and tuple(op.attr("perm")) == (1, 0)
+        ):
             uses = consumers.get(op.output, [])
             if uses and all(u.kind == "matmul" and u.inputs[0] != u.inputs[1] for u, _ in uses):
                 fusable[op.output] = op.inputs[0]

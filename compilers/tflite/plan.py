@@ -18,14 +18,25 @@ import numpy as np
 from compilers.tflite.schema import load_schema
 
 S = load_schema()
-_ITEMSIZE = {S.TensorType.FLOAT32: 4, S.TensorType.INT32: 4, S.TensorType.BOOL: 1, S.TensorType.INT64: 8,
-             S.TensorType.INT8: 1, S.TensorType.UINT8: 1, S.TensorType.FLOAT16: 2, S.TensorType.INT16: 2,
-             S.TensorType.RESOURCE: 0}
+_ITEMSIZE = {
+    S.TensorType.FLOAT32: 4,
+    S.TensorType.INT32: 4,
+    S.TensorType.BOOL: 1,
+    S.TensorType.INT64: 8,
+    S.TensorType.INT8: 1,
+    S.TensorType.UINT8: 1,
+    S.TensorType.FLOAT16: 2,
+    S.TensorType.INT16: 2,
+    S.TensorType.RESOURCE: 0,
+}
 
 
 def _bytes(t: Any) -> int:
-    return _ITEMSIZE.get(t.Type(), 4) * math.prod(int(s) for s in t.ShapeAsNumpy()) if t.ShapeLength() else \
-        _ITEMSIZE.get(t.Type(), 4)
+    return (
+        _ITEMSIZE.get(t.Type(), 4) * math.prod(int(s) for s in t.ShapeAsNumpy())
+        if t.ShapeLength()
+        else _ITEMSIZE.get(t.Type(), 4)
+    )
 
 
 def plan_model(data: bytes) -> dict[str, dict[str, int]]:
@@ -67,18 +78,23 @@ def plan_model(data: bytes) -> dict[str, dict[str, int]]:
                     end[t] = oi
             for t in outs:
                 start.setdefault(t, oi)
-        for t in (g.OutputsAsNumpy() if g.OutputsLength() else []):
+        for t in g.OutputsAsNumpy() if g.OutputsLength() else []:
             end[int(t)] = n_ops
         live = np.zeros(max(n_ops, 1) + 1, np.int64)
         for t, s in start.items():
             if const[t] or tensors[t].Type() == S.TensorType.RESOURCE:
                 continue
             e = end.get(t, s)
-            live[max(s, 0):max(e, s, 0) + 1] += _bytes(tensors[t])
+            live[max(s, 0) : max(e, s, 0) + 1] += _bytes(tensors[t])
         consts = sum(_bytes(t) for t, c in zip(tensors, const, strict=True) if c)
         act = int(live.max())
         var = int(sum(variables.values()))
         out[names.get(gi, f"subgraph{gi}")] = {
-            "variables_bytes": var, "constants_bytes": int(consts), "activations_peak_bytes": act,
-            "planned_peak_bytes": var + int(consts) + act, "operators": n_ops, "tensors": len(tensors)}
+            "variables_bytes": var,
+            "constants_bytes": int(consts),
+            "activations_peak_bytes": act,
+            "planned_peak_bytes": var + int(consts) + act,
+            "operators": n_ops,
+            "tensors": len(tensors),
+        }
     return out

@@ -26,8 +26,7 @@ def load_schema() -> ModuleType:
         raise RuntimeMissingError("the TFLite schema needs the ai-edge-litert package: run 'make setup'")
     path = Path(next(iter(spec.submodule_search_locations))) / "schema_py_generated.py"
     if not path.exists():
-        raise RuntimeMissingError(f"{path} is missing (ai-edge-litert without its schema): "
-                                  "reinstall ai-edge-litert")
+        raise RuntimeMissingError(f"{path} is missing (ai-edge-litert without its schema): reinstall ai-edge-litert")
     mspec = importlib.util.spec_from_file_location(_MODULE, path)
     assert mspec is not None and mspec.loader is not None
     module = importlib.util.module_from_spec(mspec)
