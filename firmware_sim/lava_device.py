@@ -38,7 +38,11 @@ def _load(build_dir: Path) -> tuple[Manifest, NetDesc, ModelSpec]:
 
 
 def learned_params(
-    manifest: Manifest, build_dir: Path, weights: list[tuple[np.ndarray, np.ndarray]], signal: dict[str, np.ndarray]
+    manifest: Manifest,
+    build_dir: Path,
+    weights: list[tuple[np.ndarray, np.ndarray]],
+    signal: dict[str, np.ndarray],
+    weight_exps: list[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """The model's parameters in the spec's float32 units from a Lava run's final state: each layer's (W, b)
     (fixed_pt: int32 mantissas × 2^(weight_exp − SIGMA), :func:`compilers.lava.quant.dequantise`), W_S and b_S as
@@ -50,9 +54,10 @@ def learned_params(
     fixed = manifest.backend["network"]["precision"] == "fixed_pt"
     names = [f"blocks.{i}" for i in range(len(spec.blocks))] + ["head"]
     out: dict[str, np.ndarray] = {}
-    for name, (w, b), ld in zip(names, weights, layers, strict=True):
+    exps = weight_exps if weight_exps is not None else [ld["weight_exp"] for ld in layers]
+    for name, (w, b), e in zip(names, weights, exps, strict=True):
         if fixed:
-            w, b = dequantise(np.asarray(w), ld["weight_exp"]), dequantise(np.asarray(b), ld["weight_exp"])
+            w, b = dequantise(np.asarray(w), e), dequantise(np.asarray(b), e)
         out[f"{name}.weight"] = np.asarray(w, np.float32)
         if f"{name}.bias" in spec.param_shapes():
             out[f"{name}.bias"] = np.asarray(b, np.float32).reshape(-1)
@@ -65,6 +70,85 @@ def learned_params(
             out["signal.weight"] = z[key].astype(np.float32)
             out["signal.bias"] = z[key.replace("weight", "bias")].astype(np.float32)
     return out
+
+
+class LavaDevice:
+    """A Lava build as a :class:`firmware_sim.Device`: each ``step``/``predict`` call builds the process network
+    from the current weights, runs its samples (T time steps each; ``step`` with the on-chip rule on, one sample
+    after another: the rule is online, batch 1) and reads the weights back. A Lava runtime costs about a second
+    to start, so streaming many samples goes through :func:`simulate` (one run for the whole schedule); this class
+    is the per-call contract (and what tests and users drive interactively). ``step`` returns no losses: the
+    on-chip rule does not report them. fixed_pt's stochastic rounding is reseeded per call (``seed`` + call index)."""
+
+    def __init__(self, build_dir: str | Path, seed: int = 0) -> None:
+        self.build_dir = Path(build_dir)
+        self.manifest, self.desc, self.spec = _load(self.build_dir)
+        self.batch = 1
+        self.seed = seed
+        self.calls = 0
+        self.signal: dict[str, np.ndarray] = {}
+
+    def _run(self, x: np.ndarray, y: np.ndarray, learn: bool) -> np.ndarray:
+        import_lava()
+        x = adapt_inputs(np.asarray(x, np.float32), self.spec.input_shape)
+        y = np.asarray(y, np.int64)
+        sess = LavaSession(
+            self.desc, prepare_inputs(self.desc, x), y, np.full(len(y), learn), seed=self.seed + self.calls
+        )
+        self.calls += 1
+        try:
+            sess.run_all()
+            logits = sess.logits()
+            if learn:
+                for la, (w, b) in zip(self.desc.layers, sess.weights(), strict=True):
+                    la.weight, la.bias = np.asarray(w).copy(), np.asarray(b).copy()
+                self.signal = sess.signal()
+                self.desc.table = np.asarray(self.signal["table"]).copy()
+                if "signal_weight" in self.signal:
+                    self.desc.signal_weight = np.asarray(self.signal["signal_weight"], np.float64).copy()
+                    self.desc.signal_bias = np.asarray(self.signal["signal_bias"], np.float64).copy()
+        finally:
+            sess.stop()
+        return logits
+
+    def step(self, x: np.ndarray, y: np.ndarray, lr: float | None = None) -> dict[str, float]:
+        if lr is not None:
+            self.desc.lr = self.desc.lr_head = float(lr)
+        self._run(x, y, learn=True)
+        return {}
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._run(x, np.zeros(len(x), np.int64), learn=False)
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
+        return float((self.predict(x).argmax(1) == np.asarray(y)).mean()) if len(x) else 0.0
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        weights = [(la.weight, la.bias) for la in self.desc.layers]
+        signal = self.signal if "signal_weight" in self.signal else {}
+        if not signal and self.desc.signal_weight is not None:
+            signal = {"signal_weight": self.desc.signal_weight, "signal_bias": self.desc.signal_bias}
+        exps = [la.weight_exp for la in self.desc.layers]
+        return learned_params(self.manifest, self.build_dir, weights, signal, exps)
+
+    def load_parameters(self, params: dict[str, np.ndarray]) -> None:
+        """Write parameters (spec units; fixed_pt re-quantised with the compiler's own lowering)."""
+        from compilers.lava.quant import lower
+
+        full = {**self.parameters(), **{k: np.asarray(v, np.float32) for k, v in params.items()}}
+        for name, value in params.items():
+            want = self.spec.param_shapes().get(name)
+            if want is None or tuple(np.shape(value)) != tuple(want):
+                raise DataError(f"parameter {name!r} of shape {np.shape(value)} is not one of this build's")
+        fresh, _ = lower(self.spec, full, self.desc.precision)
+        for la, new in zip(self.desc.layers, fresh.layers, strict=True):
+            la.weight, la.bias, la.weight_exp = new.weight, new.bias, new.weight_exp
+        self.desc.table = fresh.table
+        self.desc.signal_weight, self.desc.signal_bias = fresh.signal_weight, fresh.signal_bias
+        self.signal = {}
+
+
+DEVICE = LavaDevice
 
 
 def _schedule(
