@@ -35,7 +35,13 @@ class Backend(Protocol):
     """What a backend module provides (checked for every registered runtime by tests/test_contracts.py)."""
 
     def compile_model(
-        self, spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path, batch: int
+        self,
+        spec: ModelSpec,
+        params: dict[str, np.ndarray],
+        target: Target,
+        out_dir: Path,
+        batch: int,
+        on_device_rule: str = "sigprop",
     ) -> Manifest:
         """Write every artifact into ``out_dir``, then the manifest (last); return the manifest."""
         ...
@@ -48,6 +54,9 @@ class Backend(Protocol):
 
 
 FINETUNE_LR_SCALE = 0.1
+# the rule the compiled update step learns with: SP (the product), or BP from the same compiler (a baseline for
+# measuring SP against in the same runtime and profiler; MLPs, ONNX and TFLite)
+ON_DEVICE_RULES = ("sigprop", "bp")
 
 
 def finetune_spec(spec: ModelSpec, lr: float | None = None) -> ModelSpec:
@@ -90,7 +99,12 @@ def backend_module(runtime: str) -> Any:
 
 
 def compile_model(
-    spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: str | Path, batch: int = 32
+    spec: ModelSpec,
+    params: dict[str, np.ndarray],
+    target: Target,
+    out_dir: str | Path,
+    batch: int = 32,
+    on_device_rule: str = "sigprop",
 ) -> Manifest:
     """Compile into ``out_dir`` as a whole: the backend writes a temporary sibling folder, which then replaces
     ``out_dir`` (:func:`edgesp.atomic.atomic_dir`); if anything fails midway an existing build is untouched.
@@ -101,6 +115,8 @@ def compile_model(
 
     if batch < 1:
         raise CompileError("batch must be >= 1")
+    if on_device_rule not in ON_DEVICE_RULES:
+        raise CompileError(f"unknown on-device rule {on_device_rule!r}; choose one of {', '.join(ON_DEVICE_RULES)}")
     check_finite({k: np.asarray(v) for k, v in params.items()}, "cannot compile")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -113,5 +129,5 @@ def compile_model(
         )
     backend = backend_module(target.runtime)
     with atomic_dir(out_dir) as tmp:
-        manifest = backend.compile_model(spec, params, target, tmp, batch)
+        manifest = backend.compile_model(spec, params, target, tmp, batch, on_device_rule=on_device_rule)
     return manifest

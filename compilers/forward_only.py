@@ -61,7 +61,7 @@ def check_dependencies(
 def check_program(program: Program) -> None:
     producers = {op.output: op.inputs for op in program.ops}
     state_layer = {s.value.name: s.layer for s in program.states}
-    losses = {int(k.split("_")[1]): v for k, v in program.outputs.items() if k.startswith("loss_")}
+    losses = {int(k[5:]): v for k, v in program.outputs.items() if k.startswith("loss_") and k[5:].isdigit()}
     check_dependencies(producers, state_layer, program.state_updates, losses)
 
 
@@ -77,5 +77,7 @@ def check_onnx(model: onnx.ModelProto, manifest_params: list[dict[str, Any]]) ->
     missing = [v for v in updates.values() if v not in outputs]
     if missing:
         raise ForwardOnlyError(f"update outputs {missing} are not outputs of the graph")
-    losses = {int(o.name.split("_")[1]): o.name for o in model.graph.output if o.name.startswith("loss_")}
+    losses = {
+        int(o.name[5:]): o.name for o in model.graph.output if o.name.startswith("loss_") and o.name[5:].isdigit()
+    }
     check_dependencies(producers, state_layer, updates, losses)

@@ -356,3 +356,41 @@ def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> 
     p.output(f"loss_{head_layer}", lo)
     emit_optimizer(p, spec, head_layer, grad(p, lo, [n for n in shapes if n.startswith("head.")]), lr)
     return p
+
+
+def lower_bp_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> Program:
+    """A backpropagation update step from the same compiler, as the baseline SP is measured against in the same
+    runtime and profiler: logits = head(f_N(…f_1(x))), L = CE(logits, y), every block's and the head's gradient
+    by reverse-mode autodiff through the *whole* network (:func:`compilers.autodiff.grad` over all parameters:
+    the gradient crosses block boundaries, so activations of every block stay live until the backward pass
+    reaches them), then each layer's optimizer. Output ``loss_bp``. Not forward-only by construction (the
+    compilers do not run that check on it). The signal's parameters are carried as unused states so the build
+    holds the spec's every parameter. Conv models are refused: ``gather``/``pad`` (im2col) have no VJP w.r.t.
+    their data input, which BP needs and SP never does."""
+    _check_supported(spec)
+    if any(not isinstance(b[0], Linear) for b in spec.blocks):
+        raise CompileError(
+            "the BP baseline step lowers MLPs only (conv im2col has no input gradient here): use --model mlp"
+        )
+    p = Program("bp_update")
+    x = p.input("x", (batch, *spec.input_shape))
+    y = p.input("y", (batch,), I32)
+    lr = p.input("lr", ())
+    _declare_params(p, spec, params, include_signal=True)
+    for name, init, layer in optimizer_states(spec, params):
+        if not name.startswith("opt.signal."):  # the signal does not learn under BP
+            p.state(name, init, layer)
+    onehot = p.op("onehot", y, depth=spec.num_classes)
+    h = x
+    for i in range(len(spec.blocks)):
+        h = emit_block(p, spec, i, h)
+    loss = emit_ce(p, emit_head(p, h), onehot)
+    p.output("loss_bp", loss)
+    names = [n for n in spec.param_shapes() if not n.startswith("signal.")]
+    grads = grad(p, loss, names)
+    by_layer: dict[int, dict[str, str]] = {}
+    for n in names:
+        by_layer.setdefault(spec.param_layer_index(n), {})[n] = grads[n]
+    for layer, g in sorted(by_layer.items()):
+        emit_optimizer(p, spec, layer, g, lr)
+    return p

@@ -22,7 +22,7 @@ import onnx
 
 from compilers.forward_only import check_onnx, check_program
 from compilers.ir import Program
-from compilers.lower import lower_inference, lower_update
+from compilers.lower import lower_bp_update, lower_inference, lower_update
 from compilers.memory_plan import plan
 from compilers.onnx_emit import IR_VERSION, NEW_SUFFIX, OPSET, initial_state, to_onnx
 from edgesp.atomic import write_bytes
@@ -64,14 +64,21 @@ def check_fit(target: Target, planned_peak: int, storage: int, what: str = "upda
 
 
 def compile_model(
-    spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path, batch: int
+    spec: ModelSpec,
+    params: dict[str, np.ndarray],
+    target: Target,
+    out_dir: Path,
+    batch: int,
+    on_device_rule: str = "sigprop",
 ) -> Manifest:
     if target.runtime != "onnxruntime":
         raise CompileError(f"target {target.name} runs {target.runtime}, not onnxruntime")
     if target.precision != "fp32":
         raise TargetError(f"the ONNX backend emits fp32; target {target.name} asks for {target.precision}")
-    update_prog = lower_update(spec, params, batch)
-    check_program(update_prog)
+    bp = on_device_rule == "bp"
+    update_prog = lower_bp_update(spec, params, batch) if bp else lower_update(spec, params, batch)
+    if not bp:  # BP is not forward-only by construction
+        check_program(update_prog)
     infer_prog = lower_inference(spec, params, batch)
     update_model = to_onnx(update_prog, doc=f"edgesp SP update step for {spec.name}")
     infer_model = to_onnx(infer_prog, doc=f"edgesp inference for {spec.name}", state_defaults=True)
@@ -81,7 +88,8 @@ def compile_model(
         except onnx.checker.ValidationError as e:  # a compiler bug, but never write a broken artifact
             raise CompileError(f"generated ONNX graph failed the checker: {str(e).splitlines()[0]}") from None
     params_layout = manifest_parameters(spec, update_prog)
-    check_onnx(update_model, params_layout)
+    if not bp:
+        check_onnx(update_model, params_layout)
 
     update_bytes = update_model.SerializeToString()
     infer_bytes = infer_model.SerializeToString()
@@ -95,8 +103,8 @@ def compile_model(
         target_description=target.to_dict(),
         runtime="onnxruntime",
         batch=batch,
-        on_device_rule="sigprop",
-        sp_loss=spec.rule.loss,
+        on_device_rule=on_device_rule,
+        sp_loss=None if bp else spec.rule.loss,
         trained_with=spec.rule.name,
         learning_rate=float(spec.rule.optimizer.lr),
         artifacts={"inference": "inference.onnx", "update": "update.onnx", "state": "initial_state.npz"},
@@ -121,7 +129,7 @@ def compile_model(
             "ir_version": IR_VERSION,
             "inputs": {"update": [v.name for v in update_prog.inputs], "inference": ["x"]},
             "outputs": {"update": list(update_prog.outputs), "inference": ["logits"]},
-            "forward_only_checked": True,
+            "forward_only_checked": not bp,
         },
     )
     out_dir.mkdir(parents=True, exist_ok=True)

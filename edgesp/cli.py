@@ -436,7 +436,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     check_out_dir(args.out, "--out")
     _probe_folder(Path(args.out).absolute().parent, f"--out {args.out}")  # the new build is made beside it
     spec, params = _load_model_for_compile(args)
-    manifest = compile_model(spec, params, target, Path(args.out), batch=args.batch)
+    manifest = compile_model(spec, params, target, Path(args.out), batch=args.batch, on_device_rule=args.on_device)
     print(
         f"compiled {spec.name} for {target.name} ({target.runtime}) -> {args.out}: "
         + ", ".join(f"{k}={v}" for k, v in manifest.artifacts.items())
@@ -611,6 +611,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="build folder")
     c.add_argument("--batch", type=int, default=32, help="on-device batch size (fixed in the artifact)")
     c.add_argument("--fresh", action="store_true", help="compile an untrained model built from --data/--model")
+    c.add_argument(
+        "--on-device",
+        default="sigprop",
+        choices=("sigprop", "bp"),
+        help="rule of the compiled update step: sigprop (default) or bp, a backprop baseline from the same compiler "
+        "(MLPs; ONNX and TFLite) for measuring SP against in the same runtime",
+    )
     c.add_argument("--data", default="digits")
     c.add_argument("--seed", type=int, default=0)
     _add_model_args(c)

@@ -61,8 +61,15 @@ def _check_params(spec: ModelSpec, params: dict[str, np.ndarray]) -> None:
 
 
 def compile_model(
-    spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path, batch: int = 1
+    spec: ModelSpec,
+    params: dict[str, np.ndarray],
+    target: Target,
+    out_dir: Path,
+    batch: int = 1,
+    on_device_rule: str = "sigprop",
 ) -> Manifest:
+    if on_device_rule != "sigprop":
+        raise CompileError(f"lava targets learn with SP on chip; there is no {on_device_rule!r} update step for Lava")
     if target.runtime != "lava":
         raise TargetError(f"target {target.name!r} runs {target.runtime}, not lava")
     if target.precision not in PRECISIONS:

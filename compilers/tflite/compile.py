@@ -25,7 +25,7 @@ import numpy as np
 
 from compilers.forward_only import check_program
 from compilers.ir import Program
-from compilers.lower import lower_inference, lower_update
+from compilers.lower import lower_bp_update, lower_inference, lower_update
 from compilers.tflite.emit import ModelWriter
 from compilers.tflite.plan import plan_model
 from edgesp.atomic import write_bytes
@@ -84,7 +84,12 @@ def manifest_parameters(update: Program) -> list[dict[str, Any]]:
 
 
 def compile_model(
-    spec: ModelSpec, params: dict[str, np.ndarray], target: Target, out_dir: Path, batch: int
+    spec: ModelSpec,
+    params: dict[str, np.ndarray],
+    target: Target,
+    out_dir: Path,
+    batch: int,
+    on_device_rule: str = "sigprop",
 ) -> Manifest:
     if target.runtime != "tflite":
         raise TargetError(
@@ -92,8 +97,10 @@ def compile_model(
         )
     if target.precision != "fp32":
         raise TargetError(f"target {target.name!r} asks for {target.precision}; the TFLite backend emits fp32 only")
-    update = lower_update(spec, params, batch)
-    check_program(update)  # raises ForwardOnlyError if any layer's update reads a later layer
+    bp = on_device_rule == "bp"
+    update = lower_bp_update(spec, params, batch) if bp else lower_update(spec, params, batch)
+    if not bp:  # BP is not forward-only by construction
+        check_program(update)  # raises ForwardOnlyError if any layer's update reads a later layer
     inference = lower_inference(spec, params, batch)
     data = build_model(update, inference)
     plan = plan_model(data)
@@ -122,8 +129,8 @@ def compile_model(
         target_description=target.to_dict(),
         runtime="tflite",
         batch=int(batch),
-        on_device_rule="sigprop",
-        sp_loss=spec.rule.loss,
+        on_device_rule=on_device_rule,
+        sp_loss=None if bp else spec.rule.loss,
         trained_with=spec.rule.name,
         learning_rate=float(spec.rule.optimizer.lr),
         artifacts={"inference": MODEL_FILE, "update": MODEL_FILE, "state": STATE_FILE},
@@ -144,7 +151,7 @@ def compile_model(
             "signatures": {"init": "init", "update": "step", "get": "get", "inference": "infer"},
             "inputs": {"update": [v.name for v in update.inputs], "inference": [v.name for v in inference.inputs]},
             "outputs": {"update": list(update.outputs), "inference": list(inference.outputs)},
-            "forward_only_checked": True,
+            "forward_only_checked": not bp,
         },
     )
     manifest.write(out_dir)  # last: marks a complete build

@@ -83,6 +83,10 @@ def test_compile_fresh(tmp_path):
         (["train", "--model", "transformer", "--out", "X"], "unknown model"),
         (["train", "--epochs", "0", "--out", "X"], "--epochs must be an integer >= 1"),
         (["train", "--signal-placement", "output", "--out", "X"], "unknown signal placement"),
+        (
+            ["compile", "--fresh", "--model", "cnn1d", "--target", "edge-cpu", "--on-device", "bp", "--out", "X"],
+            "lowers MLPs only",
+        ),
         (["train", "--signal-shape", "round", "--out", "X"], "unknown signal shape"),
         (["train", "--signal-shape", "channel", "--out", "X"], "needs a convolutional block 0"),
         (["train", "--signal-init-std", "0", "--out", "X"], "--signal-init-std must be a finite number > 0"),
