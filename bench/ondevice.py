@@ -5,6 +5,9 @@ For an MLP (784 → width × depth → 10, LayerNorm+ReLU blocks, Adam) and each
   (firmware_sim.onnx_device.OrtDevice): samples per CPU-second; transient memory = ORT profiler's peak arena bytes in
   use during the step (state buffers are caller-owned and excluded); planned transient from the liveness plan.
 * SP/torch: the eager reference trainer (samples/s).
+* BP/ORT: the same compiler's BP step (``compile_model(..., on_device_rule="bp")``) in the same runtime, driven
+  and profiled exactly as SP/ORT: the same-ruler comparison. SP and BP are timed in ``--repeats`` interleaved
+  repeats; the median and the spread (min–max) are reported.
 * BP/torch: autograd through the whole net + Adam: samples/s; transient memory = bytes autograd saves for
   backward (byte-exact, saved_tensors_hooks) + the gradients.
 * TFLite columns when firmware_sim.tflite_device.bench_step is available.
@@ -73,7 +76,7 @@ def bp_torch(spec, params, x, y, steps):
     return _rate(step, steps, len(x)), sum(saved) + grads
 
 
-def run(depths, batches, width, steps, seed=0, optimizer="adam"):
+def run(depths, batches, width, steps, seed=0, optimizer="adam", repeats=3):
     torch.set_num_threads(1)
     rows = []
     try:
@@ -101,10 +104,17 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam"):
             y = rng.integers(0, 10, batch)
             with tempfile.TemporaryDirectory() as tmp:
                 manifest = compile_model(spec, params, load_target("edge-cpu"), Path(tmp), batch=batch)
+                compile_model(spec, params, load_target("edge-cpu"), Path(tmp) / "bp", batch=batch, on_device_rule="bp")
                 dev = OrtDevice(tmp, threads=1)
-                sp_ort = _rate(lambda dev=dev, x=x, y=y: dev.step(x, y), steps, batch)
+                bp_dev = OrtDevice(Path(tmp) / "bp", threads=1)
+                sp_runs, bp_runs = [], []
+                for _ in range(repeats):  # interleaved: SP and BP in the same runtime share the machine's state
+                    sp_runs.append(_rate(lambda dev=dev, x=x, y=y: dev.step(x, y), steps, batch))
+                    bp_runs.append(_rate(lambda dev=bp_dev, x=x, y=y: dev.step(x, y), steps, batch))
+                sp_ort, bp_ort = float(np.median(sp_runs)), float(np.median(bp_runs))
                 sp_ort_wall = _rate.wall
                 sp_mem, _ = ort_profile_peaks(Path(tmp), x, y)
+                bp_ort_mem, _ = ort_profile_peaks(Path(tmp) / "bp", x, y)
                 tfl = None
                 if tfl_bench:
                     try:
@@ -112,7 +122,7 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam"):
                         tfl = tfl_bench(Path(tmp) / "tfl", steps)
                     except Exception as e:  # report, keep the ONNX columns
                         print(f"  (tflite columns skipped: {type(e).__name__}: {e})", flush=True)
-            plan = manifest["planned_memory"]
+            plan = manifest.planned_memory.details
             trainer = SigpropTrainer(spec, params, seed)
             sp_torch = _rate(lambda trainer=trainer, x=x, y=y: trainer.train_step(x, y), max(steps // 4, 10), batch)
             bp_rate, bp_mem = bp_torch(spec, params, x, y, steps)
@@ -123,6 +133,12 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam"):
                 "width": width,
                 "optimizer": optimizer,
                 "sp_ort_samples_per_s": sp_ort,
+                "sp_ort_runs": sp_runs,
+                "bp_ort_samples_per_s": bp_ort,
+                "bp_ort_runs": bp_runs,
+                "bp_ort_transient_bytes": bp_ort_mem,
+                "sp_over_bp_ort_speed": sp_ort / bp_ort,
+                "bp_ort_over_sp_memory": bp_ort_mem / max(sp_mem, 1),
                 "sp_ort_wall_samples_per_s": sp_ort_wall,
                 "bp_torch_wall_samples_per_s": bp_wall,
                 "sp_torch_samples_per_s": sp_torch,
@@ -139,8 +155,9 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam"):
                 row.update({f"tflite_{k}": v for k, v in tfl.items()})
             rows.append(row)
             print(
-                f"depth {depth} batch {batch:>2}: SP/ORT {sp_ort:8.0f}/s  BP/torch {bp_rate:8.0f}/s  "
-                f"SP mem {sp_mem:>10,} B  BP mem {bp_mem:>10,} B",
+                f"depth {depth} batch {batch:>2}: SP/ORT {sp_ort:8.0f}/s  BP/ORT {bp_ort:8.0f}/s  "
+                f"BP/torch {bp_rate:8.0f}/s  SP mem {sp_mem:>10,} B  BP/ORT mem {bp_ort_mem:>10,} B  "
+                f"BP/torch mem {bp_mem:>10,} B",
                 flush=True,
             )
     return rows
@@ -148,14 +165,19 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam"):
 
 def table(rows) -> str:
     head = (
-        "| depth | batch | SP/ORT samples/s | SP/TFLite samples/s | SP/torch samples/s | BP/torch samples/s "
+        "| depth | batch | SP/ORT samples/s (median, spread) | BP/ORT samples/s (median, spread) | SP÷BP same runtime "
+        "| BP/ORT transient B | BP÷SP memory same profiler "
+        "| SP/TFLite samples/s | SP/torch samples/s | BP/torch samples/s "
         "| SP÷BP speed "
         "| SP transient (ORT) B | SP planned B | largest layer B | SP÷layer | BP transient B | BP÷SP memory |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
-            f"| {r['depth']} | {r['batch']} | {r['sp_ort_samples_per_s']:.0f} | "
+            f"| {r['depth']} | {r['batch']} | {r['sp_ort_samples_per_s']:.0f} "
+            f"({min(r['sp_ort_runs']):.0f}–{max(r['sp_ort_runs']):.0f}) | {r['bp_ort_samples_per_s']:.0f} "
+            f"({min(r['bp_ort_runs']):.0f}–{max(r['bp_ort_runs']):.0f}) | {r['sp_over_bp_ort_speed']:.2f} | "
+            f"{r['bp_ort_transient_bytes']:,} | {r['bp_ort_over_sp_memory']:.2f} | "
             f"{r.get('tflite_samples_per_cpu_second', float('nan')):.0f} | {r['sp_torch_samples_per_s']:.0f} | "
             f"{r['bp_torch_samples_per_s']:.0f} | {r['sp_over_bp_speed']:.2f} | {r['sp_ort_transient_bytes']:,} | "
             f"{r['sp_planned_transient_bytes']:,} | {r['largest_layer_working_set_bytes']:,} | "
@@ -194,9 +216,10 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved SP/BP repeats (the median is reported)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = ap.parse_args()
-    rows = run(a.depths, a.batches, a.width, a.steps, optimizer=a.optimizer)
+    rows = run(a.depths, a.batches, a.width, a.steps, optimizer=a.optimizer, repeats=a.repeats)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "ondevice" if a.optimizer == "adam" else f"ondevice_{a.optimizer}"
