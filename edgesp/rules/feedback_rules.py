@@ -36,7 +36,7 @@ Rules (per block; the head gets its true gradient ΔW_head = eᵀ h_{N-1}, Δb_h
   B_l of W_l's shape: both receive the same increment, and both decay:
   W ← (1 − λ)(W + u), B ← (1 − λ)(B + u), where u is the optimizer's increment of W from ΔW (so for plain SGD
   u = −lr·δa_lᵀ h_{l-1}, the transposed ΔB_{l} ∝ h_{l-1} δa_lᵀ of the paper). Then W − B shrinks by
-  (1 − λ) every step. λ = ``kp_decay`` (rule.params, default 1e-2 per step). Every layer that has a B
+  (1 − λ) every step. λ = ``kp_decay`` (rule.params, default 1e-3 per step). Every layer that has a B
   (blocks 1..N-1 and the head; block 0 sends no error, so it has none) decays; biases and block 0 do not.
 - ``wm`` (weight mirror, Akrout et al. 2019): FA's backward pass with learned B_l. Each training step
   also runs a mirror step: noise δ_{l-1} ~ N(0, σ²) of h_{l-1}'s shape (``wm_samples`` draws), the
@@ -68,7 +68,11 @@ Rules (per block; the head gets its true gradient ΔW_head = eᵀ h_{N-1}, Δb_h
   steady-state input without the controller's Q_l u), i.e. the paper's η (v_ss − v_ss^ff) r_{i-1,ss}ᵀ with the
   sign turned into a descent direction for the optimizer; for conv the rate difference is taken before
   pooling, where it has the kernel's output shape. The head (φ = identity): ΔW_head = −u_Kᵀ h_{N-1,ss} / n.
-  Q is fixed random: the paper's separate noisy feedback-learning phase for Q is not implemented.
+  Q is fixed random, Q_l = s·U(±1/√|a_l|) with s = ``dfc_q_scale`` (default 0.1): the paper's separate
+  noisy feedback-learning phase for Q is not implemented. With random Q the loop gain J Q grows with the
+  weights (the head's above all) and at s = 1 the integral controller lost stability on MNIST-1D/mlp
+  after ~4 epochs (control error and CE blew up); the optimizer is Adam, so s does not change the
+  update's direction in the linear regime, only how far the controller is from instability.
 
 ``alignment(x, y)`` on every trainer: per layer (``blocks.l.weight`` and ``head.weight``), the angle in degrees
 between the rule's ΔW and backpropagation's ΔW (autograd of the mean CE) for the same batch and weights,
@@ -99,11 +103,11 @@ RULE_NAMES = ("ifa", "bdfa", "kp", "wm", "tp", "dtp", "dfc")
 _DEFAULTS: dict[str, dict[str, float]] = {
     "ifa": {},
     "bdfa": {},
-    "kp": {"kp_decay": 1e-2},
+    "kp": {"kp_decay": 1e-3},
     "wm": {"wm_lr": 0.1, "wm_noise": 1.0, "wm_samples": 128},
     "tp": {"tp_target_lr": 0.5, "tp_noise": 0.3},
     "dtp": {"tp_target_lr": 0.5, "tp_noise": 0.3},
-    "dfc": {"dfc_steps": 10, "dfc_dt": 0.5, "dfc_alpha": 0.1, "dfc_target": 1.0},
+    "dfc": {"dfc_steps": 10, "dfc_dt": 0.5, "dfc_alpha": 0.1, "dfc_target": 1.0, "dfc_q_scale": 0.1},
 }
 
 
@@ -513,7 +517,7 @@ class DFCTrainer(_Rule):
             raise SpecError("rule.params.dfc_steps must be >= 1")
         self.pre_shapes = [self._pre_shape(i) for i in range(len(spec.blocks))]
         self.feedback = {
-            f"blocks.{i}": self._uniform((spec.num_classes, math.prod(s)), math.prod(s))
+            f"blocks.{i}": self.rp["dfc_q_scale"] * self._uniform((spec.num_classes, math.prod(s)), math.prod(s))
             for i, s in enumerate(self.pre_shapes)
         }
 
