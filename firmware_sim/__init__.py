@@ -55,6 +55,23 @@ def read_manifest(build_dir: str | Path) -> Manifest:
     return Manifest.read(build_dir, verify=False)
 
 
+def checked_parameters(manifest: Manifest, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Parameters to write into a device: each a model parameter of the build with its shape, finite;
+    returned as contiguous float32 copies (one-line DataError otherwise)."""
+    from edgesp.errors import DataError
+
+    layout = {p.name: p.shape for p in manifest.parameters if p.kind == "parameter"}
+    out = {}
+    for name, value in params.items():
+        arr = np.array(value, np.float32, copy=True, order="C")
+        if layout.get(name) != arr.shape:
+            raise DataError(f"parameter {name!r} of shape {arr.shape} is not one of this build's {sorted(layout)}")
+        if not np.all(np.isfinite(arr)):
+            raise DataError(f"parameter {name!r} holds NaN or inf")
+        out[name] = arr
+    return out
+
+
 def load_build(build_dir: str | Path, runtime: str) -> tuple[Manifest, Any, dict[str, np.ndarray]]:
     """Verify a build before any artifact is used and return (manifest, spec, initial state arrays).
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgesp.data import Dataset
 from edgesp.errors import CompileError, DataError, RuntimeMissingError
-from firmware_sim import load_build
+from firmware_sim import checked_parameters, load_build
 
 
 def _ort() -> Any:
@@ -159,14 +159,8 @@ class OrtDevice:
     def load_parameters(self, params: dict[str, np.ndarray]) -> None:
         """Write model parameters into the device state (names and shapes as the manifest's; optimizer state kept)."""
         ort = _ort()
-        layout = {p.name: p.shape for p in self.params if p.kind == "parameter"}
-        for name, value in params.items():
-            arr = np.ascontiguousarray(value, np.float32)
-            if layout.get(name) != arr.shape:
-                raise DataError(f"parameter {name!r} of shape {arr.shape} is not one of this build's {sorted(layout)}")
-            if not np.all(np.isfinite(arr)):
-                raise DataError(f"parameter {name!r} holds NaN or inf")
-            self.state[name] = ort.OrtValue.ortvalue_from_numpy(arr.copy())
+        for name, arr in checked_parameters(self.manifest, params).items():
+            self.state[name] = ort.OrtValue.ortvalue_from_numpy(arr)
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Copies of the model parameters only (no optimizer state)."""

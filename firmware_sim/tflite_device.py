@@ -28,7 +28,7 @@ import numpy as np
 from edgesp.data import Dataset
 from edgesp.errors import CompileError, DataError
 from edgesp.manifest import Manifest
-from firmware_sim import load_build
+from firmware_sim import checked_parameters, load_build
 from firmware_sim.tflite_runtime import DEFAULT_INTERPRETER, TFLiteModel
 
 
@@ -113,16 +113,7 @@ class TFLiteDevice:
 
     def load_parameters(self, params: dict[str, np.ndarray]) -> None:
         """Write model parameters into the interpreter's variables (optimizer state kept)."""
-        layout = {p.name: p.shape for p in self.manifest.parameters if p.kind == "parameter"}
-        state = self.weights()
-        for name, value in params.items():
-            arr = np.ascontiguousarray(value, np.float32)
-            if layout.get(name) != arr.shape:
-                raise DataError(f"parameter {name!r} of shape {arr.shape} is not one of this build's {sorted(layout)}")
-            if not np.all(np.isfinite(arr)):
-                raise DataError(f"parameter {name!r} holds NaN or inf")
-            state[name] = arr
-        self.model.init(state)
+        self.model.init({**self.weights(), **checked_parameters(self.manifest, params)})
 
     def parameters(self) -> dict[str, np.ndarray]:
         """The model parameters only (no optimizer state)."""
