@@ -38,7 +38,7 @@ from edgesp.rules import make_trainer  # noqa: E402
 from edgesp.spec import ModelSpec, OptimizerSpec, RuleSpec, SignalSpec  # noqa: E402
 from edgesp.train import SCHEDULES, _optimizers, default_lr, lr_factor, set_lr_scale  # noqa: E402
 
-RULES = ("bp", "fa", "dfa", "local", "sigprop")
+RULES = ("bp", "fa", "dfa", "local", "sigprop", "ifa", "bdfa", "kp", "wm", "tp", "dtp", "dfc")
 DATASETS = ("digits", "mnist1d")
 MODELS = ("mlp", "cnn1d")
 
