@@ -14,9 +14,6 @@ writes into ``out`` (a folder written whole: a temporary sibling, renamed when c
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,7 @@ from edgesp.errors import DataError
 
 def export_build(build_dir: str | Path, state_file: str | Path, out_dir: str | Path, batch: int = 1) -> dict[str, Any]:
     from compilers import export_inference
-    from edgesp.atomic import write_text
+    from edgesp.atomic import atomic_dir, write_text
     from edgesp.checkpoint import check_params, save_checkpoint
     from edgesp.errors import CheckpointError
     from edgesp.manifest import Manifest
@@ -43,9 +40,9 @@ def export_build(build_dir: str | Path, state_file: str | Path, out_dir: str | P
         raise DataError(f"state file {state_file} does not belong to build {build_dir}: {e}") from None
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file: give a folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "export.json").exists():
+        raise DataError(f"{out_dir} is not empty and not an earlier export (no export.json): pass a new or empty --out")
+    with atomic_dir(out_dir) as tmp:  # the folder is replaced whole; a failure leaves an existing one as it was
         save_checkpoint(tmp / "model.safetensors", spec, params, extra={"exported_from": str(build_dir)})
         files = export_inference(manifest.runtime, spec, params, tmp, batch)
         info = {
@@ -61,21 +58,4 @@ def export_build(build_dir: str | Path, state_file: str | Path, out_dir: str | P
             "outputs": {"logits": [batch, spec.num_classes]},
         }
         write_text(tmp / "export.json", json.dumps(info, indent=2) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old / "x")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return info
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m

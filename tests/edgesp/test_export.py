@@ -113,3 +113,26 @@ def test_lava_simulate_export_evaluate(digits, tmp_path):
     ev = tmp_path / "ev.json"
     assert main(["evaluate", str(out / "model.safetensors"), "--data", "digits", "--json", str(ev)]) == 0
     assert abs(json.loads(ev.read_text())["test_accuracy"] - res["accuracy_after"]) <= 2 / len(digits.y_test)
+
+
+def test_export_replaces_an_earlier_export_whole_and_never_a_foreign_folder(tmp_path):
+    from edgesp.errors import DataError
+    from edgesp.export import export_build
+    from edgesp.manifest import Manifest
+    from firmware_sim.learning import write_state
+
+    cmd = ["compile", "--fresh", "--data", "digits", "--width", "16", "--target", "edge-cpu", "--batch", "2"]
+    assert main([*cmd, "--out", str(tmp_path / "b")]) == 0
+    from edgesp.functional import init_params
+
+    spec = Manifest.read(tmp_path / "b").model_spec()
+    write_state(tmp_path / "s.npz", init_params(spec, 1))
+    export_build(tmp_path / "b", tmp_path / "s.npz", tmp_path / "out")
+    (tmp_path / "out" / "stale.txt").write_text("old")
+    export_build(tmp_path / "b", tmp_path / "s.npz", tmp_path / "out")
+    assert not (tmp_path / "out" / "stale.txt").exists()  # replaced as a whole
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(DataError, match="not an earlier export"):
+        export_build(tmp_path / "b", tmp_path / "s.npz", tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
