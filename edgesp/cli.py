@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -101,6 +102,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "with 'compile CHECKPOINT': the on-device learning rate (default: the checkpoint's × 0.1)",
     )
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument(
+        "--rule-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a rule parameter (repeatable; VALUE is a JSON number, true/false or text), e.g. kp_decay=1e-3, "
+        "dfc_q_scale=0.1, surrogate_slope=5, update_every=4; each rule rejects keys it does not know",
+    )
     g.add_argument("--time-steps", type=int, default=None, help="spiking models: time steps per sample")
     g.add_argument("--encoding", default=None, help="spiking models: direct, rate or sequence")
     g.add_argument("--readout", default="membrane", help="spiking models: membrane or spike_count")
@@ -113,6 +122,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 SPIKING_SP_RULES = ("sp-voltage", "sp-surrogate", "sp-online")
+
+
+def _rule_params(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings → {key: value}; VALUE parsed as JSON (number, true/false, null) or kept as text."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--rule-param {item!r} is not KEY=VALUE: write e.g. --rule-param kp_decay=1e-3")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"--rule-param {key}: {raw!r} is not a finite number")
+        out[key.strip()] = value
+    return out
 
 
 def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
@@ -131,6 +157,7 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         loss=args.loss or ("v9" if spiking_sp else RuleSpec().loss),
         temperature=args.temperature,
         optimizer=OptimizerSpec(name=args.optimizer, lr=lr, momentum=args.momentum),
+        params=_rule_params(args.rule_param),
     )
     temporal = None
     lif = None

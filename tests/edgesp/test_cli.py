@@ -83,6 +83,8 @@ def test_compile_fresh(tmp_path):
         (["train", "--model", "transformer", "--out", "X"], "unknown model"),
         (["train", "--epochs", "0", "--out", "X"], "--epochs must be an integer >= 1"),
         (["train", "--signal-placement", "output", "--out", "X"], "unknown signal placement"),
+        (["train", "--rule", "kp", "--rule-param", "oops", "--out", "X"], "is not KEY=VALUE"),
+        (["train", "--rule", "kp", "--rule-param", "nonsense=1", "--out", "X"], "has no parameter(s) ['nonsense']"),
         (
             ["compile", "--fresh", "--model", "cnn1d", "--target", "edge-cpu", "--on-device", "bp", "--out", "X"],
             "lowers MLPs only",
@@ -348,3 +350,11 @@ def test_identical_train_runs_give_byte_identical_checkpoints(tmp_path):
         digests.append(hashlib.sha256((tmp_path / name / "model.safetensors").read_bytes()).hexdigest())
     assert digests[0] == digests[1]
     assert set(load_file(str(tmp_path / "a" / "model.safetensors"))) >= {"head.weight", "blocks.0.weight"}
+
+
+def test_rule_params_reach_the_checkpoint(tmp_path):
+    argv = ["train", "--data", "digits", "--rule", "kp", "--epochs", "1", "--width", "16", "--quiet"]
+    assert main([*argv, "--rule-param", "kp_decay=0.002", "--out", str(tmp_path / "k")]) == 0
+    from edgesp.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "k" / "model.safetensors")[0].rule.params == {"kp_decay": 0.002}
