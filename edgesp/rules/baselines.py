@@ -103,6 +103,32 @@ class _Base:
             )
         return out
 
+    def forward(self, x: torch.Tensor, inject: list[torch.Tensor] | None = None, graphs: bool = True) -> _Cache:
+        """Blocks then head, keeping per block h_{l-1}, a_l (a leaf) and, with ``graphs``, the graph of the
+        block's weightless part g_l (weights in no graph: rules compute ΔW from the formulas).
+        ``inject[l]`` (shaped like a_l) is added to block l's pre-activation (feedback control)."""
+        c = _Cache()
+        h = x
+        for i, block in enumerate(self.spec.blocks):
+            prefix = f"blocks.{i}."
+            with torch.no_grad():
+                a = layer_forward(block[0], h, self.p, prefix)
+                if inject is not None:
+                    a = a + inject[i]
+            if graphs:
+                a = a.requires_grad_(True)
+            with torch.set_grad_enabled(graphs):
+                out = a
+                for layer in block[1:]:
+                    out = layer_forward(layer, out, self.p, prefix, train=True, generator=self.generator)
+            c.inputs.append(h)
+            c.pre.append(a)
+            c.outs.append(out)
+            h = out.detach()
+        with torch.no_grad():
+            c.logits = head_forward(self.spec, h, self.p)
+        return c
+
     def _step(self, grads: dict[str, torch.Tensor]) -> None:
         for names, opt in zip(self.layer_names, self.optimizers, strict=True):
             for n in names:
@@ -124,7 +150,8 @@ class BPTrainer(_Base):
 
 
 class _Cache:
-    """Per-block forward state for the explicit FA/DFA backward pass."""
+    """Per-block forward state (h_{l-1}, a_l, h_l with g_l's graph, logits) for the rules that compute their
+    backward pass from formulas (FA, DFA and the feedback family)."""
 
     def __init__(self) -> None:
         self.inputs: list[torch.Tensor] = []  # h_{l-1}
@@ -153,26 +180,6 @@ class FeedbackTrainer(_Base):
                 shape = tuple(self.p[prefix + ".weight"].shape)
                 b = 1.0 / math.sqrt(math.prod(shape[1:]))
                 self.feedback[prefix] = torch.tensor(rng.uniform(-b, b, shape).astype(np.float32))
-
-    def forward(self, x: torch.Tensor) -> _Cache:
-        """Forward pass keeping, per block, h_{l-1}, a_l and the graph of g_l (weights not in any graph)."""
-        c = _Cache()
-        h = x
-        for i, block in enumerate(self.spec.blocks):
-            prefix = f"blocks.{i}."
-            with torch.no_grad():
-                a = layer_forward(block[0], h, self.p, prefix)
-            a = a.requires_grad_(True)
-            out = a
-            for layer in block[1:]:
-                out = layer_forward(layer, out, self.p, prefix, train=True, generator=self.generator)
-            c.inputs.append(h)
-            c.pre.append(a)
-            c.outs.append(out)
-            h = out.detach()
-        with torch.no_grad():
-            c.logits = head_forward(self.spec, h, self.p)
-        return c
 
     @staticmethod
     def error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -94,7 +94,7 @@ import torch.nn.functional as F
 
 from edgesp.errors import SpecError
 from edgesp.functional import block_forward, head_forward, layer_forward
-from edgesp.rules.baselines import _Base
+from edgesp.rules.baselines import _Base, _Cache
 from edgesp.rules.optim import make_optimizer
 from edgesp.spec import Conv1d, Conv2d, LayerNorm, LeakyReLU, Linear, ModelSpec, ReLU, Tanh
 
@@ -171,16 +171,6 @@ def angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, c))))
 
 
-class _Forward:
-    """Per-block forward state: h_{l-1}, a_l (leaf), h_l = g_l(a_l) with g_l's graph, logits."""
-
-    def __init__(self) -> None:
-        self.inputs: list[torch.Tensor] = []
-        self.pre: list[torch.Tensor] = []
-        self.outs: list[torch.Tensor] = []
-        self.logits = torch.empty(0)
-
-
 # ----------------------------------------------------------------------------- shared trainer
 class _Rule(_Base):
     """Forward with per-block graphs of g_l, explicit weight gradients, alignment, extra optimizers."""
@@ -215,31 +205,6 @@ class _Rule(_Base):
     def _uniform(self, shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
         b = 1.0 / math.sqrt(fan_in)
         return torch.tensor(self.rng.uniform(-b, b, shape).astype(np.float32))
-
-    # -- forward
-    def forward(self, x: torch.Tensor, inject: list[torch.Tensor] | None = None, graphs: bool = True) -> _Forward:
-        """Blocks then head; ``inject[l]`` (shaped like a_l) is added to block l's pre-activation."""
-        c = _Forward()
-        h = x
-        for i, block in enumerate(self.spec.blocks):
-            prefix = f"blocks.{i}."
-            with torch.no_grad():
-                a = layer_forward(block[0], h, self.p, prefix)
-                if inject is not None:
-                    a = a + inject[i]
-            if graphs:
-                a = a.requires_grad_(True)
-            with torch.set_grad_enabled(graphs):
-                out = a
-                for layer in block[1:]:
-                    out = layer_forward(layer, out, self.p, prefix, train=True, generator=self.generator)
-            c.inputs.append(h)
-            c.pre.append(a)
-            c.outs.append(out)
-            h = out.detach()
-        with torch.no_grad():
-            c.logits = head_forward(self.spec, h, self.p)
-        return c
 
     def _layer_grads(self, i: int, h_in: torch.Tensor, da: torch.Tensor, grads: dict[str, torch.Tensor]) -> None:
         layer, prefix = self.spec.blocks[i][0], f"blocks.{i}."
@@ -464,7 +429,7 @@ class TPTrainer(_Rule):
         g = self.inverses[i]
         return h.reshape(h.shape[0], -1) @ g["weight"].detach().T + g["bias"].detach()
 
-    def targets(self, c: _Forward, y: torch.Tensor) -> list[torch.Tensor]:
+    def targets(self, c: _Cache, y: torch.Tensor) -> list[torch.Tensor]:
         """ĥ_l for every block (flattened)."""
         n = len(self.spec.blocks)
         hs = [o.detach().reshape(len(y), -1) for o in c.outs]
@@ -521,13 +486,13 @@ class DFCTrainer(_Rule):
             for i, s in enumerate(self.pre_shapes)
         }
 
-    def controlled(self, x: torch.Tensor, u: torch.Tensor) -> _Forward:
+    def controlled(self, x: torch.Tensor, u: torch.Tensor) -> _Cache:
         inject = [(u @ self.feedback[f"blocks.{i}"]).reshape(len(u), *s) for i, s in enumerate(self.pre_shapes)]
         c = self.forward(x, inject, graphs=False)
         c.logits = c.logits + u  # Q_head = I
         return c
 
-    def steady_state(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, _Forward, torch.Tensor]:
+    def steady_state(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, _Cache, torch.Tensor]:
         """(u_K, the controlled forward pass at u_K, the uncontrolled logits)."""
         dt, alpha = self.rp["dfc_dt"], self.rp["dfc_alpha"]
         with torch.no_grad():
