@@ -1,6 +1,7 @@
 """Atomic output: a file is written to a temporary file in the same folder, fsynced, then renamed over the
 target (:func:`atomic_path`); a folder (a build) is written as a temporary sibling folder and swapped in as a
-whole (:func:`atomic_dir`). A crash or error never leaves a half-written artifact or build."""
+whole (:func:`atomic_dir`). A crash or error never leaves a half-written artifact or build. Output locations are
+checked before any work (:func:`check_out_file`, :func:`check_out_dir`), so a long run does not fail at its end."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from edgesp.errors import DataError
 
 
 @contextlib.contextmanager
@@ -97,3 +100,35 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- output locations, checked before work
+def probe_folder(folder: Path, what: str) -> None:
+    """``folder`` (or its nearest existing ancestor, where it would be created) must be a writable folder."""
+    anc = folder
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise DataError(f"cannot write {what}: {anc} is a file, not a folder: choose another location")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgesp-write-probe.", dir=anc)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DataError(f"cannot write {what}: {anc} is not writable ({e.strerror}): choose another location") from None
+
+
+def check_out_dir(path: str | Path, flag: str) -> None:
+    """Before any work: an output folder must be a folder (or creatable) in a writable place."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise DataError(f"{flag} {p} is a file, not a folder: pass a folder path")
+    probe_folder(p, f"{flag} {p}")
+
+
+def check_out_file(path: str | Path, flag: str) -> None:
+    """Before any work: an output file must not be a folder, and its folder must be writable (or creatable)."""
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{flag} {p} is a folder: pass a file name, e.g. {p / 'out'}")
+    probe_folder(p.parent if str(p.parent) else Path("."), f"{flag} {p}")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgesp.atomic import check_out_dir, check_out_file, probe_folder
 from edgesp.errors import DataError, EdgespError, SpecError
 
 
@@ -287,40 +288,6 @@ def _check_batch_loss(rule: str, loss: str, batch: int, n_train: int) -> None:
         )
 
 
-def _probe_folder(folder: Path, what: str) -> None:
-    """``folder`` (or its nearest existing ancestor, where it would be created) must be a writable folder."""
-    import os
-    import tempfile
-
-    anc = folder
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise DataError(f"cannot write {what}: {anc} is a file, not a folder: choose another location")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".edgesp-write-probe.", dir=anc)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise DataError(f"cannot write {what}: {anc} is not writable ({e.strerror}): choose another location") from None
-
-
-def check_out_dir(path: str | Path, flag: str) -> None:
-    """Before any work: an output folder must be a folder (or creatable) in a writable place."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise DataError(f"{flag} {p} is a file, not a folder: pass a folder path")
-    _probe_folder(p, f"{flag} {p}")
-
-
-def check_out_file(path: str | Path, flag: str) -> None:
-    """Before any work: an output file must not be a folder, and its folder must be writable (or creatable)."""
-    p = Path(path)
-    if p.is_dir():
-        raise DataError(f"{flag} {p} is a folder: pass a file name, e.g. {p / 'out'}")
-    _probe_folder(p.parent if str(p.parent) else Path("."), f"{flag} {p}")
-
-
 # ---------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
@@ -461,7 +428,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     target = load_target(args.target)
     check_out_dir(args.out, "--out")
-    _probe_folder(Path(args.out).absolute().parent, f"--out {args.out}")  # the new build is made beside it
+    probe_folder(Path(args.out).absolute().parent, f"--out {args.out}")  # the new build is made beside it
     spec, params = _load_model_for_compile(args)
     manifest = compile_model(spec, params, target, Path(args.out), batch=args.batch, on_device_rule=args.on_device)
     print(

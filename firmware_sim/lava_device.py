@@ -201,9 +201,9 @@ def simulate(
     build_dir = Path(build_dir)
     manifest, desc, spec = _load(build_dir)
     if options.get("save_state") is not None:
-        from firmware_sim.learning import check_writable
+        from edgesp.atomic import check_out_file
 
-        check_writable(Path(options["save_state"]))
+        check_out_file(options["save_state"], "--save-state")
     if batch not in (None, 1):
         raise DataError(f"lava builds learn one sample at a time: use --batch 1 (or omit it), not {batch}")
     if options.get("continual"):

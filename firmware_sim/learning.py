@@ -58,7 +58,9 @@ def run_learning(
 ) -> dict[str, Any]:
     """Stream ``steps`` batches through ``device.step`` (any runtime with step/accuracy) and report."""
     if save_state is not None:
-        check_writable(Path(save_state))
+        from edgesp.atomic import check_out_file
+
+        check_out_file(save_state, "--save-state")
     from tqdm import tqdm
 
     from edgesp.train import plot_curve
@@ -144,19 +146,6 @@ def run_learning(
         )
         result["plot"] = str(out_png)
     return result
-
-
-def check_writable(path: Path) -> None:
-    """Refuse an output path before any work: its folder must exist and be writable, and it must not be a folder."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder: give a file name for the learned state, e.g. {path / 'state.npz'}")
-    if not folder.is_dir():
-        raise DataError(f"cannot write {path}: the folder {folder} does not exist (create it first)")
-    import os
-
-    if not os.access(folder, os.W_OK):
-        raise DataError(f"cannot write {path}: the folder {folder} is not writable (choose another location)")
 
 
 def write_state(path: Path, params: dict[str, np.ndarray]) -> None:
