@@ -309,6 +309,22 @@ def lower_inference(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) 
 BATCH_LOSSES = ("v9", "v14", "v15")
 
 
+def _step_program(
+    name: str, spec: ModelSpec, params: dict[str, np.ndarray], batch: int, signal_learns: bool
+) -> tuple[Program, str, str, str]:
+    """An update step's inputs (``x`` (B,…), ``y`` int32 (B,), ``lr``), every parameter and optimizer state as
+    states (the signal's optimizer state only if ``signal_learns``), and onehot(y): (program, x, lr, onehot)."""
+    p = Program(name)
+    x = p.input("x", (batch, *spec.input_shape))
+    y = p.input("y", (batch,), I32)
+    lr = p.input("lr", ())
+    _declare_params(p, spec, params, include_signal=True)
+    for state, init, layer in optimizer_states(spec, params):
+        if signal_learns or not state.startswith("opt.signal."):
+            p.state(state, init, layer)
+    return p, x, lr, p.op("onehot", y, depth=spec.num_classes)
+
+
 def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> Program:
     """The whole SP update step (see module docstring). Outputs ``loss_k`` per layer k."""
     _check_supported(spec)
@@ -317,14 +333,7 @@ def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> 
             f"sigprop loss {spec.rule.loss} compares the samples of a batch and is constant at batch 1 (no hidden "
             "layer would learn): compile with --loss v1 (direct label) for batch-1 on-device learning, or a batch >= 2"
         )
-    p = Program("sp_update")
-    x = p.input("x", (batch, *spec.input_shape))
-    y = p.input("y", (batch,), I32)
-    lr = p.input("lr", ())
-    _declare_params(p, spec, params, include_signal=True)
-    for name, init, layer in optimizer_states(spec, params):
-        p.state(name, init, layer)
-    onehot = p.op("onehot", y, depth=spec.num_classes)
+    p, x, lr, onehot = _step_program("sp_update", spec, params, batch, signal_learns=True)
     shapes = spec.param_shapes()
 
     t = emit_signal(p, spec)
@@ -372,15 +381,7 @@ def lower_bp_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) 
         raise CompileError(
             "the BP baseline step lowers MLPs only (conv im2col has no input gradient here): use --model mlp"
         )
-    p = Program("bp_update")
-    x = p.input("x", (batch, *spec.input_shape))
-    y = p.input("y", (batch,), I32)
-    lr = p.input("lr", ())
-    _declare_params(p, spec, params, include_signal=True)
-    for name, init, layer in optimizer_states(spec, params):
-        if not name.startswith("opt.signal."):  # the signal does not learn under BP
-            p.state(name, init, layer)
-    onehot = p.op("onehot", y, depth=spec.num_classes)
+    p, x, lr, onehot = _step_program("bp_update", spec, params, batch, signal_learns=False)
     h = x
     for i in range(len(spec.blocks)):
         h = emit_block(p, spec, i, h)

@@ -41,7 +41,7 @@ import numpy as np
 from compilers.lava import rule
 from compilers.lava.plan import plan
 from compilers.lava.quant import lower
-from edgesp.atomic import write_bytes, write_text
+from edgesp.atomic import write_bytes
 from edgesp.errors import CompileError, TargetError
 from edgesp.manifest import Manifest, ParameterEntry, PlannedMemory, sha256
 from edgesp.spec import ModelSpec
@@ -108,7 +108,8 @@ def compile_model(
             else None
         ),
     }
-    write_text(out_dir / UPDATE_FILE, json.dumps(learning, indent=2))
+    learning_bytes = json.dumps(learning, indent=2).encode()
+    write_bytes(out_dir / UPDATE_FILE, learning_bytes)
     n_layers = len(desc.layers)
     parameters, placement = [], {}
     for name, shape in spec.param_shapes().items():
@@ -128,7 +129,6 @@ def compile_model(
         parameters.append(ParameterEntry(name, layer, tuple(shape), "parameter", update_output))
     parameters.sort(key=lambda p: p.layer)
     net_bytes = buf.getvalue()
-    learning_bytes = (out_dir / UPDATE_FILE).read_bytes()
     pm = mapping["planned_memory"]
     manifest = Manifest(
         target=target.name,
