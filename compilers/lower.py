@@ -189,19 +189,24 @@ def _flat(p: Program, a: str) -> str:
     return p.reshape(a, (s[0], math.prod(s[1:])))
 
 
-def emit_sp_loss(p: Program, spec: ModelSpec, h: str, t_cls: str, onehot: str) -> str:
-    """Local loss between the sample stream h (B,…) and the per-class target stream t_cls (C,…)."""
+def emit_sp_loss(p: Program, spec: ModelSpec, h: str, t: str, onehot: str) -> str:
+    """Local loss between the sample stream h (B,…) and the target stream t: per-class targets (C,…), or,
+    when t has B rows and C ≠ B, one target row per sample (row b = the target of y_b; v9 and l2 only)."""
     r = spec.rule
-    hf, tf = _flat(p, h), _flat(p, t_cls)
+    hf, tf = _flat(p, h), _flat(p, t)
     bsz, d = p.shape(hf)
+    c = spec.num_classes
+    per_sample = p.shape(tf)[0] != c
     if r.loss == "l2":
-        diff = p.sub(hf, p.matmul(onehot, tf))
+        diff = p.sub(hf, tf if per_sample else p.matmul(onehot, tf))
         return p.scale(p.reduce("reduce_sum", p.mul(diff, diff), (0, 1), keepdims=False), 1.0 / (bsz * d))
-    yc = p.scale(p.matmul(hf, p.transpose(tf)), 1.0 / (r.temperature * d))  # B×C
+    if per_sample and r.loss == "v1":
+        raise CompileError("loss v1 needs every class's target (internal: per-sample target rows given)")
+    yc = p.scale(p.matmul(hf, p.transpose(tf)), 1.0 / (r.temperature * d))  # B×C (or B×B per sample)
     if r.loss == "v1":
         ls = p.op("log_softmax", yc)
         return p.scale(p.reduce("reduce_sum", p.mul(onehot, ls), (0, 1), keepdims=False), -1.0 / bsz)
-    y = p.matmul(yc, p.transpose(onehot))  # B×B
+    y = yc if per_sample else p.matmul(yc, p.transpose(onehot))  # B×B
     pos = p.matmul(onehot, p.transpose(onehot))
     ls = p.op("log_softmax", y)
     return p.scale(p.reduce("reduce_sum", p.mul(pos, ls), (0, 1), keepdims=False), -1.0 / bsz)
@@ -213,18 +218,23 @@ def emit_ce(p: Program, logits: str, onehot: str) -> str:
     return p.scale(p.reduce("reduce_sum", p.mul(onehot, ls), (0, 1), keepdims=False), -1.0 / bsz)
 
 
-def emit_signal(p: Program, spec: ModelSpec) -> str:
-    """z for every class: act(LayerNorm(W_Sᵀ + b_S)) shaped (C, *spec.signal_shape()); ``shape='channel'``
-    broadcasts one value per channel over block 0's positions."""
-    t = p.add(p.transpose("signal.weight"), "signal.bias")
+def emit_signal(p: Program, spec: ModelSpec, rows: str | None = None) -> str:
+    """z = act(LayerNorm(W_S·o + b_S)) shaped (R, *spec.signal_shape()): for every class (o = e_c, R = C) or,
+    given ``rows`` (R×C one-hot rows), for those rows only. ``shape='channel'`` broadcasts one value per
+    channel over block 0's positions."""
+    if rows is None:
+        t = p.add(p.transpose("signal.weight"), "signal.bias")
+    else:
+        t = p.add(p.matmul(rows, p.transpose("signal.weight")), "signal.bias")
+    n = p.shape(t)[0]
     t = layer_norm(p, t, 1e-5)
     if spec.signal.activation == "relu":
         t = p.op("relu", t)
     shape = spec.signal_shape()
     if spec.signal.shape == "channel":
-        t = p.reshape(t, (spec.num_classes, shape[0], *([1] * (len(shape) - 1))))
-        t = p.broadcast_to(t, (spec.num_classes, *shape))
-    return p.reshape(t, (spec.num_classes, *shape))
+        t = p.reshape(t, (n, shape[0], *([1] * (len(shape) - 1))))
+        t = p.broadcast_to(t, (n, *shape))
+    return p.reshape(t, (n, *shape))
 
 
 # ------------------------------------------------------------------------------------------ optimizers
@@ -325,41 +335,121 @@ def _step_program(
     return p, x, lr, p.op("onehot", y, depth=spec.num_classes)
 
 
+TARGET_STREAMS = ("auto", "exact", "cached")
+
+
+def target_stream(spec: ModelSpec, batch: int) -> str:
+    """How the update step computes the target stream (``spec.rule.params['target_stream']``, default auto):
+
+    * ``exact``: every class's targets (C rows per block) for loss v1, or one row per sample for v9/l2 when
+      B < C (those losses only compare a sample with its own class's target, so this is exact and cheaper).
+    * ``cached`` (batch 1, loss v1): only the sample's class row goes through the blocks (1 row, not C); the
+      other classes' targets come from a per-layer table ``tcache.k`` (C × |t_k|, device state) whose row y is
+      refreshed every step. The loss is the same as the exact step's while the table is fresh; the gradients that
+      flow through the *other* classes' targets are dropped, and their rows go stale until their class is seen.
+    * ``auto``: cached at batch 1 with loss v1, else exact."""
+    mode = spec.rule.params.get("target_stream", "auto")
+    if mode not in TARGET_STREAMS:
+        raise CompileError(f"target_stream {mode!r} is unknown; use one of {', '.join(TARGET_STREAMS)}")
+    cacheable = batch == 1 and spec.rule.loss == "v1"
+    if mode == "cached" and not cacheable:
+        raise CompileError("target_stream 'cached' is for batch-1 steps with loss v1: use 'exact' or 'auto'")
+    if mode == "auto":
+        return "cached" if cacheable else "exact"
+    return mode
+
+
+def state_kind(name: str) -> str:
+    """Manifest kind of an update-program state: optimizer_state (``opt.*``), target_cache (``tcache.*``) or
+    parameter."""
+    if name.startswith("opt."):
+        return "optimizer_state"
+    if name.startswith("tcache."):
+        return "target_cache"
+    return "parameter"
+
+
+def class_targets(spec: ModelSpec, params: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+    """Every class's target t_k (C, *shape) for each layer k that has an SP loss, flattened to (C, |t_k|),
+    computed exactly with the reference interpreter: the initial ``tcache.k`` of a cached step."""
+    from compilers import interp
+
+    p = Program("class_targets")
+    _declare_params(p, spec, params, include_signal=True)
+    t = emit_signal(p, spec)
+    layer = spec.signal_layer
+    outs = {layer: t}
+    for i in range(1 if spec.signal.hidden else 0, len(spec.blocks)):
+        t = emit_block(p, spec, i, t)
+        outs[i + 1] = t
+    for k, v in outs.items():
+        p.output(f"t{k}", _flat(p, v))
+    res, _ = interp.run(p, {}, params)
+    return {k: res[f"t{k}"] for k in outs}
+
+
+def _cached_table(p: Program, k: int, t_row: str, onehot: str) -> str:
+    """T = tcache.k ⊙ (1 − oᵀ) + oᵀ·t_row: the table with row y replaced by the fresh (differentiable) target;
+    T becomes the new tcache.k."""
+    shape = p.shape(t_row)
+    tf = _flat(p, t_row)
+    ot = p.transpose(onehot)  # C×1
+    table = p.add(p.mul(f"tcache.{k}", p.sub(p.const(np.float32(1.0)), ot)), p.matmul(ot, tf))
+    p.update_state(f"tcache.{k}", table)
+    return p.reshape(table, (p.shape(table)[0], *shape[1:]))
+
+
 def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> Program:
-    """The whole SP update step (see module docstring). Outputs ``loss_k`` per layer k."""
+    """The whole SP update step (see module docstring). Outputs ``loss_k`` per layer k.
+
+    The sample rows h (B) and the target rows t (R) go through each block i ≥ 1 stacked as one (B+R)-row tensor,
+    so a block runs one GEMM for both streams and its weight gradient is one GEMM over B+R rows; R = C (exact,
+    loss v1 or B ≥ C), B (exact, v9/l2 with B < C: the samples' own classes) or 1 (cached, see
+    :func:`target_stream`)."""
     _check_supported(spec)
     if batch == 1 and spec.rule.loss in BATCH_LOSSES:
         raise CompileError(
             f"sigprop loss {spec.rule.loss} compares the samples of a batch and is constant at batch 1 (no hidden "
             "layer would learn): compile with --loss v1 (direct label) for batch-1 on-device learning, or a batch >= 2"
         )
+    mode = target_stream(spec, batch)
     p, x, lr, onehot = _step_program("sp_update", spec, params, batch, signal_learns=True)
     shapes = spec.param_shapes()
+    cached = mode == "cached"
+    if cached:
+        for k, table in class_targets(spec, params).items():
+            p.state(f"tcache.{k}", table, k)
+    per_sample = not cached and spec.rule.loss != "v1" and batch < spec.num_classes
+    t = emit_signal(p, spec, rows=onehot if cached or per_sample else None)
 
-    t = emit_signal(p, spec)
+    def loss_target(k: int, t_k: str) -> str:
+        return _cached_table(p, k, t_k, onehot) if cached else t_k
+
     signal_names = [n for n in shapes if n.startswith("signal.")] if spec.signal.kind == "learned" else []
     first = 0
     if spec.signal.hidden:  # t_1 = z; one loss updates block 0 and the signal (layer 1)
         h = emit_block(p, spec, 0, x)
-        l1 = emit_sp_loss(p, spec, h, t, onehot)
+        l1 = emit_sp_loss(p, spec, h, loss_target(1, t), onehot)
         p.output("loss_1", l1)
         names = [n for n in shapes if n.startswith("blocks.0.")] + signal_names
         emit_optimizer(p, spec, 1, grad(p, l1, names), lr)
         first = 1
     else:
         if signal_names:
-            l0 = emit_sp_loss(p, spec, x, t, onehot)
+            l0 = emit_sp_loss(p, spec, x, loss_target(0, t), onehot)
             p.output("loss_0", l0)
             emit_optimizer(p, spec, 0, grad(p, l0, signal_names), lr)
         h = x
+    rows = p.shape(t)[0]
+    stack = p.op("concat_rows", h, t)
     for i in range(first, len(spec.blocks)):
-        h_new = emit_block(p, spec, i, h)
-        t_new = emit_block(p, spec, i, t)
-        li = emit_sp_loss(p, spec, h_new, t_new, onehot)
+        stack = emit_block(p, spec, i, stack)
+        h = p.op("slice_rows", stack, start=0, stop=batch)
+        t = p.op("slice_rows", stack, start=batch, stop=batch + rows)
+        li = emit_sp_loss(p, spec, h, loss_target(i + 1, t), onehot)
         p.output(f"loss_{i + 1}", li)
         names = [n for n in shapes if n.startswith(f"blocks.{i}.")]
         emit_optimizer(p, spec, i + 1, grad(p, li, names), lr)
-        h, t = h_new, t_new
     head_layer = len(spec.blocks) + 1
     lo = emit_ce(p, emit_head(p, h), onehot)
     p.output(f"loss_{head_layer}", lo)

@@ -22,7 +22,7 @@ import onnx
 
 from compilers.forward_only import check_onnx, check_program
 from compilers.ir import Program
-from compilers.lower import lower_bp_update, lower_inference, lower_update
+from compilers.lower import lower_bp_update, lower_inference, lower_update, state_kind
 from compilers.memory_plan import plan
 from compilers.onnx_emit import IR_VERSION, NEW_SUFFIX, OPSET, initial_state, to_onnx
 from edgesp.atomic import write_bytes
@@ -42,7 +42,7 @@ def manifest_parameters(spec: ModelSpec, program: Program) -> list[dict[str, Any
                 "name": name,
                 "layer": s.layer,
                 "shape": list(s.value.shape),
-                "kind": "optimizer_state" if name.startswith("opt.") else "parameter",
+                "kind": state_kind(name),
                 "update_output": name + NEW_SUFFIX if name in program.state_updates else None,
             }
         )

@@ -169,6 +169,11 @@ def _pad(e: _Emitter, op: Op) -> None:
     e.node("Pad", [op.inputs[0], e.const(np.asarray(flat, np.int64), "pads")], [op.output], mode="constant")
 
 
+def _slice_rows(e: _Emitter, op: Op) -> None:
+    ends = [e.const(np.asarray([op.attr(k)], np.int64), k) for k in ("start", "stop")]
+    e.node("Slice", [op.inputs[0], *ends, e.const(np.asarray([0], np.int64), "axes")], [op.output])
+
+
 ONNX_EMIT: dict[str, Any] = {
     **{k: _simple for k in _SIMPLE},
     "matmul": _matmul,
@@ -184,6 +189,8 @@ ONNX_EMIT: dict[str, Any] = {
     "onehot": _onehot,
     "gather": lambda e, op: e.node("Gather", list(op.inputs), [op.output], axis=int(op.attr("axis"))),
     "pad": _pad,
+    "concat_rows": lambda e, op: e.node("Concat", list(op.inputs), [op.output], axis=0),
+    "slice_rows": _slice_rows,
 }
 check_table(ONNX_EMIT, "ONNX")
 

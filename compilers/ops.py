@@ -275,6 +275,38 @@ def _shape_pad(ins: list[Value], attrs: dict[str, Any]) -> tuple[Shape, str]:
     return tuple(n + p0 + p1 for n, (p0, p1) in zip(ins[0].shape, attrs["pads"], strict=True)), ins[0].dtype
 
 
+# --------------------------------------------------------------------------- rows (axis 0): the update step stacks
+# the sample and target streams into one tensor so each block runs one GEMM for both (and one weight gradient)
+def _shape_concat_rows(ins: list[Value], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    a, b = ins[0].shape, ins[1].shape
+    if a[1:] != b[1:]:
+        raise ValueError(f"concat_rows shapes {a} and {b}")
+    return (a[0] + b[0], *a[1:]), ins[0].dtype
+
+
+def _shape_slice_rows(ins: list[Value], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    s, (start, stop) = ins[0].shape, (attrs["start"], attrs["stop"])
+    if not 0 <= start < stop <= s[0]:
+        raise ValueError(f"slice_rows [{start}:{stop}] of {s}")
+    return (stop - start, *s[1:]), ins[0].dtype
+
+
+def _vjp_concat_rows(p: Program, op: Op, g: str, idx: int) -> str:
+    n0 = p.shape(op.inputs[0])[0]
+    start, stop = (0, n0) if idx == 0 else (n0, p.shape(op.output)[0])
+    return p.op("slice_rows", g, start=start, stop=stop)
+
+
+def _vjp_slice_rows(p: Program, op: Op, g: str, idx: int) -> str:
+    s = p.shape(op.inputs[0])
+    pads = ((op.attr("start"), s[0] - op.attr("stop")), *((0, 0),) * (len(s) - 1))
+    return p.op("pad", g, pads=pads)
+
+
+_define("concat_rows", 2, _shape_concat_rows, lambda a, _: np.concatenate(a[:2], axis=0), _vjp_concat_rows)
+_define("slice_rows", 1, _shape_slice_rows, lambda a, at: a[0][at["start"] : at["stop"]], _vjp_slice_rows)
+
+
 _define("onehot", 1, _shape_onehot, lambda a, at: np.eye(at["depth"], dtype=np.float32)[a[0]])
 _define("gather", 2, _shape_gather, lambda a, at: np.take(a[0], a[1], axis=at["axis"]))
 _define("pad", 1, _shape_pad, lambda a, at: np.pad(a[0], at["pads"]))

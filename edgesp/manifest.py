@@ -12,7 +12,8 @@ checks the schema and every artifact's sha256 before anything is used.
 - ``artifacts``: role → file name (``inference``, ``update``, ``state``, …), ``hashes``: file → sha256 of
   every artifact file;
 - ``parameters``: forward-ordered entries (``name``, ``layer``, ``shape``, ``kind`` = parameter |
-  optimizer_state, ``update_output``: where the device finds the new value, or null if it is not learned);
+  optimizer_state | target_cache (per-layer class targets of a cached batch-1 target stream),
+  ``update_output``: where the device finds the new value, or null if it is not learned);
 - ``planned_memory``: ``update_step_peak_bytes`` and ``inference_peak_bytes`` (the same two keys for every
   backend) and ``details`` (the backend's own breakdown);
 - ``spec`` (the model spec dict) and ``backend`` (backend-specific facts: opset, signatures, notes, …).
@@ -32,7 +33,7 @@ from edgesp.errors import CompileError, SpecError
 FORMAT = "edgesp-build"
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-PARAM_KINDS = ("parameter", "optimizer_state")
+PARAM_KINDS = ("parameter", "optimizer_state", "target_cache")
 
 
 def _fail(where: str, problem: str) -> CompileError:

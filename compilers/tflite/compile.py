@@ -25,7 +25,7 @@ import numpy as np
 
 from compilers.forward_only import check_program
 from compilers.ir import Program
-from compilers.lower import lower_bp_update, lower_inference, lower_update
+from compilers.lower import lower_bp_update, lower_inference, lower_update, state_kind
 from compilers.tflite.emit import ModelWriter
 from compilers.tflite.plan import plan_model
 from edgesp.atomic import write_bytes
@@ -74,7 +74,7 @@ def manifest_parameters(update: Program) -> list[dict[str, Any]]:
             "name": s.value.name,
             "layer": s.layer,
             "shape": list(s.value.shape),
-            "kind": "optimizer_state" if s.value.name.startswith("opt.") else "parameter",
+            "kind": state_kind(s.value.name),
             "update_output": s.value.name,
         }
         for s in update.states

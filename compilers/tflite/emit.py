@@ -431,6 +431,20 @@ def _t_pad(c: _Ctx) -> None:
     c.emit(BO.PAD, [c.ins[0], pads], OPT.PadOptions, S.PadOptionsT())
 
 
+def _t_concat_rows(c: _Ctx) -> None:
+    opt = S.ConcatenationOptionsT()
+    opt.axis = 0
+    c.emit(BO.CONCATENATION, c.ins, OPT.ConcatenationOptions, opt)
+
+
+def _t_slice_rows(c: _Ctx) -> None:
+    shape = c.p.values[c.op.inputs[0]].shape
+    start, stop = c.op.attr("start"), c.op.attr("stop")
+    begin = c.ci([start, *([0] * (len(shape) - 1))], "begin")
+    size = c.ci([stop - start, *shape[1:]], "size")
+    c.emit(BO.SLICE, [c.ins[0], begin, size], OPT.SliceOptions, S.SliceOptionsT())
+
+
 TFLITE_EMIT: dict[str, Any] = {
     "matmul": _t_matmul,
     **{k: _t_arith for k in _ARITH},
@@ -454,5 +468,7 @@ TFLITE_EMIT: dict[str, Any] = {
     "onehot": _t_onehot,
     "gather": _t_gather,
     "pad": _t_pad,
+    "concat_rows": _t_concat_rows,
+    "slice_rows": _t_slice_rows,
 }
 check_table(TFLITE_EMIT, "TFLite")

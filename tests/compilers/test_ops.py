@@ -51,6 +51,8 @@ CASES = {
     ),
     "gather": ([_x(2, 5), np.array([4, 0, 2], np.int32)], {"axis": 1}, lambda a, i: a[:, i.long()]),
     "pad": ([_x(2, 3)], {"pads": ((0, 0), (1, 2))}, lambda a: torch.nn.functional.pad(a, (1, 2))),
+    "concat_rows": ([_x(2, 3, 2), _x(4, 3, 2)], {}, lambda a, b: torch.cat([a, b], 0)),
+    "slice_rows": ([_x(5, 3)], {"start": 1, "stop": 4}, lambda a: a[1:4]),
 }
 
 
