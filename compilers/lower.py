@@ -12,7 +12,8 @@ Update step, for a fixed batch B (inputs ``x`` (B,…), ``y`` int32 (B,), ``lr``
 * block i: h_i = f_i(h_{i−1}), t_i = f_i(t_{i−1}); L_i = sp_loss(h_i, t_i); gradients by
   :func:`compilers.autodiff.grad` restricted to block i's parameters (block inputs are constants).
 * head: L = CE(W_o h_N + b_o, y).
-* each layer's optimizer (SGD+momentum or Adam with a per-layer step counter), its own state.
+* each layer's optimizer (SGD+momentum or Adam with a per-layer step counter), its own state; written
+  without weight-sized temporaries where a backend's GEMM can accumulate (:func:`emit_optimizer`).
 
 Supported sigprop losses: v9, v1, l2 (v14/v15 draw random/top-k positives and stay in the trainer).
 The on-device step always learns with SP, whatever rule trained the checkpoint (bp, fa, dfa, local or sigprop):
@@ -266,33 +267,114 @@ def _sum_terms(p: Program, g: str) -> list[str]:
     return [t for i in op.inputs for t in _sum_terms(p, i)]
 
 
+# largest pair count R(R+1)/2 for which v's g² is formed as one GEMM over row products (Khatri–Rao) instead of
+# materialising the weight gradient: R ≤ 4 rows (a batch-1 SP step with its one cached target row has R = 2)
+MAX_SQUARE_PAIRS = 10
+
+
+def _matmul_rows(p: Program, term: str) -> tuple[str, str] | None:
+    """If ``term`` = A·B is a weight gradient over R rows (A: out×R, B: R×in), return (a, b) with a = Aᵀ (R×out)."""
+    op = p.producer(term)
+    if op is None or op.kind != "matmul":
+        return None
+    a_t, b = op.inputs
+    src = p.producer(a_t)
+    a = src.inputs[0] if src is not None and src.kind == "transpose" and src.attr("perm") == (1, 0) else None
+    return (a or p.transpose(a_t)), b
+
+
+def _scaled_terms(p: Program, g: str, s: str) -> list[str]:
+    """The terms of s·g (s a scalar value), each matmul term rebuilt with s applied to its R-row operand, so no
+    weight-sized product is formed and each term can still accumulate into a Gemm."""
+    out = []
+    for term in _sum_terms(p, g):
+        rows = _matmul_rows(p, term)
+        if rows is None:
+            out.append(p.mul(term, s))
+        else:
+            a, b = rows
+            out.append(p.matmul(p.transpose(a), p.mul(b, s)))
+    return out
+
+
+def _grad_squared(p: Program, g: str) -> tuple[str, bool]:
+    """g ⊙ g. For a single-term gradient g = Σ_r a_rᵀ b_r over R rows with R(R+1)/2 ≤ MAX_SQUARE_PAIRS:
+    g² = Σ_{r≤s} c_rs (a_r⊙a_s)ᵀ (b_r⊙b_s), c = 1 (r = s) or 2 — one GEMM over the row products, so neither g nor
+    g² is materialised. Rounding can make an entry a few ulp negative where g ≈ 0: the flag says so (True)."""
+    terms = _sum_terms(p, g)
+    rows = _matmul_rows(p, terms[0]) if len(terms) == 1 else None
+    if rows is not None:
+        a, b = rows
+        r = p.shape(a)[0]
+        pairs = [(i, j) for i in range(r) for j in range(i, r)]
+        if len(pairs) <= MAX_SQUARE_PAIRS:
+            ii = p.const(np.array([i for i, _ in pairs], np.int32), "pair_i", I32)
+            jj = p.const(np.array([j for _, j in pairs], np.int32), "pair_j", I32)
+            coef = p.const(np.array([[1.0 if i == j else 2.0] for i, j in pairs], np.float32), "pair_c")
+            pa = p.mul(p.op("gather", a, ii, axis=0), p.op("gather", a, jj, axis=0))
+            pb = p.mul(p.mul(p.op("gather", b, ii, axis=0), p.op("gather", b, jj, axis=0)), coef)
+            return p.matmul(p.transpose(pa), pb), True
+    one = p.const(np.float32(1.0))
+    gs = terms[0] if len(terms) == 1 and p.producer(terms[0]) is None else None
+    if gs is None:  # a fresh copy of g, so g's own terms stay single-use (each fuses into the m update)
+        parts = _scaled_terms(p, g, one)
+        gs = parts[0]
+        for t in parts[1:]:
+            gs = p.add(gs, t)
+    return p.mul(gs, gs), False
+
+
 def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str], lr: str) -> None:
+    """Each parameter's update, written so no backend has to hold several weight-sized temporaries and every
+    accumulation of a weight gradient is a GEMM with an accumulator (ONNX ``Gemm`` with C):
+
+    * SGD with momentum μ (Sutskever form, lr inside the buffer): v ← μ·v − lr·g;  W ← W + v. The state
+      ``opt.<p>.m`` holds v = −lr·m of the textbook form m ← μ·m + g, W ← W − lr·m: identical updates while lr is
+      constant. −lr scales the gradient's R-row operand, so v's update is one GEMM and W's one add. Without
+      momentum: W ← W − lr·g, one GEMM with C = W.
+    * Adam (β1, β2, ε, bias correction, as torch): the states hold scaled moments m̃ = m/(1−β1), ṽ = v/(1−β2):
+      m̃ ← β1·m̃ + g (GEMM), ṽ ← β2·ṽ + g² (one GEMM over row products at small R, see :func:`_grad_squared`),
+      W ← W − α·m̃/(√ṽ + ε̂) with k = √(c2/(1−β2)), α = lr·(1−β1)·k/c1, ε̂ = ε·k, c_i = 1 − β_i^t — algebraically
+      torch's m̂/(√v̂ + ε); only scalars carry the corrections.
+    Weight decay λ adds λ·W to g (a weight-sized term)."""
     o = spec.rule.optimizer
     if o.name == "adam":
+        b1, b2 = o.betas
         step = p.add(f"opt.{layer}.step", p.const(np.float32(1.0)))
         p.update_state(f"opt.{layer}.step", step)
-        c1 = p.sub(p.const(np.float32(1.0)), p.op("exp", p.scale(step, math.log(o.betas[0]))))
-        c2 = p.sub(p.const(np.float32(1.0)), p.op("exp", p.scale(step, math.log(o.betas[1]))))
+        one = p.const(np.float32(1.0))
+        c1 = p.sub(one, p.op("exp", p.scale(step, math.log(b1))))
+        c2 = p.sub(one, p.op("exp", p.scale(step, math.log(b2))))
+        k = p.op("sqrt", p.scale(c2, 1.0 / (1.0 - b2)))
+        alpha = p.div(p.mul(lr, p.scale(k, 1.0 - b1)), c1)
+        eps_hat = p.scale(k, o.eps)
     for name, g in grads.items():
         if o.weight_decay:
             g = p.add(g, p.scale(name, o.weight_decay))
         if o.name == "adam":
-            m = p.add(p.scale(f"opt.{name}.m", o.betas[0]), p.scale(g, 1.0 - o.betas[0]))
-            v = p.add(p.scale(f"opt.{name}.v", o.betas[1]), p.scale(p.mul(g, g), 1.0 - o.betas[1]))
-            p.update_state(f"opt.{name}.m", m)
-            p.update_state(f"opt.{name}.v", v)
-            denom = p.add(p.op("sqrt", p.div(v, c2)), p.const(np.float32(o.eps)))
-            delta = p.div(p.div(m, c1), denom)
-        elif o.momentum:
-            # β·m + (g_h + g_t) associated as ((β·m + g_h) + g_t): backends can accumulate each term in place
-            m = p.scale(f"opt.{name}.m", o.momentum)
+            m = p.scale(f"opt.{name}.m", b1)
             for term in _sum_terms(p, g):
                 m = p.add(m, term)
             p.update_state(f"opt.{name}.m", m)
-            delta = m
+            sq, may_be_negative = _grad_squared(p, g)
+            v = p.add(p.scale(f"opt.{name}.v", b2), sq)
+            p.update_state(f"opt.{name}.v", v)
+            root = p.op("sqrt", p.op("relu", v) if may_be_negative else v)
+            step_w = p.mul(p.div(m, p.add(root, eps_hat)), alpha)
+            p.update_state(name, p.sub(name, step_w))
+            continue
+        neg_lr = p.scale(lr, -1.0)
+        if o.momentum:
+            v = p.scale(f"opt.{name}.m", o.momentum)
+            for term in _scaled_terms(p, g, neg_lr):
+                v = p.add(v, term)
+            p.update_state(f"opt.{name}.m", v)
+            p.update_state(name, p.add(name, v))
         else:
-            delta = g
-        p.update_state(name, p.sub(name, p.mul(delta, lr)))
+            w = name
+            for term in _scaled_terms(p, g, neg_lr):
+                w = p.add(w, term)
+            p.update_state(name, w)
 
 
 # ------------------------------------------------------------------------------------------ programs
