@@ -297,30 +297,36 @@ def _scaled_terms(p: Program, g: str, s: str) -> list[str]:
     return out
 
 
-def _grad_squared(p: Program, g: str) -> tuple[str, bool]:
-    """g ⊙ g. For a single-term gradient g = Σ_r a_rᵀ b_r over R rows with R(R+1)/2 ≤ MAX_SQUARE_PAIRS:
-    g² = Σ_{r≤s} c_rs (a_r⊙a_s)ᵀ (b_r⊙b_s), c = 1 (r = s) or 2 — one GEMM over the row products, so neither g nor
-    g² is materialised. Rounding can make an entry a few ulp negative where g ≈ 0: the flag says so (True)."""
+def _square_pairs(p: Program, g: str) -> list[tuple[int, int]] | None:
+    """The row pairs (r ≤ s) of a single-term weight gradient over R rows if R(R+1)/2 ≤ MAX_SQUARE_PAIRS, else None."""
     terms = _sum_terms(p, g)
-    rows = _matmul_rows(p, terms[0]) if len(terms) == 1 else None
-    if rows is not None:
-        a, b = rows
-        r = p.shape(a)[0]
-        pairs = [(i, j) for i in range(r) for j in range(i, r)]
-        if len(pairs) <= MAX_SQUARE_PAIRS:
-            ii = p.const(np.array([i for i, _ in pairs], np.int32), "pair_i", I32)
-            jj = p.const(np.array([j for _, j in pairs], np.int32), "pair_j", I32)
-            coef = p.const(np.array([[1.0 if i == j else 2.0] for i, j in pairs], np.float32), "pair_c")
-            pa = p.mul(p.op("gather", a, ii, axis=0), p.op("gather", a, jj, axis=0))
-            pb = p.mul(p.mul(p.op("gather", b, ii, axis=0), p.op("gather", b, jj, axis=0)), coef)
-            return p.matmul(p.transpose(pa), pb), True
-    one = p.const(np.float32(1.0))
-    gs = terms[0] if len(terms) == 1 and p.producer(terms[0]) is None else None
-    if gs is None:  # a fresh copy of g, so g's own terms stay single-use (each fuses into the m update)
-        parts = _scaled_terms(p, g, one)
-        gs = parts[0]
-        for t in parts[1:]:
-            gs = p.add(gs, t)
+    op = p.producer(terms[0]) if len(terms) == 1 else None
+    if op is None or op.kind != "matmul":
+        return None
+    r = p.shape(op.inputs[0])[1]
+    pairs = [(i, j) for i in range(r) for j in range(i, r)]
+    return pairs if len(pairs) <= MAX_SQUARE_PAIRS else None
+
+
+def _grad_squared(p: Program, g: str, scale: float = 1.0) -> tuple[str, bool]:
+    """(s·g) ⊙ (s·g), s = ``scale``. For a single-term gradient g = Σ_r a_rᵀ b_r over R rows with
+    R(R+1)/2 ≤ MAX_SQUARE_PAIRS: g² = Σ_{r≤s} c_rs (a_r⊙a_s)ᵀ (b_r⊙b_s), c = 1 (r = s) or 2 — one GEMM over the row
+    products, so neither g nor g² is materialised; rounding can then leave an entry a few ulp below zero where
+    g ≈ 0, which the returned flag says (True). Otherwise a fresh copy of s·g (so g's own terms stay single-use and
+    each accumulates into m's GEMM), squared."""
+    pairs = _square_pairs(p, g)
+    if pairs is not None:
+        a, b = _matmul_rows(p, _sum_terms(p, g)[0])
+        ii = p.const(np.array([i for i, _ in pairs], np.int32), "pair_i", I32)
+        jj = p.const(np.array([j for _, j in pairs], np.int32), "pair_j", I32)
+        coef = np.array([[1.0 if i == j else 2.0] for i, j in pairs], np.float32) * np.float32(scale * scale)
+        pa = p.mul(p.op("gather", a, ii, axis=0), p.op("gather", a, jj, axis=0))
+        pb = p.mul(p.mul(p.op("gather", b, ii, axis=0), p.op("gather", b, jj, axis=0)), p.const(coef, "pair_c"))
+        return p.matmul(p.transpose(pa), pb), True
+    parts = _scaled_terms(p, g, p.const(np.float32(scale)))
+    gs = parts[0]
+    for t in parts[1:]:
+        gs = p.add(gs, t)
     return p.mul(gs, gs), False
 
 
@@ -356,8 +362,12 @@ def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str
             for term in _sum_terms(p, g):
                 m = p.add(m, term)
             p.update_state(f"opt.{name}.m", m)
-            sq, may_be_negative = _grad_squared(p, g)
-            v = p.add(p.scale(f"opt.{name}.v", b2), sq)
+            if _square_pairs(p, g) is not None:  # β2·ṽ + g²: one GEMM accumulating into C = ṽ (beta = β2)
+                sq, may_be_negative = _grad_squared(p, g)
+                v = p.add(p.scale(f"opt.{name}.v", b2), sq)
+            else:  # β2·(ṽ + (g/√β2)²): no node reads only ṽ, which a runtime could run (and keep) early
+                sq, may_be_negative = _grad_squared(p, g, 1.0 / math.sqrt(b2))
+                v = p.scale(p.add(sq, f"opt.{name}.v"), b2)
             p.update_state(f"opt.{name}.v", v)
             root = p.op("sqrt", p.op("relu", v) if may_be_negative else v)
             step_w = p.mul(p.div(m, p.add(root, eps_hat)), alpha)
@@ -429,16 +439,15 @@ def target_stream(spec: ModelSpec, batch: int) -> str:
       other classes' targets come from a per-layer table ``tcache.k`` (C × |t_k|, device state) whose row y is
       refreshed every step. The loss is the same as the exact step's while the table is fresh; the gradients that
       flow through the *other* classes' targets are dropped, and their rows go stale until their class is seen.
-    * ``auto``: cached at batch 1 with loss v1, else exact."""
+    * ``auto`` (the default): exact. The cached stream is opt-in: it lost 0.1–7.9 points against the exact step in
+      ``bench/target_stream.py`` (docs/BENCHMARKS.md), far beyond issue 13's 0.5-point budget."""
     mode = spec.rule.params.get("target_stream", "auto")
     if mode not in TARGET_STREAMS:
         raise CompileError(f"target_stream {mode!r} is unknown; use one of {', '.join(TARGET_STREAMS)}")
     cacheable = batch == 1 and spec.rule.loss == "v1"
     if mode == "cached" and not cacheable:
         raise CompileError("target_stream 'cached' is for batch-1 steps with loss v1: use 'exact' or 'auto'")
-    if mode == "auto":
-        return "cached" if cacheable else "exact"
-    return mode
+    return "exact" if mode == "auto" else mode
 
 
 def state_kind(name: str) -> str:
@@ -525,6 +534,10 @@ def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> 
     rows = p.shape(t)[0]
     stack = p.op("concat_rows", h, t)
     for i in range(first, len(spec.blocks)):
+        # block i starts once layer i (block i−1, and the signal if hidden) has all its new parameters: then only
+        # one layer's intermediates are live at a time, whatever order a runtime picks among independent nodes
+        for name in (n for n in shapes if spec.param_layer_index(n) == i and n in p.state_updates):
+            stack = p.op("after", stack, p.state_updates[name])
         stack = emit_block(p, spec, i, stack)
         h = p.op("slice_rows", stack, start=0, stop=batch)
         t = p.op("slice_rows", stack, start=batch, stop=batch + rows)

@@ -174,6 +174,19 @@ def _slice_rows(e: _Emitter, op: Op) -> None:
     e.node("Slice", [op.inputs[0], *ends, e.const(np.asarray([0], np.int64), "axes")], [op.output])
 
 
+def _after(e: _Emitter, op: Op) -> None:
+    """x ++ (a zero-row slice of y): exactly x, but ONNX Runtime cannot start x's consumers before y exists."""
+    x, y = op.inputs
+    flat = e.const(np.asarray([-1], np.int64), "shape")
+    zero = e.const(np.asarray([0], np.int64), "zero")
+    rows = e.const(np.asarray([0, *e.p.shape(x)[1:]], np.int64), "shape")
+    out = op.output
+    e.node("Reshape", [y, flat], [out + "_flat"])
+    e.node("Slice", [out + "_flat", zero, zero], [out + "_none"])
+    e.node("Reshape", [out + "_none", rows], [out + "_rows"], allowzero=1)
+    e.node("Concat", [x, out + "_rows"], [out], axis=0)
+
+
 ONNX_EMIT: dict[str, Any] = {
     **{k: _simple for k in _SIMPLE},
     "matmul": _matmul,
@@ -191,6 +204,7 @@ ONNX_EMIT: dict[str, Any] = {
     "pad": _pad,
     "concat_rows": lambda e, op: e.node("Concat", list(op.inputs), [op.output], axis=0),
     "slice_rows": _slice_rows,
+    "after": _after,
 }
 check_table(ONNX_EMIT, "ONNX")
 
@@ -234,7 +248,7 @@ def to_onnx(program: Program, doc: str = "", state_defaults: bool = False) -> on
         if state_defaults:
             inits.append(numpy_helper.from_array(np.asarray(s.init, np.float32), s.value.name))
     outputs = []
-    for name, value in [*program.outputs.items(), *((s + NEW_SUFFIX, v) for s, v in program.state_updates.items())]:
+    for name, value in _outputs_by_layer(program):
         if value != name:
             e.node("Identity", [value], [name])
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(program.shape(value))))
@@ -244,6 +258,23 @@ def to_onnx(program: Program, doc: str = "", state_defaults: bool = False) -> on
     )
     model.ir_version = IR_VERSION
     return model
+
+
+def _outputs_by_layer(program: Program) -> list[tuple[str, str]]:
+    """Graph outputs (name, value) grouped by layer in forward order: ``loss_k`` then layer k's new states, then
+    layer k+1's. ONNX Runtime's default execution order is a depth-first walk from the graph outputs in their
+    order, so this order makes it finish each layer's update before it starts the next layer's forward pass: the
+    intermediates of one layer at a time are live, as in the program's own order (outputs listed as all losses
+    first made it run every layer's forward first and keep every layer's intermediates alive, measured 4.4× the
+    planned peak for SP at batch 32)."""
+    layer_of = {s.value.name: s.layer for s in program.states}
+    items: list[tuple[tuple[int, int, int], str, str]] = []
+    for i, (name, value) in enumerate(program.outputs.items()):
+        layer = int(name.rsplit("_", 1)[1]) if name.startswith("loss_") and name.rsplit("_", 1)[1].isdigit() else -1
+        items.append(((layer, 0, i), name, value))
+    for i, (s, value) in enumerate(program.state_updates.items()):
+        items.append(((layer_of.get(s, -1), 1, i), s + NEW_SUFFIX, value))
+    return [(name, value) for _, name, value in sorted(items, key=lambda t: t[0])]
 
 
 def _renamed(program: Program, rename: dict[str, str]) -> Program:

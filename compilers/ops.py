@@ -307,6 +307,17 @@ _define("concat_rows", 2, _shape_concat_rows, lambda a, _: np.concatenate(a[:2],
 _define("slice_rows", 1, _shape_slice_rows, lambda a, at: a[0][at["start"] : at["stop"]], _vjp_slice_rows)
 
 
+# --------------------------------------------------------------------------- scheduling
+# after(x, y) = x, computed once y is: an ordering edge for runtimes that schedule a graph themselves (ONNX Runtime
+# runs independent branches in its own order). The update step puts each block's input after the previous layer's
+# weight update, so one layer's intermediates are live at a time. ∂after/∂y = 0.
+def _vjp_after(p: Program, op: Op, g: str, idx: int) -> str:
+    return g if idx == 0 else p.const(np.zeros(p.shape(op.inputs[1]), np.float32), "zero")  # x does not vary with y
+
+
+_define("after", 2, lambda ins, at: (ins[0].shape, ins[0].dtype), lambda a, _: a[0], _vjp_after)
+
+
 _define("onehot", 1, _shape_onehot, lambda a, at: np.eye(at["depth"], dtype=np.float32)[a[0]])
 _define("gather", 2, _shape_gather, lambda a, at: np.take(a[0], a[1], axis=at["axis"]))
 _define("pad", 1, _shape_pad, lambda a, at: np.pad(a[0], at["pads"]))

@@ -445,6 +445,11 @@ def _t_slice_rows(c: _Ctx) -> None:
     c.emit(BO.SLICE, [c.ins[0], begin, size], OPT.SliceOptions, S.SliceOptionsT())
 
 
+def _t_after(c: _Ctx) -> None:
+    """TFLite runs operators in list order, which is already the program's: ``after`` is x itself (an alias)."""
+    c.g.index[c.op.output] = c.g.index[c.op.inputs[0]]
+
+
 TFLITE_EMIT: dict[str, Any] = {
     "matmul": _t_matmul,
     **{k: _t_arith for k in _ARITH},
@@ -470,5 +475,6 @@ TFLITE_EMIT: dict[str, Any] = {
     "pad": _t_pad,
     "concat_rows": _t_concat_rows,
     "slice_rows": _t_slice_rows,
+    "after": _t_after,
 }
 check_table(TFLITE_EMIT, "TFLite")

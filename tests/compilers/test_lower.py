@@ -83,7 +83,7 @@ def test_cached_target_stream_is_the_exact_step_minus_the_other_classes_gradient
     (block 0 / the head) learns identically; the signal's columns of absent classes and the cache rows of absent
     classes do not move; the cache row of the sample's class becomes its exact (pre-step) target."""
     spec, params = make(loss="v1", opt="sgd", signal=SignalSpec(placement=placement))
-    assert target_stream(spec, 1) == "cached" and target_stream(spec, 2) == "exact"
+    assert target_stream(spec, 1) == "exact" and target_stream(_with_stream(spec, "cached"), 1) == "cached"
     cached, exact = (
         lower_update(_with_stream(spec, "cached"), params, 1),
         lower_update(_with_stream(spec, "exact"), params, 1),

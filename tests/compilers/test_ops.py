@@ -53,6 +53,7 @@ CASES = {
     "pad": ([_x(2, 3)], {"pads": ((0, 0), (1, 2))}, lambda a: torch.nn.functional.pad(a, (1, 2))),
     "concat_rows": ([_x(2, 3, 2), _x(4, 3, 2)], {}, lambda a, b: torch.cat([a, b], 0)),
     "slice_rows": ([_x(5, 3)], {"start": 1, "stop": 4}, lambda a: a[1:4]),
+    "after": ([_x(3, 2), _x(4, 5)], {}, lambda a, b: a + 0 * b.sum()),
 }
 
 

@@ -84,6 +84,7 @@ CASES = {
     "pad": (lambda p, a: p.op("pad", a, pads=((0, 0), (1, 2), (2, 1))), ((2, 3, 4),), {}),
     "concat_rows": (lambda p, a, b: p.op("concat_rows", a, b), ((2, 3, 4), (1, 3, 4)), {}),
     "slice_rows": (lambda p, a: p.op("slice_rows", a, start=1, stop=3), ((4, 3, 2),), {}),
+    "after": (lambda p, a, b: p.op("after", a, b), ((3, 4), (2, 5)), {}),
     "const_output": (lambda p, a: p.const(np.arange(4, dtype=np.float32)), ((3, 4),), {}),
 }
 APPROX = {
