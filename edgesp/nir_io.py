@@ -411,6 +411,7 @@ def from_nir(
     spiking_output: str = "refuse",
     seed: int = 0,
     name: str | None = None,
+    default_name: str = "nir",
 ) -> Imported:
     """A NIR graph → an edgesp spec and parameters. ``dt`` defaults to the recorded one, else
     :data:`DEFAULT_DT` (snnTorch's). ``spiking_output='membrane'`` reads a spiking output layer's membrane
@@ -594,7 +595,7 @@ def from_nir(
             signal=signal,
             rule=rule,
             temporal=temporal,
-            name=name or (base.name if base else getattr(graph, "metadata", {}).get("name", None) or "nir"),
+            name=name or (base.name if base else default_name),
         )
     except SpecError as e:
         raise NIRError(f"the graph does not make a valid edgesp model: {e}") from None
@@ -635,6 +636,7 @@ def import_nir(path: str | os.PathLike, out: str | os.PathLike, **kwargs: Any) -
     """NIR file → edgesp checkpoint (``out``, written atomically). ``kwargs`` as :func:`from_nir`."""
     from edgesp.checkpoint import save_checkpoint
 
+    kwargs.setdefault("default_name", Path(path).stem or "nir")
     imp = from_nir(read_nir(path), **kwargs)
     save_checkpoint(
         out, imp.spec, imp.params, extra={"imported_from": str(path), "nir_notes": imp.notes, "recorded": imp.recorded}
