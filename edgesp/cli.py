@@ -120,6 +120,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dv", type=float, default=None, help="spiking models: LIF voltage decay (default 0.2; 0.05 for sequences)"
     )
+    g.add_argument(
+        "--recurrent",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="spiking models: every hidden LIF layer gets recurrent weights W_rec (H×H) on its own spikes "
+        "(default off)",
+    )
 
 
 SPIKING_SP_RULES = ("sp-voltage", "sp-surrogate", "sp-online")
@@ -177,8 +184,8 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         from edgesp.spec import LIF
 
         lif = LIF(du=du, dv=dv)
-    elif args.time_steps or args.encoding or args.du is not None or args.dv is not None:
-        raise SpecError("--time-steps/--encoding/--du/--dv apply to spiking models only: add --model snn")
+    elif args.time_steps or args.encoding or args.du is not None or args.dv is not None or args.recurrent:
+        raise SpecError("--time-steps/--encoding/--du/--dv/--recurrent apply to spiking models only: add --model snn")
     shape = data.input_shape
     if args.model == "cnn1d" and len(shape) > 2:
         import math
@@ -200,6 +207,7 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         ),
         temporal=temporal,
         lif=lif,
+        recurrent=bool(args.recurrent),
     )
 
 
