@@ -462,25 +462,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import_nir(args: argparse.Namespace) -> int:
     from edgesp.nir_io import import_nir
-    from edgesp.spec import OptimizerSpec, RuleSpec
 
     check_out_file(args.out, "--out")
-    rule = None
-    if args.rule or args.lr is not None or args.optimizer or args.loss or args.temperature is not None:
-        d = RuleSpec(name="sp-voltage", optimizer=OptimizerSpec(name="sgd"))
-        rule = RuleSpec(
-            name=args.rule or d.name,
-            loss=args.loss or d.loss,
-            temperature=args.temperature,
-            optimizer=OptimizerSpec(name=args.optimizer or d.optimizer.name, lr=args.lr or d.optimizer.lr),
-        )
+    given = {"name": args.rule, "loss": args.loss, "temperature": args.temperature, "optimizer": args.optimizer}
+    changes = {k: v for k, v in {**given, "lr": args.lr}.items() if v is not None}
     imp = import_nir(
         args.model,
         args.out,
         dt=args.dt,
         time_steps=args.time_steps,
         encoding=args.encoding,
-        rule=rule,
+        rule_changes=changes,
         spiking_output=args.spiking_output,
         seed=args.seed,
     )

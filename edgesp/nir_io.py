@@ -37,6 +37,7 @@ from edgesp.spec import (
     Layer,
     Linear,
     ModelSpec,
+    OptimizerSpec,
     RuleSpec,
     SignalSpec,
     TemporalSpec,
@@ -116,44 +117,52 @@ def to_nir(
     nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(spec.block_input_shape())})}
     edges: list[tuple[str, str]] = []
     where: dict[str, str] = {}
+    # names sort in graph order between "input" and "output" (nir.read returns nodes sorted by name, and
+    # nirtorch 2.6 mis-wires a recurrent subgraph met before its input: snnTorch's import_from_nir then fails)
+    total = sum(len(b) for b in spec.blocks) + len(spec.recurrent_blocks) + 2
+    width = max(2, len(str(total)))
+    counter = iter(range(1, total + 1))
+
+    def label(text: str) -> str:
+        return f"l{next(counter):0{width}d}_{text}"
+
     prev = "input"
     shape = spec.block_input_shape()
     shapes = spec.shapes()
     for i, block in enumerate(spec.blocks):
         prefix = f"blocks.{i}."
         for j, layer in enumerate(block):
-            name = f"block{i}_{layer.kind}" if j == 0 else f"block{i}_{j}_{layer.kind}"
+            name = label(f"block{i}_{layer.kind}")
             node = _layer_node(layer, shape, params, prefix, dt, f"block {i}, layer {j} ({type(layer).__name__})")
             if j == 0:
                 node.metadata = {"edgesp": {"param": f"blocks.{i}", "learns": 1, "rule": spec.rule.name}}
                 where[f"blocks.{i}"] = name
+            if i == 0 and isinstance(layer, LIF) and "signal_target" not in where:
+                where["signal_target"] = name
             nodes[name] = node
             edges.append((prev, name))
-            if isinstance(layer, LIF) and getattr(layer, "recurrent", False):
-                rec = f"block{i}_rec"
+            if isinstance(layer, LIF) and layer.recurrent:
+                rec = label(f"block{i}_rec")
                 nodes[rec] = nir.Linear(weight=np.ascontiguousarray(params[prefix + "rec_weight"], np.float32))
                 nodes[rec].metadata = {
                     "edgesp": {"param": f"blocks.{i}.rec_weight", "learns": 1, "rule": spec.rule.name}
                 }
                 edges += [(name, rec), (rec, name)]
                 where[f"blocks.{i}.rec"] = rec
-            if i == 0 and j == len(block) - 1:
-                where["signal_target"] = next(
-                    (f"block0_{k}_lif" for k, la in enumerate(block) if isinstance(la, LIF) and k > 0), name
-                )
             prev = name
             shape = shapes[i][j]
     head = _layer_node(spec.head, shape, params, "head.", dt, "head")
     head.metadata = {"edgesp": {"param": "head", "learns": 1, "rule": spec.rule.name}}
-    nodes["head"] = head
-    where["head"] = "head"
+    hname, rname = label("head"), label("readout")
+    nodes[hname] = head
+    where["head"] = hname
     lifs = [la for la in spec.blocks[-1] if isinstance(la, LIF)]
     dv_o = float(lifs[-1].dv) if lifs else 0.2
     from edgesp.encoding import num_steps
 
-    nodes["readout"] = readout_to_nir(spec.temporal.readout, dv_o, spec.num_classes, num_steps(spec), dt, readout_node)
+    nodes[rname] = readout_to_nir(spec.temporal.readout, dv_o, spec.num_classes, num_steps(spec), dt, readout_node)
     nodes["output"] = nir.Output(output_type={"output": np.array([spec.num_classes])})
-    edges += [(prev, "head"), ("head", "readout"), ("readout", "output")]
+    edges += [(prev, hname), (hname, rname), (rname, "output")]
     meta: dict[str, Any] = {}
     if learning:
         from edgesp import nir_meta
@@ -407,6 +416,7 @@ def from_nir(
     time_steps: int | None = None,
     encoding: str | None = None,
     rule: RuleSpec | None = None,
+    rule_changes: dict[str, Any] | None = None,
     signal: SignalSpec | None = None,
     spiking_output: str = "refuse",
     seed: int = 0,
@@ -414,8 +424,10 @@ def from_nir(
     default_name: str = "nir",
 ) -> Imported:
     """A NIR graph → an edgesp spec and parameters. ``dt`` defaults to the recorded one, else
-    :data:`DEFAULT_DT` (snnTorch's). ``spiking_output='membrane'`` reads a spiking output layer's membrane
-    without its spikes and resets (not the same network: refused by default)."""
+    :data:`DEFAULT_DT` (snnTorch's). The rule: ``rule``, else the recorded one, else sp-voltage (loss v1, SGD
+    lr 1e-3); ``rule_changes`` (keys name, loss, temperature, optimizer, lr) then edits it (a new rule name without
+    a temperature takes that rule's default temperature). ``spiking_output='membrane'`` reads a spiking output
+    layer's membrane without its spikes and resets (not the same network: refused by default)."""
     from edgesp import nir_meta
     from edgesp.checkpoint import check_finite, check_params
     from edgesp.functional import init_params
@@ -469,8 +481,6 @@ def from_nir(
                     f"node {nm!r}: input gain {neuron.gain:g} folded into the weights of block {len(blocks) - 1}"
                 )
             if nm in rec:
-                if "recurrent" not in {f.name for f in fields(LIF)}:
-                    raise NIRError(f"node {nm!r} is recurrent but this edgesp's spec has no recurrent LIF")
                 rname, rnode = rec[nm]
                 if len(b.layers) != 1 or not isinstance(b.layers[0], Linear) or len(shape) != 1:
                     raise NIRError(f"recurrent neuron {nm!r} must follow an Affine/Linear directly (flat activation)")
@@ -584,7 +594,15 @@ def from_nir(
         params.update({f"blocks.{i}.{k}": v for k, v in b.params.items() if k in keep})
     params.update({f"head.{k}": v for k, v in head_p.items() if k in head.param_shapes()})
     base = recorded.spec if recorded else None
-    rule = rule or (base.rule if base else RuleSpec(name="sp-voltage"))
+    rule = rule or (base.rule if base else RuleSpec(name="sp-voltage", optimizer=OptimizerSpec(name="sgd")))
+    if rule_changes:
+        ch = dict(rule_changes)
+        opt = {k: ch.pop(key) for key, k in (("optimizer", "name"), ("lr", "lr")) if key in ch}
+        if opt:
+            ch["optimizer"] = replace(rule.optimizer, **opt)
+        if "name" in ch and "temperature" not in ch:
+            ch["temperature"] = None
+        rule = replace(rule, **ch)
     signal = signal or (base.signal if base else SignalSpec())
     try:
         spec = ModelSpec(

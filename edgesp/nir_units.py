@@ -21,7 +21,9 @@ them is linear); edgesp exports g = 1 (R = τ/dt, w_in = τ_syn/dt, R = 1/dt for
 snnTorch's β = 1 − dv and α = 1 − du (its exporter writes τ = dt/(1 − β) with dt = 1e-4, which is
 :data:`DEFAULT_DT`). NIR's reset sets v to v_reset; edgesp's ``reset='zero'`` is v_reset = 0 and
 ``'subtract'`` (v − θ) has no NIR form. Values read from float32 arrays are rounded to 7 significant digits
-(float32 holds 7.2), from float64 arrays to 12, so that τ = dt/dv → dv = dt/τ gives dv back exactly.
+(float32 holds 7.2), from float64 arrays to 12 (unless dt/τ or 1 − dt/τ is a float32 number to 1e-12: a
+float32 β written into float64 arrays, as snnTorch's RLeaky export does), so that τ = dt/dv → dv = dt/τ gives dv
+back exactly.
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ def _decay(node: Any, field: str, name: str, shape: tuple[int, ...], dt: float) 
     if not tau > 0:
         raise NIRError(f"node {name!r}: {field} = {tau:g} must be > 0")
     d = dt / tau if math.isfinite(tau) else 0.0
+    if any(abs(float(np.float32(x)) - x) <= 1e-12 * max(1.0, abs(x)) for x in (d, 1.0 - d)):
+        dtype = np.float32  # a float32 decay (e.g. snnTorch's β) written into float64 arrays: read it at float32
     if d > 1 + 1e-9:
         raise NIRError(
             f"node {name!r}: {field} = {tau:g} is shorter than the time step dt = {dt:g} (decay {d:.3g} > 1): "

@@ -92,6 +92,8 @@ SNN_VARIANTS = [
     dict(temporal=TemporalSpec(4, "direct"), lif=LIF(du=1.0, dv=0.0, threshold=2.0)),  # IF
     dict(temporal=TemporalSpec(4, "direct"), lif=LIF(du=0.123456789123, dv=0.987654321987)),  # many digits
     dict(temporal=TemporalSpec(6, "direct"), signal=SignalSpec(kind="fixed", placement="input", init_std=1.0)),
+    dict(temporal=TemporalSpec(5, "direct"), recurrent=True),
+    dict(temporal=TemporalSpec(5, "rate", "spike_count"), lif=LIF(du=0.5, dv=0.1), recurrent=True),
 ]
 
 
@@ -291,12 +293,12 @@ def test_learning_metadata_loads_in_plain_readers_and_restores_the_set_up(tmp_pa
     learning = json.loads(m["learning"])
     assert learning["rule"]["name"] == "sp-voltage" and learning["rule"]["loss"] == "v1"
     assert learning["rule"]["temperature"] == 0.1 and learning["signal"]["placement"] == "hidden"
-    assert learning["signal"]["weight_shape"] == [16, 10] and learning["signal"]["drives"] == "block0_1_lif"
+    assert learning["signal"]["weight_shape"] == [16, 10] and learning["signal"]["drives"] == "l02_block0_lif"
     fp = learning["fixed_point"]
     assert fp["weight_exponent"].keys() == {"blocks.0", "blocks.1", "head"} and fp["lr_shift"] == 10
     learns = {e["param"]: e for e in learning["learns"]}
-    assert learns["blocks.0"]["node"] == "block0_linear" and learns["signal"]["learns"]
-    assert g.nodes["block1_linear"].metadata["edgesp"]["param"] == "blocks.1"
+    assert learns["blocks.0"]["node"] == "l01_block0_linear" and learns["signal"]["learns"]
+    assert g.nodes["l03_block1_linear"].metadata["edgesp"]["param"] == "blocks.1"
     np.testing.assert_array_equal(m["signal_weight"], params["signal.weight"])
     # snnTorch loads the same file (and ignores the metadata)
     net = import_from_nir(nir.read(str(path)))
@@ -332,6 +334,16 @@ def test_cli_export_then_import_round_trips_a_checkpoint(tmp_path):
     assert spec2 == spec and extra["recorded"]
     for k in params:
         np.testing.assert_array_equal(params2[k], params[k])
+    # an option given explicitly overrides the recorded set-up, the rest stays as recorded
+    r = subprocess.run(run + ["import-nir", str(tmp_path / "m.nir"), "--out", str(tmp_path / "c.safetensors"),
+                              "--lr", "0.003", "--loss", "l2"], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    spec3 = load_checkpoint(tmp_path / "c.safetensors")[0]
+    assert spec3.rule.optimizer.lr == 0.003 and spec3.rule.loss == "l2"
+    assert spec3.rule.optimizer.name == spec.rule.optimizer.name and spec3.rule.temperature == spec.rule.temperature
+    r = subprocess.run(run + ["import-nir", str(tmp_path / "m.nir"), "--out", str(tmp_path / "d.safetensors"),
+                              "--rule", "nope"], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "unknown rule 'nope'" in r.stderr and r.stderr.count("\n") == 1
     mlp = build_spec("mlp", (64,), 10, width=8, depth=1)
     save_checkpoint(tmp_path / "mlp.safetensors", mlp, init_params(mlp, 0))
     r = subprocess.run(
@@ -371,20 +383,20 @@ def test_edgesp_export_runs_in_snntorch_with_the_same_spikes_and_membranes(tmp_p
     nir.write(str(tmp_path / "e.nir"), to_nir(spec, params))
     net = import_from_nir(nir.read(str(tmp_path / "e.nir")))
     mods = dict(net.named_children())
-    assert type(mods["block0_1_lif"]).__name__ == ("Leaky" if du == 1 else "Synaptic")
+    assert type(mods["l02_block0_lif"]).__name__ == ("Leaky" if du == 1 else "Synaptic")
     spikes: dict[str, torch.Tensor] = {}
-    for name in ("block0_1_lif", "block1_1_lif"):
+    for name in ("l02_block0_lif", "l04_block1_lif"):
         mods[name].register_forward_hook(lambda mod, inp, out, name=name: spikes.__setitem__(name, out))
     x = 2 * torch.rand(3, 64, generator=torch.Generator().manual_seed(0))
     n_spikes = 0
     for per, logits in _edgesp_traces(spec, params, x, 12):
         out, _ = net(x)
         for i, (s, v) in enumerate(per):
-            m = mods[f"block{i}_1_lif"]
-            assert torch.equal(spikes[f"block{i}_1_lif"], s)
+            m = mods[f"l{2 * i + 2:02d}_block{i}_lif"]
+            assert torch.equal(spikes[f"l{2 * i + 2:02d}_block{i}_lif"], s)
             torch.testing.assert_close(m.mem, v * (1 - s), atol=ATOL, rtol=0)  # snnTorch keeps the post-reset v
             n_spikes += int(s.sum())
-        torch.testing.assert_close(mods["readout"].mem, logits, atol=ATOL, rtol=0)
+        torch.testing.assert_close(mods["l06_readout"].mem, logits, atol=ATOL, rtol=0)
         torch.testing.assert_close(out, torch.zeros_like(out))  # the readout never fires
     assert n_spikes > 50  # the comparison covers spikes and resets, not silent layers
 
@@ -446,3 +458,107 @@ def test_snntorch_model_learns_with_sp_on_lava(tmp_path, digits, target):
         assert np.abs(after_w[k] - before_w[k]).max() > 0, k
     # numpy reference of the same rule (bit-exact with fixed_pt, 1e-9 with floating_pt): 0.11 -> 0.57 on lava-cpu
     assert acc1 >= 0.4 and acc1 > acc0 + 0.2, (acc0, acc1)
+
+
+# ---------------------------------------------------------------------------- recurrent LIF (snnTorch RLeaky)
+def _rleaky(n: int):
+    return snn.RLeaky(
+        beta=torch.full((n,), 0.8),
+        threshold=torch.full((n,), 1.0),
+        linear_features=n,
+        init_hidden=True,
+        reset_mechanism="zero",
+        reset_delay=False,
+    )
+
+
+def test_snntorch_rleaky_export_imports_as_a_recurrent_lif_with_the_same_forward(tmp_path):
+    """snnTorch exports RLeaky as a LIF ↔ Affine (w_rec) loop ('1.lif', '1.w_rec'; nested NIRGraph nodes are
+    inlined the same way); edgesp reads it as a recurrent LIF (W_rec = w_rec's weight, its bias added to the
+    block's bias: it enters every step)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(64, 12), _rleaky(12), torch.nn.Linear(12, 10), _leaky(10, thr=float("inf"))
+    )
+    with torch.no_grad():
+        net[1].recurrent.weight.mul_(3.0)  # make the recurrent current matter
+    g = export_to_nir(net, torch.zeros(1, 64), ignore_dims=[0])
+    assert any((b, a) in g.edges for a, b in g.edges)  # the LIF ↔ w_rec loop
+    imp = from_nir(_write(g, tmp_path / "r.nir"), time_steps=8, encoding="direct")
+    ((lin, lif),) = imp.spec.blocks
+    assert lif.recurrent and lif.dv == 0.2 and imp.spec.recurrent_blocks == (0,)
+    np.testing.assert_array_equal(imp.params["blocks.0.rec_weight"], net[1].recurrent.weight.detach().numpy())
+    x = 2 * torch.rand(3, 64, generator=torch.Generator().manual_seed(2))
+    for m in net:
+        if hasattr(m, "reset_hidden"):
+            m.reset_hidden()
+    n_spikes = 0
+    for per, logits in _edgesp_traces(imp.spec, imp.params, x, 8):
+        h = net[1](net[0](x))
+        s, v = per[0]
+        assert torch.equal(h, s)
+        torch.testing.assert_close(net[1].mem, v * (1 - s), atol=ATOL, rtol=0)
+        net[3](net[2](h))
+        torch.testing.assert_close(net[3].mem, logits, atol=ATOL, rtol=0)
+        n_spikes += int(s.sum())
+    assert n_spikes > 20
+
+
+def test_recurrent_export_matches_snntorch_rleaky(tmp_path):
+    """edgesp's recurrent LIF → NIR (LIF ↔ Linear loop) → snnTorch's own converter for recurrent subgraphs
+    (snntorch.import_nir: _replace_rnn_subgraph_with_nirgraph + _nir_to_snntorch_module → RLeaky), run
+    node by node: the same spikes and membranes. (snnTorch 1.0.0's import_from_nir wires the loop through
+    nirtorch, which feeds the layer's input through W_rec: a peer bug, see docs/nir.md.)"""
+    from snntorch import import_nir as sni
+
+    spec = build_spec("snn", (64,), 10, width=12, depth=2, temporal=TemporalSpec(8, "direct"), recurrent=True)
+    params = {k: 2 * v for k, v in init_params(spec, 4).items()}
+    g = sni._replace_rnn_subgraph_with_nirgraph(_write(to_nir(spec, params), tmp_path / "r.nir"))
+    order = ["l01_block0_linear", "l02_block0_lif", "l04_block1_linear", "l05_block1_lif", "l07_head", "l08_readout"]
+    mods = [sni._nir_to_snntorch_module(g.nodes[k], init_hidden=True) for k in order]
+    assert [type(m).__name__ for m in mods] == ["Linear", "RLeaky", "Linear", "RLeaky", "Linear", "Leaky"]
+    x = 2 * torch.rand(3, 64, generator=torch.Generator().manual_seed(3))
+    n_spikes = 0
+    with torch.no_grad():
+        for per, logits in _edgesp_traces(spec, params, x, 8):
+            h = x
+            for k, m in enumerate(mods):
+                h = m(h)
+                if k in (1, 3):
+                    s, v = per[k // 2]
+                    assert torch.equal(h, s)
+                    torch.testing.assert_close(m.mem, v * (1 - s), atol=ATOL, rtol=0)
+                    n_spikes += int(s.sum())
+            torch.testing.assert_close(mods[-1].mem.float(), logits, atol=ATOL, rtol=0)  # β is a float64 array here
+    assert n_spikes > 20
+
+
+def test_nested_subgraph_is_inlined():
+    """A recurrent layer written as a nested NIRGraph node (input → LIF ↔ Linear, LIF → output) maps to the same
+    recurrent LIF as the flat loop."""
+    w_rec = np.eye(4, dtype=np.float32)[::-1].copy()
+    sub = nir.NIRGraph(
+        nodes={
+            "input": nir.Input(input_type={"input": np.array([4])}),
+            "lif": _lif(4),
+            "w_rec": nir.Linear(weight=w_rec),
+            "output": nir.Output(output_type={"output": np.array([4])}),
+        },
+        edges=[("input", "lif"), ("lif", "w_rec"), ("w_rec", "lif"), ("lif", "output")],
+        metadata={},
+    )
+    g = nir.NIRGraph(
+        nodes={
+            "input": nir.Input(input_type={"input": np.array([3])}),
+            "a": nir.Affine(weight=np.ones((4, 3), np.float32), bias=np.zeros(4, np.float32)),
+            "rnn": sub,
+            "h": nir.Affine(weight=np.ones((2, 4), np.float32), bias=np.zeros(2, np.float32)),
+            "ro": _lif(2, np.inf),
+            "output": nir.Output(output_type={"output": np.array([2])}),
+        },
+        edges=[("input", "a"), ("a", "rnn"), ("rnn", "h"), ("h", "ro"), ("ro", "output")],
+        metadata={},
+    )
+    imp = from_nir(g)
+    assert imp.spec.blocks[0][1].recurrent
+    np.testing.assert_array_equal(imp.params["blocks.0.rec_weight"], w_rec)
