@@ -209,6 +209,7 @@ class Imported:
     params: dict[str, np.ndarray]
     notes: list[str] = field(default_factory=list)
     recorded: bool = False  # the learning set-up came from edgesp metadata
+    learning: dict[str, Any] | None = None  # the recorded learning JSON (see edgesp.nir_meta), if any
 
 
 def _shape(types: dict[str, Any] | None, what: str) -> tuple[int, ...]:
@@ -634,7 +635,17 @@ def from_nir(
         check_finite(params, "NIR import")
     except Exception as e:
         raise NIRError(str(e)) from None
-    return Imported(spec, params, notes, recorded is not None)
+    if recorded:
+        from edgesp.nir_meta import fixed_point_format
+
+        was = recorded.learning.get("fixed_point", {}).get("weight_exponent")
+        now = fixed_point_format(spec, params)["weight_exponent"]
+        if was is not None and was != now:
+            notes.append(
+                f"Loihi weight exponents recorded {was} differ from those of the weights now {now} (the weights "
+                "changed after export): compile derives them from the weights"
+            )
+    return Imported(spec, params, notes, recorded is not None, recorded.learning if recorded else None)
 
 
 def read_nir(path: str | os.PathLike) -> Any:

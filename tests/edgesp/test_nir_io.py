@@ -305,8 +305,11 @@ def test_learning_metadata_loads_in_plain_readers_and_restores_the_set_up(tmp_pa
     assert [type(x).__name__ for x in net.children()].count("Leaky") == 3
     # edgesp restores the set-up, the signal weights included
     imp = from_nir(g)
-    assert imp.recorded and imp.spec == spec
+    assert imp.recorded and imp.spec == spec and imp.learning == learning and not imp.notes
     np.testing.assert_array_equal(imp.params["signal.weight"], params["signal.weight"])
+    # weights edited by another tool after export: the recorded fixed-point exponents no longer fit, said in a note
+    g.nodes["l03_block1_linear"].weight = g.nodes["l03_block1_linear"].weight * 8
+    assert any("exponents" in n for n in from_nir(g).notes)
     # a fixed signal is recorded as not learning
     spec_f = spec.__class__.from_dict({**spec.to_dict(), "signal": {**spec.to_dict()["signal"], "kind": "fixed"}})
     learning_f = json.loads(to_nir(spec_f, params).metadata["edgesp"]["learning"])
