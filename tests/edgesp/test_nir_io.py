@@ -92,6 +92,7 @@ SNN_VARIANTS = [
     dict(temporal=TemporalSpec(4, "direct"), lif=LIF(du=1.0, dv=0.0, threshold=2.0)),  # IF
     dict(temporal=TemporalSpec(4, "direct"), lif=LIF(du=0.123456789123, dv=0.987654321987)),  # many digits
     dict(temporal=TemporalSpec(6, "direct"), signal=SignalSpec(kind="fixed", placement="input", init_std=1.0)),
+    dict(temporal=TemporalSpec(4, "direct"), lif=LIF(dv=0.0, spiking=False)),  # I (and an I / IF readout)
     dict(temporal=TemporalSpec(5, "direct"), recurrent=True),
     dict(temporal=TemporalSpec(5, "rate", "spike_count"), lif=LIF(du=0.5, dv=0.1), recurrent=True),
 ]
