@@ -566,3 +566,32 @@ def test_nested_subgraph_is_inlined():
     imp = from_nir(g)
     assert imp.spec.blocks[0][1].recurrent
     np.testing.assert_array_equal(imp.params["blocks.0.rec_weight"], w_rec)
+
+
+def test_snntorch_synaptic_export_imports_as_a_cuba_lif(tmp_path):
+    """snnTorch's Synaptic (α, β) exports as CubaLIF (τ_syn = dt/(1 − α), w_in = τ_syn/dt): edgesp reads du = 1 − α,
+    dv = 1 − β with gain 1, and its forward gives Synaptic's spikes and membranes."""
+    torch.manual_seed(0)
+    syn = snn.Synaptic(
+        alpha=torch.full((16,), 0.5),
+        beta=torch.full((16,), 0.75),
+        threshold=torch.full((16,), 1.0),
+        init_hidden=True,
+        reset_mechanism="zero",
+        reset_delay=False,
+    )
+    net = torch.nn.Sequential(torch.nn.Linear(64, 16), syn, torch.nn.Linear(16, 10), _leaky(10, 0.75, float("inf")))
+    g = export_to_nir(net, torch.zeros(1, 64), ignore_dims=[0])
+    imp = from_nir(_write(g, tmp_path / "s.nir"), time_steps=10, encoding="direct")
+    lif = imp.spec.blocks[0][1]
+    assert (lif.du, lif.dv) == (0.5, 0.25) and not imp.notes[:-1]  # no gain folded (only the fresh-signal note)
+    x = 2 * torch.rand(3, 64, generator=torch.Generator().manual_seed(4))
+    n_spikes = 0
+    for per, logits in _edgesp_traces(imp.spec, imp.params, x, 10):
+        s, v = per[0]
+        assert torch.equal(net[1](net[0](x)), s)
+        torch.testing.assert_close(net[1].mem, v * (1 - s), atol=ATOL, rtol=0)
+        net[3](net[2](s))
+        torch.testing.assert_close(net[3].mem, logits, atol=ATOL, rtol=0)
+        n_spikes += int(s.sum())
+    assert n_spikes > 20
