@@ -61,7 +61,8 @@ def _nir() -> Any:
 # ============================================================================ export
 def _layer_node(
     layer: Layer, shape: tuple[int, ...], params: dict[str, np.ndarray], prefix: str, dt: float, where: str
-):
+) -> Any:
+    """One spec layer → its NIR node (weights float32, as in the checkpoint)."""
     nir = _nir()
     f32 = np.float32
     if isinstance(layer, Linear):
