@@ -72,15 +72,19 @@ def _spec(
 
 
 def _trainer(spec, recurrent: bool, seed: int = 0):
-    from edgesp.functional import init_params
-    from edgesp.rtrl import add_recurrence
-    from edgesp.rules import make_trainer
-    from edgesp.rules.spiking_rules import BPTTTrainer
+    import dataclasses
 
-    params = init_params(spec, seed)
-    if recurrent:  # research baseline: R is not part of the model spec, so no make_trainer / checkpoint
-        return BPTTTrainer(spec, add_recurrence(spec, params, seed), seed)
-    return make_trainer(spec, params, seed)
+    from edgesp.functional import init_params
+    from edgesp.rules import make_trainer
+    from edgesp.spec import LIF
+
+    if recurrent:
+        blocks = tuple(
+            tuple(dataclasses.replace(la, recurrent=True) if isinstance(la, LIF) else la for la in b)
+            for b in spec.blocks
+        )
+        spec = dataclasses.replace(spec, blocks=blocks)
+    return make_trainer(spec, init_params(spec, seed), seed)
 
 
 def accuracy_run(

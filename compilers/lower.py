@@ -53,6 +53,11 @@ COMPILED_LOSSES = ("v9", "v1", "l2")
 
 
 def _check_supported(spec: ModelSpec) -> None:
+    if spec.is_recurrent:
+        raise CompileError(
+            f"recurrent spiking blocks {list(spec.recurrent_blocks)} have no ONNX/TFLite lowering: compile for a "
+            "Lava target (--target lava-cpu or loihi2), or train without --recurrent"
+        )
     if spec.is_spiking:
         raise CompileError("spiking models compile to Lava only: use --target lava-cpu or loihi2")
     if not spec.rule.variant.is_plain:  # SPVariant: host trainer only (edgesp/rules/sigprop.py)

@@ -1,4 +1,4 @@
-"""``edgesp`` command line: train, evaluate, targets, compile, simulate, profile, demo.
+"""``edgesp`` command line: train, evaluate, targets, compile, simulate, profile, demo, import-nir, export-nir.
 
 Every user error is reported as one line ``error: <problem>: <fix>`` on stderr with exit code 2
 (no traceback); Ctrl-C exits with 130.
@@ -120,6 +120,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--dv", type=float, default=None, help="spiking models: LIF voltage decay (default 0.2; 0.05 for sequences)"
     )
+    g.add_argument(
+        "--recurrent",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="spiking models: every hidden LIF layer gets recurrent weights W_rec (H×H) on its own spikes "
+        "(default off)",
+    )
 
 
 SPIKING_SP_RULES = ("sp-voltage", "sp-surrogate", "sp-online")
@@ -177,8 +184,8 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         from edgesp.spec import LIF
 
         lif = LIF(du=du, dv=dv)
-    elif args.time_steps or args.encoding or args.du is not None or args.dv is not None:
-        raise SpecError("--time-steps/--encoding/--du/--dv apply to spiking models only: add --model snn")
+    elif args.time_steps or args.encoding or args.du is not None or args.dv is not None or args.recurrent:
+        raise SpecError("--time-steps/--encoding/--du/--dv/--recurrent apply to spiking models only: add --model snn")
     shape = data.input_shape
     if args.model == "cnn1d" and len(shape) > 2:
         import math
@@ -200,6 +207,7 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         ),
         temporal=temporal,
         lif=lif,
+        recurrent=bool(args.recurrent),
     )
 
 
@@ -247,6 +255,7 @@ _NUMBERS: dict[str, tuple[bool, float | None, bool, float | None, bool, str]] = 
     "signal_init_std": (False, 0, False, None, False, "0.1"),
     "du": (False, 0, True, 1, True, "1"),
     "dv": (False, 0, True, 1, True, "0.2"),
+    "dt": (False, 0, False, None, False, "1e-4"),
 }
 
 
@@ -451,6 +460,47 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_nir(args: argparse.Namespace) -> int:
+    from edgesp.nir_io import import_nir
+
+    check_out_file(args.out, "--out")
+    given = {"name": args.rule, "loss": args.loss, "temperature": args.temperature, "optimizer": args.optimizer}
+    changes = {k: v for k, v in {**given, "lr": args.lr}.items() if v is not None}
+    imp = import_nir(
+        args.model,
+        args.out,
+        dt=args.dt,
+        time_steps=args.time_steps,
+        encoding=args.encoding,
+        rule_changes=changes,
+        spiking_output=args.spiking_output,
+        seed=args.seed,
+    )
+    s = imp.spec
+    layers = " | ".join(" → ".join(type(la).__name__ for la in b) for b in s.blocks)
+    print(
+        f"imported {args.model} -> {args.out}: {s.name}, blocks [{layers}], head {s.head.in_features}→"
+        f"{s.head.out_features}, readout {s.temporal.readout}, T={s.temporal.time_steps} ({s.temporal.encoding}), "
+        f"rule {s.rule.name} ({'recorded learning set-up' if imp.recorded else 'defaults: no edgesp metadata'})"
+    )
+    for note in imp.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def cmd_export_nir(args: argparse.Namespace) -> int:
+    from edgesp.nir_io import export_nir
+
+    check_out_file(args.out, "OUT")
+    info = export_nir(args.checkpoint, args.out, dt=args.dt, readout_node=args.readout_node, learning=not args.plain)
+    print(
+        f"exported {args.checkpoint} -> {args.out}: {len(info['nodes'])} NIR nodes "
+        f"({', '.join(f'{k}:{v}' for k, v in info['nodes'].items())}); dt={info['dt']:g} s"
+        + ("; learning set-up in metadata 'edgesp'" if info["learning_metadata"] else "")
+    )
+    return 0
+
+
 def _runtime_options(args: argparse.Namespace) -> dict[str, Any]:
     """Runtime-specific options given on the command line (e.g. the TFLite interpreter)."""
     return {k: getattr(args, k) for k in ("interpreter", "resolver") if getattr(args, k, None)}
@@ -650,6 +700,41 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--png", default=None, help="bar chart (default BUILD/memory_profile.png)")
     _add_runtime_args(m)
     m.set_defaults(func=cmd_profile)
+
+    ni = sub.add_parser("import-nir", help="a NIR graph (snnTorch, Norse, ... export) -> an edgesp checkpoint")
+    ni.add_argument("model", help="NIR file (.nir, HDF5)")
+    ni.add_argument("--out", required=True, help="checkpoint file to write (.safetensors)")
+    ni.add_argument(
+        "--dt", type=float, default=None, help="seconds per time step (default: recorded, else 1e-4 as snnTorch)"
+    )
+    ni.add_argument("--time-steps", type=int, default=None, help="time steps per sample (default: recorded, else 10)")
+    ni.add_argument("--encoding", default=None, help="direct, rate or sequence (default: recorded, else rate)")
+    ni.add_argument("--rule", default=None, help="learning rule (default: recorded, else sp-voltage)")
+    ni.add_argument("--loss", default=None, help="SP loss (default: recorded, else v1)")
+    ni.add_argument("--temperature", type=float, default=None, help="SP temperature (default: the rule's)")
+    ni.add_argument("--optimizer", default=None, help="sgd or adam (default: recorded, else sgd)")
+    ni.add_argument("--lr", type=float, default=None, help="learning rate (default: recorded, else 1e-3)")
+    ni.add_argument(
+        "--spiking-output",
+        default="refuse",
+        choices=("refuse", "membrane"),
+        help="an output layer that fires: refuse (default) or read its membrane without spikes/resets",
+    )
+    ni.add_argument("--seed", type=int, default=0, help="seed of a fresh signal generator (no recorded one)")
+    ni.set_defaults(func=cmd_import_nir)
+
+    ne = sub.add_parser("export-nir", help="an edgesp spiking checkpoint -> a NIR graph with its learning set-up")
+    ne.add_argument("checkpoint")
+    ne.add_argument("out", help="NIR file to write (.nir)")
+    ne.add_argument("--dt", type=float, default=1e-4, help="seconds per time step (default 1e-4, snnTorch's)")
+    ne.add_argument(
+        "--readout-node",
+        default="lif",
+        choices=("lif", "li"),
+        help="membrane readout as a never-firing LIF (default: loads in snnTorch) or as NIR's LI node",
+    )
+    ne.add_argument("--plain", action="store_true", help="no edgesp learning metadata")
+    ne.set_defaults(func=cmd_export_nir)
 
     d = sub.add_parser("demo", help="train -> compile -> simulate -> profile on the embedded digits set")
     d.add_argument("--out", default="build/demo")

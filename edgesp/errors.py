@@ -30,6 +30,10 @@ class RuntimeMissingError(EdgespError, RuntimeError):
     """A runtime package (onnxruntime, tflite, lava) is not installed."""
 
 
+class NIRError(EdgespError, ValueError):
+    """A NIR graph cannot be mapped to an edgesp model (or a model to NIR), or a NIR file cannot be read."""
+
+
 class DivergedError(EdgespError, FloatingPointError):
     """Training or on-device learning produced a non-finite loss or weight; nothing was written."""
 

@@ -35,11 +35,15 @@ from edgesp.spec import (
 
 Params = dict[str, torch.Tensor]
 
+# std of a recurrent weight is REC_INIT_GAIN / sqrt(H) (docs/benchmarks/temporal.md)
+REC_INIT_GAIN = 0.5
+
 
 def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """Kaiming-uniform init like torch's default (U(±1/sqrt(fan_in)) for weights and biases);
     the signal generator gets N(0, init_std²) weights (a random projection of the one-hot label; small so
-    that Adam's ~lr-sized steps move it: LayerNorm makes the target's scale independent of init_std)."""
+    that Adam's ~lr-sized steps move it: LayerNorm makes the target's scale independent of init_std); a
+    recurrent weight ``blocks.{i}.rec_weight`` (H, H) gets N(0, (REC_INIT_GAIN/sqrt(H))²)."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for name, shape in spec.param_shapes().items():
@@ -47,6 +51,8 @@ def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
             out[name] = (spec.signal.init_std * rng.standard_normal(shape)).astype(np.float32)
         elif name == "signal.bias":
             out[name] = np.zeros(shape, np.float32)
+        elif name.endswith(".rec_weight"):  # recurrent LIF: N(0, (REC_INIT_GAIN/sqrt(H))²)
+            out[name] = (REC_INIT_GAIN / math.sqrt(shape[0]) * rng.standard_normal(shape)).astype(np.float32)
         else:
             wshape = spec.param_shapes()[name.rsplit(".", 1)[0] + ".weight"]
             fan_in = math.prod(wshape[1:])

@@ -6,12 +6,14 @@ Presets (sizes are options):
 - ``cnn2d``: (Conv2d k=3 pad=1 → LayerNorm → ReLU → MaxPool2d 2) × depth → Flatten → head
 - ``vgg8``:  cnn2d-like with two convs per stage (VGG8b-style, scaled to the input)
 - ``snn``:   (Linear → LIF) × depth → head on spike counts / membrane (needs temporal settings); ``lif``
-  sets the neuron (default LIF(du=1, dv=0.2); slower decays suit long sequences)
+  sets the neuron (default LIF(du=1, dv=0.2); slower decays suit long sequences); ``recurrent=True`` makes
+  every hidden LIF recurrent (each block gets ``blocks.{i}.rec_weight``, see :class:`edgesp.spec.LIF`)
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from edgesp.errors import SpecError
 from edgesp.spec import (
@@ -45,11 +47,14 @@ def build_spec(
     signal: SignalSpec | None = None,
     temporal: TemporalSpec | None = None,
     lif: LIF | None = None,
+    recurrent: bool = False,
 ) -> ModelSpec:
     rule = rule or RuleSpec()
     signal = signal or SignalSpec()
     if preset not in PRESETS:
         raise SpecError(f"unknown model {preset!r}; choose one of {', '.join(PRESETS)}")
+    if recurrent and preset != "snn":
+        raise SpecError(f"recurrent layers are spiking (LIF) layers: use --model snn, not {preset!r}")
     if depth < 1:
         raise SpecError("depth must be >= 1")
     blocks: list[tuple] = []
@@ -129,8 +134,11 @@ def build_spec(
     else:
         d = math.prod(shape)
         shape = (d,)
+    neuron = lif or LIF()
+    if recurrent:
+        neuron = replace(neuron, recurrent=True)
     for i in range(depth):
-        blocks.append((Linear(d if i == 0 else width, width), lif or LIF()))
+        blocks.append((Linear(d if i == 0 else width, width), neuron))
     return ModelSpec(
         input_shape=shape,
         num_classes=num_classes,
@@ -139,5 +147,5 @@ def build_spec(
         signal=signal,
         rule=rule,
         temporal=temporal,
-        name=f"snn{depth}x{width}",
+        name=f"{'rsnn' if neuron.recurrent else 'snn'}{depth}x{width}",
     )

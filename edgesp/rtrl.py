@@ -11,8 +11,8 @@ block parameters. RTRL carries J[t] = dz[t]/dθ (S×P):
 Memory O(B·S·P) and compute O(B·S²·P) per step, independent of T; BPTT needs O(B·S·T) memory.
 Both use the same step function f and the same spike function, so with a surrogate spike (forward 1[v>θ],
 backward σ') or a smooth unit they compute the same numbers up to float rounding (checked in the tests).
-Recurrent blocks have a weight ``blocks.{i}.recurrent`` (H×H) adding R s_i[t−1] to the block's current;
-they are not part of :class:`ModelSpec` (a research baseline; see :func:`add_recurrence`).
+Recurrent blocks (``LIF.recurrent``) have a weight ``blocks.{i}.rec_weight`` (H×H) adding W_rec s_i[t−1] to the
+LIF's current; their previous spikes are part of z.
 """
 
 from __future__ import annotations
@@ -29,19 +29,6 @@ from edgesp.functional import Params
 from edgesp.snn import BlockState, Readout, block_step, readout_decay, run
 from edgesp.spec import LIF, ModelSpec
 from edgesp.spiking import LIFState, SpikeFn
-
-
-def add_recurrence(
-    spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0, blocks: tuple[int, ...] = (0,)
-) -> dict[str, np.ndarray]:
-    """Params plus recurrent weights R_i ~ U(±1/sqrt(H)) (H×H) for the given blocks."""
-    rng = np.random.default_rng(seed + 7919)
-    out = dict(params)
-    for i in blocks:
-        h = math.prod(spec.block_output_shape(i))
-        b = 1.0 / math.sqrt(h)
-        out[f"blocks.{i}.recurrent"] = rng.uniform(-b, b, size=(h, h)).astype(np.float32)
-    return out
 
 
 def block_param_names(spec: ModelSpec, params: Params) -> list[str]:
@@ -80,8 +67,9 @@ class StateLayout:
                     shape = shapes[i][j]
                     self.segments.append((i, j, "u", shape))
                     self.segments.append((i, j, "v", shape))
-            if f"blocks.{i}.recurrent" in params:
-                self.segments.append((i, "prev", "prev", shapes[i][-1]))
+            j_rec = spec.recurrent_layer(i)
+            if j_rec is not None:
+                self.segments.append((i, "prev", "prev", shapes[i][j_rec]))
         self.segments.append((-1, "e", "e", (spec.head.in_features,)))
         self.sizes = [math.prod(s) for *_, s in self.segments]
         self.size = sum(self.sizes)

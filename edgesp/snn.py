@@ -2,9 +2,12 @@
 
 Per time step t, block i maps its input x_i[t] (spikes of block i−1, or the encoded input for block 0):
 
-    a_i[t] = W_i x_i[t] + b_i  (+ R_i s_i[t−1] if a recurrent weight ``blocks.{i}.recurrent`` is given)
+    a_i[t] = W_i x_i[t] + b_i
     then the block's parameter-free layers in order; a LIF layer is stepped by :func:`edgesp.spiking.lif_step`
     and its pre-reset membrane v_i[t] is recorded (the last LIF of the block is the block's "membrane").
+    A recurrent LIF (``LIF.recurrent``; block i owns ``blocks.{i}.rec_weight`` W_rec, H×H) adds its own spikes of
+    the previous step to its input current, one-step delay and s_i[−1] = 0:
+    a_i[t] = W_i x_i[t] + b_i + W_rec s_i[t−1].
 
 Readout (``spec.temporal.readout``) of the last block's output s_N[t], into the Linear head (W_h, b_h):
 
@@ -31,8 +34,8 @@ from edgesp.spiking import LIFState, SpikeFn, lif_step
 
 @dataclass
 class BlockState:
-    """Neuron state of one block for one stream: LIF states by layer index, and the block's previous
-    output (only kept when the block is recurrent)."""
+    """Neuron state of one block for one stream: LIF states by layer index, and the previous spikes
+    s[t−1] of the block's recurrent LIF (only kept when the block is recurrent)."""
 
     lif: dict[int, LIFState] = field(default_factory=dict)
     prev_out: torch.Tensor | None = None
@@ -62,22 +65,20 @@ def block_step(
     else:
         assert x is not None
         h = layer_forward(block[0], x, params, prefix)
-    rec = params.get(prefix + "recurrent")
-    if rec is not None:
-        prev = state.prev_out if state.prev_out is not None else h.new_zeros(h.shape)
-        h = h + F.linear(prev, rec)
     v_last = None
     new = BlockState()
     for j, layer in enumerate(block[1:], 1):
         if isinstance(layer, LIF):
+            if layer.recurrent and state.prev_out is not None:  # s[−1] = 0: nothing to add at the first step
+                h = h + F.linear(state.prev_out, params[prefix + "rec_weight"])
             st = state.lif.get(j)
             if st is None:
                 st = LIFState(h.new_zeros(h.shape), h.new_zeros(h.shape))
             h, v_last, new.lif[j] = lif_step(layer, h, st, spike)
+            if layer.recurrent:
+                new.prev_out = h
         else:
             h = layer_forward(layer, h, params, prefix)
-    if rec is not None:
-        new.prev_out = h
     return h, (h if v_last is None else v_last), new
 
 

@@ -12,7 +12,8 @@ Shapes exclude the batch dimension. Conv1d activations are ``(C, L)``, Conv2d ``
 Parameter names (used by checkpoints and compiled artifacts):
 ``signal.weight``/``signal.bias`` (shape ``(D, C)``/``(D,)``, D = :attr:`ModelSpec.signal_dim`: block 0's
 output size for the default hidden placement, the input size for input placement),
-``blocks.{i}.weight``/``blocks.{i}.bias`` for block i's parametric layer, ``head.weight``/``head.bias``;
+``blocks.{i}.weight``/``blocks.{i}.bias`` for block i's parametric layer, ``blocks.{i}.rec_weight`` (H, H) for a
+block whose LIF is ``recurrent`` (:class:`LIF`), ``head.weight``/``head.bias``;
 opt-in :class:`SPVariant` parameters (``targets.{i}.*``, ``aux.{i}.*``) belong to block i (layer i+1).
 """
 
@@ -271,7 +272,11 @@ class LIF(Layer):
 
     du, dv in [0, 1]. Fixed point (Loihi): du, dv as 12-bit fractions (×4096), u and v 24-bit signed,
     weights 8-bit mantissa with a shared exponent. ``spiking=False`` makes a non-spiking integrator
-    (membrane readout)."""
+    (membrane readout).
+
+    ``recurrent=True``: the block (a Linear block with a flat output (H,)) owns ``blocks.{i}.rec_weight``
+    W_rec (H, H) and its own spikes of the previous step feed back into the synaptic current (one-step delay,
+    s[−1] = 0):  a[t] = W x[t] + b + W_rec s[t−1]."""
 
     du: float = 1.0
     dv: float = 0.2
@@ -279,6 +284,7 @@ class LIF(Layer):
     reset: str = "zero"
     bias: float = 0.0
     spiking: bool = True
+    recurrent: bool = False
     kind: ClassVar[str] = "lif"
 
     def __post_init__(self) -> None:
@@ -290,6 +296,10 @@ class LIF(Layer):
             raise SpecError(f"LIF.threshold must be > 0, got {self.threshold}")
         if self.reset not in ("zero", "subtract"):
             raise SpecError(f"LIF.reset must be 'zero' or 'subtract', got {self.reset!r}")
+        if not isinstance(self.recurrent, bool):
+            raise SpecError(f"LIF.recurrent must be true or false, got {self.recurrent!r}")
+        if self.recurrent and not self.spiking:
+            raise SpecError("LIF.recurrent needs spiking=True (the recurrent weights carry the layer's spikes)")
 
 
 LAYER_TYPES: dict[str, type[Layer]] = {
@@ -609,7 +619,16 @@ class ModelSpec:
         spiking = any(isinstance(la, LIF) for b in self.blocks for la in b)
         if spiking and self.temporal is None:
             raise SpecError("a model with LIF layers needs temporal settings (time_steps, encoding)")
-        self.shapes()  # validates every shape
+        shapes = self.shapes()  # validates every shape
+        for i, block in enumerate(self.blocks):
+            rec = [j for j, la in enumerate(block) if isinstance(la, LIF) and la.recurrent]
+            if len(rec) > 1:
+                raise SpecError(f"block {i} has {len(rec)} recurrent LIF layers: a block may have at most one")
+            if rec and (not isinstance(block[0], Linear) or len(shapes[i][rec[0]]) != 1):
+                raise SpecError(
+                    f"block {i}: a recurrent LIF needs a Linear block with a flat output (H,), got "
+                    f"{type(block[0]).__name__} with LIF output {shapes[i][rec[0]]}: set recurrent=False"
+                )
         if self.signal.shape == "channel" and len(self.block_output_shape(0)) < 2:
             raise SpecError("signal shape 'channel' needs a convolutional block 0 (channels × positions); use 'full'")
         if self.head.out_features != self.num_classes:
@@ -676,6 +695,22 @@ class ModelSpec:
     def is_spiking(self) -> bool:
         return self.temporal is not None
 
+    def recurrent_layer(self, i: int) -> int | None:
+        """Index within block i of its recurrent LIF layer, or None if block i is not recurrent."""
+        for j, la in enumerate(self.blocks[i]):
+            if isinstance(la, LIF) and la.recurrent:
+                return j
+        return None
+
+    @property
+    def recurrent_blocks(self) -> tuple[int, ...]:
+        """Indices of the blocks that own a ``blocks.{i}.rec_weight``."""
+        return tuple(i for i in range(len(self.blocks)) if self.recurrent_layer(i) is not None)
+
+    @property
+    def is_recurrent(self) -> bool:
+        return bool(self.recurrent_blocks)
+
     # -- parameters
     def param_shapes(self) -> dict[str, Shape]:
         """All parameters in forward order: signal, blocks, head."""
@@ -687,6 +722,10 @@ class ModelSpec:
         for i, block in enumerate(self.blocks):
             for k, s in block[0].param_shapes().items():
                 p[f"blocks.{i}.{k}"] = s
+            j = self.recurrent_layer(i)
+            if j is not None:
+                h = self.shapes()[i][j][0]
+                p[f"blocks.{i}.rec_weight"] = (h, h)
             p.update(self.variant_param_shapes(i))
         for k, s in self.head.param_shapes().items():
             p[f"head.{k}"] = s

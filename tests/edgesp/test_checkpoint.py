@@ -129,3 +129,21 @@ def test_identical_weights_give_byte_identical_files_that_safetensors_reads(tmp_
         np.testing.assert_array_equal(loaded[k], params[k])
     with safe_open(str(a), framework="numpy") as f:
         assert f.metadata()["format"] == "edgesp-checkpoint"
+
+
+def test_recurrent_snn_round_trips_with_its_rec_weight(tmp_path):
+    """A recurrent spiking model's checkpoint holds blocks.{i}.rec_weight (H, H), drawn N(0, (0.5/√H)²)."""
+    from edgesp.spec import TemporalSpec
+
+    spec = build_spec("snn", (8,), 3, width=400, depth=1, recurrent=True, temporal=TemporalSpec())
+    params = init_params(spec, 1)
+    w = params["blocks.0.rec_weight"]
+    assert w.shape == (400, 400)
+    assert abs(w.std() - 0.5 / 20) < 0.05 * 0.5 / 20 and abs(w.mean()) < 1e-3  # 160k draws: std err ≈ 0.2 %
+    path = save_checkpoint(tmp_path / "m.safetensors", spec, params)
+    spec2, params2, _ = load_checkpoint(path)
+    assert spec2 == spec and spec2.blocks[0][1].recurrent
+    np.testing.assert_array_equal(params2["blocks.0.rec_weight"], w)
+    del params["blocks.0.rec_weight"]
+    with pytest.raises(CheckpointError, match="rec_weight"):
+        save_checkpoint(tmp_path / "bad.safetensors", spec, params)

@@ -96,6 +96,15 @@ def test_compile_fresh(tmp_path):
         (["compile", "missing.safetensors", "--target", "edge-cpu", "--out", "X"], "not found"),
         (["compile", "--fresh", "--target", "nowhere", "--out", "X"], "unknown target"),
         (["simulate", "no_such_build"], "no manifest.json"),
+        (["train", "--recurrent", "--out", "X"], "apply to spiking models only"),
+        (
+            ["compile", "--fresh", "--model", "snn", "--recurrent", "--target", "edge-cpu", "--out", "X"],
+            "no ONNX/TFLite lowering",
+        ),
+        (
+            ["compile", "--fresh", "--model", "snn", "--recurrent", "--target", "edge-cpu-tflite", "--out", "X"],
+            "no ONNX/TFLite lowering",
+        ),
         (["profile", "no_such_build"], "no manifest.json"),
     ],
 )

@@ -165,3 +165,60 @@ def test_temperature_default_resolves_per_rule():
     assert ModelSpec.from_json(spec.to_json()).rule.temperature == 0.1
     with pytest.raises(SpecError, match="temperature must be > 0"):
         RuleSpec(temperature=0.0)
+
+
+def test_recurrent_lif_owns_rec_weight_after_its_block_params_and_round_trips():
+    spec = build_spec("snn", (64,), 10, width=16, depth=2, recurrent=True, temporal=TemporalSpec())
+    names = list(spec.param_shapes())
+    for i in (0, 1):
+        k = names.index(f"blocks.{i}.rec_weight")
+        assert names[k - 2 : k] == [f"blocks.{i}.weight", f"blocks.{i}.bias"]
+        assert spec.param_shapes()[f"blocks.{i}.rec_weight"] == (16, 16)
+    assert spec.recurrent_blocks == (0, 1) and spec.is_recurrent and spec.name == "rsnn2x16"
+    assert spec.param_layer_index("blocks.1.rec_weight") == 2
+    again = ModelSpec.from_json(spec.to_json())
+    assert again == spec and again.blocks[0][1].recurrent
+    assert json.loads(spec.to_json())["blocks"][0][1]["recurrent"] is True
+
+
+def test_non_recurrent_specs_are_unchanged_and_old_lif_dicts_load_as_non_recurrent():
+    spec = build_spec("snn", (64,), 10, width=16, temporal=TemporalSpec())
+    assert not spec.is_recurrent and not any(n.endswith("rec_weight") for n in spec.param_shapes())
+    d = spec.to_dict()
+    for b in d["blocks"]:
+        b[1].pop("recurrent")  # a spec written before the field existed
+    assert ModelSpec.from_dict(d) == spec
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (
+            lambda: ModelSpec(
+                (1, 8),
+                3,
+                ((Conv1d(1, 2, 3), LIF(recurrent=True), Flatten()),),
+                Linear(12, 3),
+                temporal=TemporalSpec(),
+            ),
+            "Linear block with a flat output",
+        ),
+        (
+            lambda: ModelSpec(
+                (4,),
+                3,
+                ((Linear(4, 5), LIF(recurrent=True), LIF(recurrent=True)),),
+                Linear(5, 3),
+                temporal=TemporalSpec(),
+            ),
+            "at most one",
+        ),
+        (lambda: LIF(recurrent=True, spiking=False), "spiking=True"),
+        (lambda: LIF(recurrent=1), "true or false"),
+        (lambda: build_spec("mlp", (64,), 10, recurrent=True), "--model snn"),
+    ],
+)
+def test_bad_recurrent_specs_raise_one_line(make, match):
+    with pytest.raises(SpecError, match=match) as e:
+        make()
+    assert "\n" not in str(e.value)

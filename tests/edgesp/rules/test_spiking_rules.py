@@ -14,7 +14,7 @@ from edgesp.errors import SpecError
 from edgesp.functional import init_params, signal_forward
 from edgesp.losses import sp_loss
 from edgesp.presets import build_spec
-from edgesp.rtrl import add_recurrence, bptt_loss, rtrl_loss_and_grads
+from edgesp.rtrl import bptt_loss, rtrl_loss_and_grads
 from edgesp.rules import make_trainer
 from edgesp.rules.spiking_rules import SPTrainer
 from edgesp.spec import OptimizerSpec, RuleSpec, SignalSpec, TemporalSpec
@@ -373,8 +373,9 @@ def _tiny_recurrent(dtype=torch.float64):
         depth=1,
         rule=RuleSpec(name="bptt"),
         temporal=TemporalSpec(time_steps=8, encoding="direct"),
+        recurrent=True,
     )
-    p = add_recurrence(spec, init_params(spec, 0), 0)
+    p = init_params(spec, 0)
     p = {k: torch.tensor(v, dtype=dtype) * 3 for k, v in p.items()}  # large enough to cross threshold
     x = torch.tensor(np.random.default_rng(0).standard_normal((4, 3)) * 2, dtype=dtype)
     return spec, p, x, torch.tensor([0, 1, 2, 1])
@@ -407,7 +408,7 @@ def test_rtrl_gradient_matches_finite_differences() -> None:
     fn = smooth_spike(5.0)
     _, _, grads, _ = rtrl_loss_and_grads(spec, x, y, p, fn)
     rng = np.random.default_rng(1)
-    for name in ("blocks.0.weight", "blocks.0.recurrent", "blocks.0.bias"):
+    for name in ("blocks.0.weight", "blocks.0.rec_weight", "blocks.0.bias"):
         for _ in range(3):
             idx = tuple(int(rng.integers(0, n)) for n in p[name].shape)
             vals = []
