@@ -367,3 +367,20 @@ def test_rule_params_reach_the_checkpoint(tmp_path):
     from edgesp.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "k" / "model.safetensors")[0].rule.params == {"kp_decay": 0.002}
+
+
+def test_compile_target_stream_cached_at_batch_one_and_refused_elsewhere(trained, tmp_path):
+    """--target-stream cached writes the per-layer class-target tables as device state (manifest kind
+    target_cache) and simulates; at batch > 1 it is refused in one line with nothing written."""
+    ckpt = str(trained / "model.safetensors")
+    b = tmp_path / "b"
+    assert (
+        main(["compile", ckpt, "--target", "edge-cpu", "--out", str(b), "--batch", "1", "--target-stream", "cached"])
+        == 0
+    )
+    kinds = {p["name"]: p["kind"] for p in json.loads((b / "manifest.json").read_text())["parameters"]}
+    assert {n for n, k in kinds.items() if k == "target_cache"} == {"tcache.1", "tcache.2"}
+    assert main(["simulate", str(b), "--data", "digits", "--steps", "20", "--quiet"]) == 0
+    r = run(["compile", ckpt, "--target", "edge-cpu", "--out", str(tmp_path / "c"), "--target-stream", "cached"])
+    assert r.returncode == 2 and "batch-1" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "c").exists()
