@@ -177,12 +177,10 @@ def _slice_rows(e: _Emitter, op: Op) -> None:
 def _after(e: _Emitter, op: Op) -> None:
     """x ++ (a zero-row slice of y): exactly x, but ONNX Runtime cannot start x's consumers before y exists."""
     x, y = op.inputs
-    flat = e.const(np.asarray([-1], np.int64), "shape")
     zero = e.const(np.asarray([0], np.int64), "zero")
     rows = e.const(np.asarray([0, *e.p.shape(x)[1:]], np.int64), "shape")
     out = op.output
-    e.node("Reshape", [y, flat], [out + "_flat"])
-    e.node("Slice", [out + "_flat", zero, zero], [out + "_none"])
+    e.node("Slice", [y, zero, zero, zero], [out + "_none"])  # y[0:0]: no elements, but it needs y
     e.node("Reshape", [out + "_none", rows], [out + "_rows"], allowzero=1)
     e.node("Concat", [x, out + "_rows"], [out], axis=0)
 
