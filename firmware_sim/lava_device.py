@@ -212,7 +212,8 @@ def simulate(
     """Options: eval_samples (test samples for before/after, default all), curve_points (default 4),
     curve_eval (test samples per intermediate point, default 100), chunk_samples (samples per Lava run call,
     default 50), learning (default True; False streams the same schedule with the rule switched off),
-    lr (overrides the compiled learning rate of every layer; fixed_pt rounds it to a power of two).
+    lr (overrides the compiled learning rate of every layer; fixed_pt rounds it to a power of two), lr_head
+    (overrides the head's alone, after ``lr``; Python only).
     ``batch`` must be None or 1: the on-chip rule is online (one sample at a time)."""
     build_dir = Path(build_dir)
     manifest, desc, spec = _load(build_dir)
@@ -229,6 +230,11 @@ def simulate(
         if not lr > 0:
             raise DataError(f"learning rate must be > 0, got {lr}")
         desc.lr = desc.lr_head = lr
+    if options.get("lr_head") is not None:
+        lr_head = float(options["lr_head"])
+        if not lr_head > 0:
+            raise DataError(f"head learning rate must be > 0, got {lr_head}")
+        desc.lr_head = lr_head
     import_lava()
     n_train = int(steps) if steps and steps > 0 else len(dataset.x_train)
     x, y, learn, segs = _schedule(
@@ -308,6 +314,7 @@ def simulate(
         "cores_used": manifest.backend.get("cores_used"),
         "learning": bool(options.get("learning", True)),
         "lr": desc.lr,
+        "lr_head": desc.lr_head,
         "weights_changed": bool(any(np.any(w != la.weight) for (w, _), la in zip(final, desc.layers, strict=True))),
         "recurrent_blocks": sorted(final_rec),
         "recurrent_changed": bool(any(np.any(w != desc.layers[i].rec_weight) for i, w in final_rec.items())),
