@@ -18,7 +18,7 @@ Data: ``spike-recall`` (default; edgesp.data's delayed-recall task with spikes: 
 patterns, 4 classes, 16 channels × 40 steps) or ``mnist1d-seq`` (1 value × 40 steps, 10 classes); subsets of
 ``--train`` training samples (cycled ``--epochs`` times) and ``--test`` test samples.
 
-    nice -n 10 .venv/bin/python bench/lava_recurrent.py [--data spike-recall] [--train 1000] [--test 200]
+    nice -n 10 .venv/bin/python bench/lava_recurrent.py [--data spike-recall] [--train 1600] [--lr 1e-4] [--lr-head 1e-3] [--test 200]
 
 Prints a table, writes bench/results/lava_recurrent.json and bench/results/lava_recurrent_<target>.png.
 """
@@ -118,7 +118,7 @@ def replay(build: Path, ds: Dataset, spec: ModelSpec, args, lr_head: float | Non
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="spike-recall", choices=["spike-recall", "mnist1d-seq"])
-    ap.add_argument("--train", type=int, default=1000, help="training samples of the subset")
+    ap.add_argument("--train", type=int, default=1600, help="training samples of the subset")
     ap.add_argument("--epochs", type=float, default=1.0, help="passes over the training subset")
     ap.add_argument("--test", type=int, default=200, help="test samples (before/after)")
     ap.add_argument("--curve-eval", type=int, default=100, help="test samples per intermediate curve point")
@@ -127,8 +127,8 @@ def main() -> None:
     ap.add_argument("--dv", type=float, default=0.05)
     ap.add_argument("--threshold", type=float, default=1.0)
     ap.add_argument("--readout", default="spike_count", choices=["spike_count", "membrane"])
-    ap.add_argument("--lr", type=float, default=1e-3, help="on-chip learning rate of W, b, W_rec and W_S")
-    ap.add_argument("--lr-head", type=float, default=None, help="learning rate of the head (default: --lr)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="on-chip learning rate of W, b, W_rec and W_S")
+    ap.add_argument("--lr-head", type=float, default=1e-3, help="learning rate of the head")
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--targets", default="lava-cpu,loihi2")
     ap.add_argument("--no-ablation", action="store_true", help="skip the feed-forward ablation (reference)")

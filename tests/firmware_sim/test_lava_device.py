@@ -218,3 +218,12 @@ def test_recurrent_model_from_the_cli_learns_both_weight_sets_on_device(tmp_path
     dev.load_parameters({"blocks.0.rec_weight": new})
     np.testing.assert_array_equal(dev.parameters()["blocks.0.rec_weight"], new)
     assert dev.desc.layers[0].rec_exp == e
+
+
+def test_simulate_refuses_a_bad_head_learning_rate_in_one_line(tmp_path, small_digits):
+    from edgesp.errors import DataError
+
+    build = _build(tmp_path, "lava-cpu")
+    with pytest.raises(DataError, match=r"head learning rate must be > 0, got -1") as e:
+        lava_device.simulate(build, small_digits, 4, lr_head=-1.0)
+    assert "\n" not in str(e.value)
