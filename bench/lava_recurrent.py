@@ -18,7 +18,8 @@ Data: ``spike-recall`` (default; edgesp.data's delayed-recall task with spikes: 
 patterns, 4 classes, 16 channels × 40 steps) or ``mnist1d-seq`` (1 value × 40 steps, 10 classes); subsets of
 ``--train`` training samples (cycled ``--epochs`` times) and ``--test`` test samples.
 
-    nice -n 10 .venv/bin/python bench/lava_recurrent.py [--data spike-recall] [--train 1600] [--lr 1e-4] [--lr-head 1e-3] [--test 200]
+    nice -n 10 .venv/bin/python bench/lava_recurrent.py [--data spike-recall] [--train 1600] [--test 200] \
+        [--lr 1e-4] [--lr-head 1e-3] [--seed 0]
 
 Prints a table, writes bench/results/lava_recurrent.json and bench/results/lava_recurrent_<target>.png.
 """
