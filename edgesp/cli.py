@@ -627,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model on a dataset and write a checkpoint + metrics")
-    t.add_argument("--data", default="digits", help="digits, mnist1d, mnist1d-seq, idx:DIR or npz:FILE")
+    t.add_argument("--data", default="digits", help="digits, mnist1d, mnist1d-seq, spike-recall, idx:DIR or npz:FILE")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--seed", type=int, default=0)

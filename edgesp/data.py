@@ -6,6 +6,9 @@
   (4,000 train / 1,000 test, length 40), shape (1, 40), standardised. The generated arrays are cached in
   ``$EDGESP_CACHE`` (default ``~/.cache/edgesp``) because generation takes a few seconds.
 - ``mnist1d-seq``: the same data as a length-40 sequence, shape (1, 40), fed one value per time step.
+- ``spike-recall``: a seeded, generated delayed-recall task with spikes, where memory over time matters
+  (:func:`make_spike_recall`): shape (16, 40), 0/1 spikes, 4 classes, 4,000 train / 1,000 test; a cue (the
+  label's channels) at the start, a distractor (another class's channels) in the middle, noise throughout.
 - ``idx:DIR``: MNIST-style IDX files in DIR (``train-images-idx3-ubyte[.gz]``,
   ``train-labels-idx1-ubyte[.gz]``, ``t10k-…``), shape (1, 28, 28), pixels /255 standardised.
 - ``npz:FILE``: arrays ``x``, ``y`` (and optionally ``x_test``, ``y_test``; otherwise a seeded 80/20 split).
@@ -28,7 +31,7 @@ import numpy as np
 
 from edgesp.errors import DataError
 
-DATASETS = ("digits", "mnist1d", "mnist1d-seq", "idx:DIR", "npz:FILE")
+DATASETS = ("digits", "mnist1d", "mnist1d-seq", "spike-recall", "idx:DIR", "npz:FILE")
 MAX_CLASSES = 1000  # labels must be 0 ... MAX_CLASSES - 1: one stray label must not silently inflate the model
 
 
@@ -171,6 +174,46 @@ def load_mnist1d(sequence: bool = False, seed: int = 0) -> Dataset:
     return _standardise(_check(ds))
 
 
+def make_spike_recall(
+    n: int,
+    seed: int,
+    *,
+    classes: int = 4,
+    per_class: int = 4,
+    steps: int = 40,
+    cue: tuple[int, int] = (0, 5),
+    distractor: tuple[int, int] = (20, 25),
+    rate: float = 0.6,
+    noise: float = 0.03,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Delayed recall with spikes: ``n`` samples (x (n, classes·per_class, steps) float32 0/1, y (n,) int64).
+    Sample with label c: channels c·per_class … c·per_class + per_class − 1 fire Bernoulli(``rate``) during
+    steps [cue[0], cue[1]); the channels of a uniformly drawn *other* class d ≠ c fire the same way during
+    [distractor[0], distractor[1]); every channel fires Bernoulli(``noise``) at every step. The label is the
+    *first* pattern, so the answer is read ``steps − cue[1]`` steps after it and after a distractor of the
+    same form: a model that only sums or low-passes its input cannot tell cue from distractor (both are
+    present, the later one stronger); it must remember which came first. Balanced classes (i mod classes),
+    shuffled; deterministic for a given seed (numpy PCG64)."""
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.arange(n) % classes).astype(np.int64)
+    d = (y + rng.integers(1, classes, n)) % classes
+    x = (rng.random((n, classes * per_class, steps)) < noise).astype(np.float32)
+    for lab, (t0, t1) in ((y, cue), (d, distractor)):
+        ch = lab[:, None] * per_class + np.arange(per_class)[None, :]  # n × per_class
+        fire = rng.random((n, per_class, t1 - t0)) < rate
+        rows = np.arange(n)[:, None]
+        x[rows, ch, t0:t1] = np.maximum(x[rows, ch, t0:t1], fire.astype(np.float32))
+    return x, y
+
+
+def load_spike_recall(seed: int = 0) -> Dataset:
+    """The ``spike-recall`` dataset: :func:`make_spike_recall` with 4,000 train (seed 1000 + seed) and 1,000
+    test samples (seed 2000 + seed); spikes are kept as 0/1 (not standardised)."""
+    xtr, ytr = make_spike_recall(4000, 1000 + seed)
+    xte, yte = make_spike_recall(1000, 2000 + seed)
+    return _check(Dataset("spike-recall", xtr, ytr, xte, yte, 4, sequence=True))
+
+
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -254,6 +297,8 @@ def load_dataset(name: str, seed: int = 0) -> Dataset:
         return load_mnist1d(False, seed)
     if name == "mnist1d-seq":
         return load_mnist1d(True, seed)
+    if name == "spike-recall":
+        return load_spike_recall(seed)
     if name.startswith("idx:"):
         return load_idx(name[4:])
     if name.startswith("npz:"):

@@ -404,6 +404,7 @@ RULES = (
     "sp-online",
     "bptt",
     "rtrl",
+    "eprop",
     "ifa",
     "bdfa",
     "kp",

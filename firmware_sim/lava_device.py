@@ -43,10 +43,14 @@ def learned_params(
     weights: list[tuple[np.ndarray, np.ndarray]],
     signal: dict[str, np.ndarray],
     weight_exps: list[int] | None = None,
+    rec: dict[int, np.ndarray] | None = None,
+    rec_exps: dict[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """The model's parameters in the spec's float32 units from a Lava run's final state: each layer's (W, b)
-    (fixed_pt: int32 mantissas × 2^(weight_exp − SIGMA), :func:`compilers.lava.quant.dequantise`), W_S and b_S as
-    learned on the embedded CPU, or (signal not learned on Lava) as compiled."""
+    (fixed_pt: int32 mantissas × 2^(weight_exp − SIGMA), :func:`compilers.lava.quant.dequantise`), each recurrent
+    block's W_rec from ``rec`` (layer index -> W_rec; fixed_pt: × 2^(rec_exp − SIGMA), ``rec_exps`` or the
+    compiled exponents), W_S and b_S as learned
+    on the embedded CPU, or (signal not learned on Lava) as compiled."""
     from compilers.lava.quant import dequantise
 
     spec = manifest.model_spec()
@@ -61,6 +65,13 @@ def learned_params(
         out[f"{name}.weight"] = np.asarray(w, np.float32)
         if f"{name}.bias" in spec.param_shapes():
             out[f"{name}.bias"] = np.asarray(b, np.float32).reshape(-1)
+    for i, w in (rec or {}).items():
+        e = (rec_exps or {}).get(i, layers[i].get("rec_exp", 0))
+        w = dequantise(np.asarray(w), e) if fixed else w
+        out[f"blocks.{i}.rec_weight"] = np.asarray(w, np.float32)
+    missing = sorted(set(spec.param_shapes()) - set(out) - {"signal.weight", "signal.bias"})
+    if missing:
+        raise DataError(f"the Lava run returned no value for {missing}: re-run 'edgesp compile' for this model")
     if "signal_weight" in signal:
         out["signal.weight"] = np.asarray(signal["signal_weight"], np.float32)
         out["signal.bias"] = np.asarray(signal["signal_bias"], np.float32)
@@ -102,6 +113,8 @@ class LavaDevice:
             if learn:
                 for la, (w, b) in zip(self.desc.layers, sess.weights(), strict=True):
                     la.weight, la.bias = np.asarray(w).copy(), np.asarray(b).copy()
+                for i, w in sess.rec_weights().items():
+                    self.desc.layers[i].rec_weight = np.asarray(w).copy()
                 self.signal = sess.signal()
                 self.desc.table = np.asarray(self.signal["table"]).copy()
                 if "signal_weight" in self.signal:
@@ -129,7 +142,9 @@ class LavaDevice:
         if not signal and self.desc.signal_weight is not None:
             signal = {"signal_weight": self.desc.signal_weight, "signal_bias": self.desc.signal_bias}
         exps = [la.weight_exp for la in self.desc.layers]
-        return learned_params(self.manifest, self.build_dir, weights, signal, exps)
+        rec = {i: la.rec_weight for i, la in enumerate(self.desc.layers) if la.rec_weight is not None}
+        rec_exps = {i: la.rec_exp for i, la in enumerate(self.desc.layers)}
+        return learned_params(self.manifest, self.build_dir, weights, signal, exps, rec, rec_exps)
 
     def load_parameters(self, params: dict[str, np.ndarray]) -> None:
         """Write parameters (spec units; fixed_pt re-quantised with the compiler's own lowering)."""
@@ -143,6 +158,7 @@ class LavaDevice:
         fresh, _ = lower(self.spec, full, self.desc.precision)
         for la, new in zip(self.desc.layers, fresh.layers, strict=True):
             la.weight, la.bias, la.weight_exp = new.weight, new.bias, new.weight_exp
+            la.rec_weight, la.rec_exp = new.rec_weight, new.rec_exp
         self.desc.table = fresh.table
         self.desc.signal_weight, self.desc.signal_bias = fresh.signal_weight, fresh.signal_bias
         self.signal = {}
@@ -196,7 +212,8 @@ def simulate(
     """Options: eval_samples (test samples for before/after, default all), curve_points (default 4),
     curve_eval (test samples per intermediate point, default 100), chunk_samples (samples per Lava run call,
     default 50), learning (default True; False streams the same schedule with the rule switched off),
-    lr (overrides the compiled learning rate of every layer; fixed_pt rounds it to a power of two).
+    lr (overrides the compiled learning rate of every layer; fixed_pt rounds it to a power of two), lr_head
+    (overrides the head's alone, after ``lr``; Python only).
     ``batch`` must be None or 1: the on-chip rule is online (one sample at a time)."""
     build_dir = Path(build_dir)
     manifest, desc, spec = _load(build_dir)
@@ -213,6 +230,11 @@ def simulate(
         if not lr > 0:
             raise DataError(f"learning rate must be > 0, got {lr}")
         desc.lr = desc.lr_head = lr
+    if options.get("lr_head") is not None:
+        lr_head = float(options["lr_head"])
+        if not lr_head > 0:
+            raise DataError(f"head learning rate must be > 0, got {lr_head}")
+        desc.lr_head = lr_head
     import_lava()
     n_train = int(steps) if steps and steps > 0 else len(dataset.x_train)
     x, y, learn, segs = _schedule(
@@ -245,6 +267,7 @@ def simulate(
         sess.run_all(chunk, tick)
         logits = sess.logits()
         final = sess.weights()
+        final_rec = sess.rec_weights()
         signal = sess.signal()
     finally:
         sess.stop()
@@ -253,6 +276,7 @@ def simulate(
     wall = time.perf_counter() - t_wall
     finite = all(np.all(np.isfinite(np.asarray(a, np.float64))) for wb in final for a in wb)
     finite = finite and all(np.all(np.isfinite(np.asarray(a, np.float64))) for a in signal.values())
+    finite = finite and all(np.all(np.isfinite(np.asarray(a, np.float64))) for a in final_rec.values())
     if not finite or not np.all(np.isfinite(logits)):
         raise DataError(
             f"on-device learning diverged on Lava (weights or readout became NaN/inf within {n_train} training "
@@ -290,7 +314,10 @@ def simulate(
         "cores_used": manifest.backend.get("cores_used"),
         "learning": bool(options.get("learning", True)),
         "lr": desc.lr,
+        "lr_head": desc.lr_head,
         "weights_changed": bool(any(np.any(w != la.weight) for (w, _), la in zip(final, desc.layers, strict=True))),
+        "recurrent_blocks": sorted(final_rec),
+        "recurrent_changed": bool(any(np.any(w != desc.layers[i].rec_weight) for i, w in final_rec.items())),
         "eval_samples": segs[0][2] - segs[0][1],
         "signal_placement": desc.placement,
         "signal_learned": desc.signal_learn,
@@ -299,7 +326,7 @@ def simulate(
     if options.get("save_state") is not None:
         from firmware_sim.learning import write_state
 
-        write_state(Path(options["save_state"]), learned_params(manifest, build_dir, final, signal))
+        write_state(Path(options["save_state"]), learned_params(manifest, build_dir, final, signal, rec=final_rec))
         result["state"] = str(options["save_state"])
     if out_png is not None:
         _plot(result, Path(out_png))

@@ -12,6 +12,12 @@ maps layers to cores and checks the target's per-core limits (:mod:`compilers.la
   parameter learns, the quantisation report, ``network`` (the scalars :class:`NetDesc` is rebuilt from) and
   how to run inference without edgesp.
 
+Recurrent blocks (spec ``LIF(recurrent=True)``): ``blocks.{i}.rec_weight`` lowers to a second synapse group on the
+block's own cores, from its spikes back to its compartments with one step of delay (a[t] += W_rec s[t−1]),
+quantised like W with its own exponent, learning on chip from the same third factor
+(ΔW_rec = −lr Σ_r δ[r][t]ᵀ s[r][t−1], :mod:`compilers.lava.rule`); the fit check counts its H×H synapses and
+R·H input axons per core.
+
 Signal placement (``spec.signal.placement``):
 
 - ``'hidden'`` (default): the table z (C, H_0) = act(LayerNorm(W_S e_c + b_S)) is block 0's target current:
@@ -97,12 +103,19 @@ def compile_model(
         "update": "W -= lr * sum_r delta[r]^T s_in[r]; b -= lr * sum_r delta[r] (third factor delta = dL/dv)",
         "signal": _signal_note(desc),
         "head": "per-step cross-entropy on z_t = W s_in + b",
+        "recurrent": (
+            "recurrent blocks: a[t] += W_rec s[t-1]; W_rec -= lr * sum_r delta[r][t]^T s[r][t-1] "
+            "(the block's own spikes of the previous step)"
+            if any(la.recurrent for la in desc.layers)
+            else None
+        ),
         "fixed_pt": (
             {
                 "lr_shift": rule.lr_shift(desc.lr),
                 "delta_bits": rule.DELTA_BITS,
                 "delta_frac_bits": rule.DELTA_FRAC,
                 "rounding": "stochastic",
+                "recurrent_rounding_rng": "numpy.random.default_rng([seed, layer, 1])",
             }
             if desc.fixed
             else None
@@ -115,7 +128,10 @@ def compile_model(
     for name, shape in spec.param_shapes().items():
         layer = spec.param_layer_index(name)
         kind = "weights" if name.endswith("weight") else "bias"
-        if name.startswith("signal."):  # never in the synaptic memory: a table on the host / embedded CPU
+        if name.endswith(".rec_weight"):  # the recurrent synapse group of block layer-1 (process rec{i})
+            update_output = f"rec{layer - 1}.weights"
+            placement[name] = {"on_chip": True, "learned": True, "where": "synaptic learning engine (recurrent)"}
+        elif name.startswith("signal."):  # never in the synaptic memory: a table on the host / embedded CPU
             learned = desc.signal_learn
             update_output = f"dense0.{name.replace('.', '_')}" if learned else None
             placement[name] = {
@@ -154,7 +170,7 @@ def compile_model(
                     "cores_used": mapping["cores_used"],
                     "cores_available": mapping["cores_available"],
                     "core_map": [
-                        {k: d[k] for k in ("layer", "kind", "n_in", "n_out", "rows", "cores")}
+                        {k: d[k] for k in ("layer", "kind", "n_in", "n_out", "rows", "recurrent", "cores")}
                         for d in mapping["layers"]
                     ],
                     "parameter_placement": placement,
@@ -167,7 +183,8 @@ def compile_model(
                     "inference_without_edgesp": (
                         "network.npz holds each layer's weight/bias (floating_pt: float32; fixed_pt: int32 mantissas "
                         "× 2^weight_exp) and manifest backend.network the LIF constants (du, dv, threshold, reset) and "
-                        "the readout: per time step t, u = (1-du) u + W s_in + b, v = (1-dv) v + u, spikes where "
+                        "the readout: per time step t, u = (1-du) u + W s_in + b (+ W_rec s[t-1] for recurrent layers: "
+                        "layer{i}.rec_weight, exponent rec_exp), v = (1-dv) v + u, spikes where "
                         "v > threshold (then reset); the head integrates W s + b; prediction = argmax of the readout "
                         "after T steps. No label or signal table is needed for inference."
                     ),
@@ -206,7 +223,8 @@ def _json_default(o: Any) -> Any:
 
 def export_inference(spec: ModelSpec, params: dict[str, np.ndarray], out_dir: Path, batch: int) -> dict[str, str]:
     """Standalone inference description of a spiking model, runnable by any LIF simulator without edgesp:
-    ``snn_inference.npz`` (float32 ``layer{i}.weight``/``layer{i}.bias``, blocks then the readout) and
+    ``snn_inference.npz`` (float32 ``layer{i}.weight``/``layer{i}.bias``, blocks then the readout, and
+    ``layer{i}.rec_weight`` for recurrent blocks: a[t] += W_rec s[t−1], s[−1] = 0) and
     ``snn_inference.json`` (per layer: du, dv, threshold, reset, the readout kind; T, encoding). Per step t:
     u = (1−du)·u + W·s_in + b, v = (1−dv)·v + u + lif_bias, s = 1[v > threshold], v reset where s; the readout
     integrates W·s + b (membrane: decays by its dv); prediction = argmax after T steps. ``batch`` is unused (the
@@ -218,6 +236,8 @@ def export_inference(spec: ModelSpec, params: dict[str, np.ndarray], out_dir: Pa
     for i, la in enumerate(desc.layers):
         arrays[f"layer{i}.weight"] = np.asarray(la.weight, np.float32)
         arrays[f"layer{i}.bias"] = np.asarray(la.bias, np.float32)
+        if la.rec_weight is not None:
+            arrays[f"layer{i}.rec_weight"] = np.asarray(la.rec_weight, np.float32)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     info = {
@@ -228,11 +248,27 @@ def export_inference(spec: ModelSpec, params: dict[str, np.ndarray], out_dir: Pa
             {
                 k: v
                 for k, v in la.__dict__.items()
-                if k in ("kind", "n_in", "n_out", "du", "dv", "threshold", "reset", "lif_bias", "spiking", "readout")
+                if k
+                in (
+                    "kind",
+                    "n_in",
+                    "n_out",
+                    "du",
+                    "dv",
+                    "threshold",
+                    "reset",
+                    "lif_bias",
+                    "spiking",
+                    "readout",
+                    "recurrent",
+                )
             }
             for la in desc.layers
         ],
-        "update": "u = (1-du) u + W s_in + b; v = (1-dv) v + u + lif_bias; s = [v > threshold]; reset v where s",
+        "update": (
+            "u = (1-du) u + W s_in + b (+ W_rec s[t-1] if recurrent, s[-1] = 0); v = (1-dv) v + u + lif_bias; "
+            "s = [v > threshold]; reset v where s"
+        ),
         "prediction": "argmax of the readout after time_steps steps",
     }
     text = json.dumps(info, indent=2, default=_json_default).encode()

@@ -1,7 +1,8 @@
 """The compiled network description (what ``compile_model`` writes and the simulators read back).
 
 ``network.npz`` holds the arrays (no pickles): ``layer{i}.weight``/``layer{i}.bias`` (float32 for floating_pt;
-int32 even mantissas for fixed_pt) and ``signal.table`` (C, D): the SP target signal of every class,
+int32 even mantissas for fixed_pt), for a recurrent block ``layer{i}.rec_weight`` (H, H) (same formats, its own
+exponent ``rec_exp``) and ``signal.table`` (C, D): the SP target signal of every class,
 z_c = act(LayerNorm(W_S e_c + b_S)). Placement ``'hidden'`` (the spec's default): D = H_0, block 0's width; z_c
 is the current a^t_0 injected into block 0's target compartments every step (float32; fixed_pt: int32 in
 block 0's current units, SIGMA fractional bits). Placement ``'input'`` (legacy checkpoints): D = the input
@@ -41,6 +42,10 @@ class LayerDesc:
     vth_int: int = 0
     lif_bias_int: int = 0  # in v units (already MSB-aligned)
     cores: list[int] = field(default_factory=list)
+    # recurrent block (spec LIF recurrent=True): a[t] += W_rec s[t−1] from the block's own spikes, one step delay
+    recurrent: bool = False
+    rec_weight: np.ndarray | None = None  # (n_out, n_out); float32, or fixed_pt int32 even mantissas
+    rec_exp: int = 0  # fixed_pt only: W_rec ≈ W_rec_int·2^rec_exp / S (its own synapse group's exponent)
 
 
 @dataclass
@@ -105,7 +110,9 @@ class NetDesc:
                 "signal_act",
             )
         }
-        out["layers"] = [{k: v for k, v in la.__dict__.items() if k not in ("weight", "bias")} for la in self.layers]
+        out["layers"] = [
+            {k: v for k, v in la.__dict__.items() if k not in ("weight", "bias", "rec_weight")} for la in self.layers
+        ]
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -116,11 +123,21 @@ class NetDesc:
         for i, la in enumerate(self.layers):
             out[f"layer{i}.weight"] = la.weight
             out[f"layer{i}.bias"] = la.bias
+            if la.rec_weight is not None:
+                out[f"layer{i}.rec_weight"] = la.rec_weight
         return out
 
     def copy(self) -> NetDesc:
         layers = [
-            LayerDesc(**{**la.__dict__, "weight": la.weight.copy(), "bias": la.bias.copy(), "cores": list(la.cores)})
+            LayerDesc(
+                **{
+                    **la.__dict__,
+                    "weight": la.weight.copy(),
+                    "bias": la.bias.copy(),
+                    "rec_weight": None if la.rec_weight is None else la.rec_weight.copy(),
+                    "cores": list(la.cores),
+                }
+            )
             for la in self.layers
         ]
         extra = {
@@ -149,7 +166,10 @@ def load_netdesc(build_dir: str | Path, manifest: Any) -> NetDesc:
     layers = []
     for i, ld in enumerate(sc.pop("layers")):
         try:
-            layers.append(LayerDesc(**ld, weight=arrays[f"layer{i}.weight"], bias=arrays[f"layer{i}.bias"]))
+            rec = arrays[f"layer{i}.rec_weight"] if ld.get("recurrent") else None
+            layers.append(
+                LayerDesc(**ld, weight=arrays[f"layer{i}.weight"], bias=arrays[f"layer{i}.bias"], rec_weight=rec)
+            )
         except KeyError as e:
             raise CompileError(f"{path} lacks {e.args[0]!r}: re-run 'edgesp compile'") from None
     if sc.get("signal_learn") and "signal.weight" not in arrays:

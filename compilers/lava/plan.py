@@ -9,7 +9,15 @@ core's single copy of the synaptic memory, so synapses are counted once and neur
     input axons/core  = R·n_in ≤ fan_in   (block 0 with hidden placement: n_in, the sample only)
     output targets per neuron = cores of the next layer ≤ fan_out
 
-Memory: synapses (n_in + 1)·n_out × weight_bits; state per compartment u, v (24-bit each on Loihi, float64
+A recurrent block (W_rec, H×H) keeps its recurrent synapses on the cores of its own neurons: each neuron has
+n_in + 1 + H synapses, each core receives rows·H more axons (every stream's spikes of the previous step), and
+the block's spikes go to its own cores as well as to the next layer's:
+
+    neurons per core  = min(neurons_per_core // R, synapses_per_core // (n_in + 1 + H))
+    input axons/core  = R_in·n_in + R·H ≤ fan_in
+    output targets per neuron = cores of the next layer + cores of this layer ≤ fan_out
+
+Memory: synapses (n_in + 1 [+ H])·n_out × weight_bits; state per compartment u, v (24-bit each on Loihi, float64
 each in the floating_pt simulation); the learning engine's third factor δ per compartment (16-bit / float64).
 The readout (head) uses one row. The target-signal table (hidden placement: block 0's target current,
 C·H_0 values; input placement: the target input), the input injection and, for a learned signal, the W_S
@@ -48,20 +56,24 @@ def plan(desc: NetDesc, target: Target) -> dict[str, Any]:
     for i, la in enumerate(desc.layers):
         rows = 1 if la.kind == "readout" else desc.rows
         in_rows = desc.in_rows if i == 0 else rows  # hidden placement: only the sample enters block 0's synapses
-        where = f"layer {i} ({la.kind}, {la.n_in}->{la.n_out}, {rows} streams)"
-        if fan_in is not None and in_rows * la.n_in > fan_in:
+        rec = la.n_out if la.recurrent else 0  # recurrent synapses per neuron (H) and axons per stream
+        syn_per_neuron = la.n_in + 1 + rec
+        axons = in_rows * la.n_in + rows * rec
+        where = f"layer {i} ({la.kind}, {la.n_in}->{la.n_out}{' recurrent' if rec else ''}, {rows} streams)"
+        if fan_in is not None and axons > fan_in:
+            parts = f" ({in_rows}×{la.n_in} feed-forward + {rows}×{rec} recurrent)" if rec else ""
             raise TargetError(
-                f"{where} needs {in_rows * la.n_in} input axons per core > fan-in {fan_in} of "
+                f"{where} needs {axons} input axons per core{parts} > fan-in {fan_in} of "
                 f"{target.name}: reduce the input size or --width"
             )
         per_core = la.n_out
         if npc is not None:
             per_core = min(per_core, npc // rows)
         if spc is not None:
-            per_core = min(per_core, spc // (la.n_in + 1))
+            per_core = min(per_core, spc // syn_per_neuron)
         if per_core < 1:
             raise TargetError(
-                f"{where}: one neuron needs {la.n_in + 1} synapses and {rows} compartments, more "
+                f"{where}: one neuron needs {syn_per_neuron} synapses and {rows} compartments, more "
                 f"than a core of {target.name} holds ({spc} synapses, {npc} neurons): reduce --width"
             )
         n_cores = math.ceil(la.n_out / per_core)
@@ -70,7 +82,7 @@ def plan(desc: NetDesc, target: Target) -> dict[str, Any]:
         per = []
         for c in range(n_cores):
             n = min(per_core, la.n_out - c * per_core)
-            syn = (la.n_in + 1) * n
+            syn = syn_per_neuron * n
             per.append(
                 {
                     "core": cores[c],
@@ -88,13 +100,14 @@ def plan(desc: NetDesc, target: Target) -> dict[str, Any]:
                 "n_in": la.n_in,
                 "n_out": la.n_out,
                 "rows": rows,
+                "recurrent": bool(rec),
                 "cores": cores,
                 "per_core": per,
             }
         )
         la.cores = cores
     for i in range(len(layers) - 1):
-        nxt = len(layers[i + 1]["cores"])
+        nxt = len(layers[i + 1]["cores"]) + (len(layers[i]["cores"]) if layers[i]["recurrent"] else 0)
         if fan_out is not None and nxt > fan_out:
             raise TargetError(f"layer {i} fans out to {nxt} cores > fan-out {fan_out} of {target.name}: reduce --width")
     if max_cores is not None and next_core > max_cores * chips:

@@ -4,8 +4,10 @@ fixed_pt (see :mod:`compilers.lava.rule`): per layer one weight exponent e (3-bi
 as the smallest with max|W, b|·S/2^e ≤ 254, plus rule.WEIGHT_HEADROOM (1) bit of room for the weights to grow;
 W_int = 2·round(W·S/2^(e+1)) (even ints, 8-bit signed mantissa);
 threshold θ_int = round(θ·S) (17-bit); decays du_int = round(du·4096) − 1, dv_int = round(dv·4096) (12-bit);
-graded inputs with INPUT_FRAC fractional bits; the target-signal table with SIGMA fractional bits (hidden
-placement: it is block 0's target current, in the units of a) or INPUT_FRAC (input placement: it is an input).
+graded inputs with INPUT_FRAC fractional bits; a recurrent block's W_rec (H, H) like W (8-bit even mantissa) with
+its own exponent e_rec (the smallest with max|W_rec|·S/2^e ≤ 254, plus the headroom; no bias); the target-signal
+table with SIGMA fractional bits (hidden placement: it is block 0's target current, in the units of a) or
+INPUT_FRAC (input placement: it is an input).
 The report gives, per tensor, max |error| and relative RMS error of the dequantised value.
 """
 
@@ -36,7 +38,7 @@ def signal_table(spec: ModelSpec, params: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def check_spec(spec: ModelSpec) -> None:
-    """Only Linear → LIF blocks and a Linear head lower to Lava synapses + compartments."""
+    """Only Linear → LIF blocks (recurrent or not) and a Linear head lower to Lava synapses + compartments."""
     if not spec.is_spiking:
         raise CompileError(
             f"model {spec.name!r} is not spiking: lava targets need --model snn "
@@ -101,6 +103,8 @@ def lower(spec: ModelSpec, params: dict[str, np.ndarray], precision: str) -> tup
             "weight": w.astype(np.float32),
             "bias": b.astype(np.float32),
         }
+        if lif is not None and lif.recurrent:
+            kw.update(recurrent=True, rec_weight=np.asarray(params[f"{prefix}.rec_weight"], np.float32))
         if lif is not None:
             kw.update(
                 du=float(lif.du),
@@ -156,6 +160,11 @@ def _to_fixed(desc: NetDesc) -> tuple[NetDesc, dict[str, Any]]:
         report["tensors"][f"layer{i}.weight"] = {"exponent": e, **_err(dequantise(wq, e), w)}
         report["tensors"][f"layer{i}.bias"] = {"exponent": e, **_err(dequantise(bq, e), b)}
         la.weight, la.bias, la.weight_exp = wq, bq, e
+        if la.rec_weight is not None:
+            wr = la.rec_weight.astype(np.float64)
+            er = weight_exponent(wr, np.zeros(0))
+            la.rec_weight, la.rec_exp = quantise_weights(wr, er), er
+            report["tensors"][f"layer{i}.rec_weight"] = {"exponent": er, **_err(dequantise(la.rec_weight, er), wr)}
         if la.kind == "lif":
             la.du_int = int(np.clip(round(la.du * 4096) - 1, 0, 4095))
             la.dv_int = int(np.clip(round(la.dv * 4096), 0, 4095))
@@ -178,6 +187,6 @@ def _to_fixed(desc: NetDesc) -> tuple[NetDesc, dict[str, Any]]:
     desc.table = tq.astype(np.int32)
     k = rule.lr_shift(desc.lr)
     report["lr"] = {"value": desc.lr, "quantised": 2.0**-k, "shift": k}
-    errs = [v["rel_rms"] for n, v in report["tensors"].items() if n.endswith(".weight")]
+    errs = [v["rel_rms"] for n, v in report["tensors"].items() if n.endswith((".weight", ".rec_weight"))]
     report["weight_rel_rms_max"] = max(errs)
     return desc, report

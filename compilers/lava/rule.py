@@ -17,6 +17,21 @@ uses lr = 2^−k and re-quantises the table (:func:`quantise_table`, SIGMA fract
 saturating 16-bit) — deterministic, so the Lava run and the numpy reference stay bit-exact.
 Placement 'input' (legacy): the table (C, D_in) is the target rows' input and passes W_0 like the sample.
 
+Recurrent block (spec ``LIF(recurrent=True)``, parameter ``blocks.{i}.rec_weight`` W_rec (n, n)): every row r
+adds the current of its own spikes of the previous step through a second synapse group (one step of delay,
+s[r][−1] = 0 at each sample start):
+
+    a[r][t] = W s_in[r][t] + b (block 0, hidden placement, target rows: z_r) + W_rec s[r][t−1]
+    ΔW_rec = −lr Σ_r δ[r][t]ᵀ s[r][t−1]          (all R rows: every row's current passes W_rec)
+
+i.e. the same third factor δ[t] = ∂L/∂v[t] times the pre-synaptic trace of the block's own spikes at t−1
+(∂v[t]/∂W_rec = s[t−1] with the previous state detached, as sp-online's autograd), the same lr, every step.
+Memory: the previous spikes s[t−1] (R·n bits), nothing else. fixed_pt: W_rec is its own 8-bit even mantissa
+with its own exponent e_rec (chosen as for W, without bias), a_rec = shift(Σ W_rec_int s, e_rec) (floor), and
+ΔW_rec_int = 2·sround(−δ_intᵀ s[t−1] / 2^m), m = k + DELTA_FRAC + e_rec − SIGMA + 1 (spikes have 0 fractional
+bits), saturating at [−256, 254]; its stochastic rounding draws from numpy.random.default_rng([seed, layer, 1])
+(one draw per recurrent weight per learning step), a stream separate from the feed-forward synapses'.
+
 Local losses on the membrane potential (``loss``):
 - ``v1`` (default; SP's input_label_direct, = v9/v14 at batch 1 with one target row per class):
   K = C target rows, one per class (the target signal of class c through the layer's synapses),
@@ -196,6 +211,20 @@ def fixed_weight_update(
     dw = 2 * sround_shift(num, m, rng)
     db = 2 * sround_shift(-(delta_int.T.astype(np.int64) @ bias_pre.astype(np.int64)), m, rng)
     return dw, db
+
+
+def fixed_rec_update(
+    delta_int: np.ndarray, s_prev: np.ndarray, k: int, e_rec: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Integer ΔW_rec (even ints) for δ_int (R, n) and the block's own previous spikes s_prev (R, n) in {0, 1}:
+    ΔW_rec_int = 2·sround(−δ_intᵀ s_prev / 2^m), m = k + DELTA_FRAC + e_rec − SIGMA + 1."""
+    m = k + DELTA_FRAC + e_rec - SIGMA + 1
+    return 2 * sround_shift(-(delta_int.T.astype(np.int64) @ s_prev.astype(np.int64)), m, rng)
+
+
+def rec_rng(seed: int, layer: int) -> np.random.Generator:
+    """Generator of the recurrent synapses' stochastic rounding (separate from the feed-forward one)."""
+    return np.random.default_rng([seed, layer, 1])
 
 
 def wrap_u(x: np.ndarray) -> np.ndarray:

@@ -40,6 +40,7 @@ _RULE_MODULES = {
     "sp-online": "edgesp.rules.spiking_rules",
     "bptt": "edgesp.rules.spiking_rules",
     "rtrl": "edgesp.rules.spiking_rules",
+    "eprop": "edgesp.rules.eprop",
     "ifa": "edgesp.rules.feedback_rules",
     "bdfa": "edgesp.rules.feedback_rules",
     "kp": "edgesp.rules.feedback_rules",
@@ -49,17 +50,18 @@ _RULE_MODULES = {
     "dfc": "edgesp.rules.feedback_rules",
 }
 assert set(_RULE_MODULES) == set(RULES)
+SPIKING_RULE_MODULES = ("edgesp.rules.spiking_rules", "edgesp.rules.eprop")
 
 
 def make_trainer(spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0) -> Trainer:
     name = spec.rule.name
     if name not in _RULE_MODULES:
         raise SpecError(f"unknown rule {name!r}; choose one of {', '.join(RULES)}")
-    spiking_rule = _RULE_MODULES[name].endswith("spiking_rules")
+    spiking_rule = _RULE_MODULES[name] in SPIKING_RULE_MODULES
     if spec.is_spiking and not spiking_rule:
         raise SpecError(
             f"rule {name!r} is for non-spiking models; for a spiking model use one of "
-            "sp-voltage, sp-surrogate, sp-online, bptt, rtrl"
+            "sp-voltage, sp-surrogate, sp-online, bptt, rtrl, eprop"
         )
     if spiking_rule and not spec.is_spiking:
         raise SpecError(f"rule {name!r} needs a spiking model (--model snn)")

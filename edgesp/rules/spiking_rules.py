@@ -55,6 +55,7 @@ the signal shares block 0's).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,10 +68,39 @@ from edgesp.functional import Params, signal_forward
 from edgesp.losses import sp_loss
 from edgesp.rtrl import bptt_loss, rtrl_bytes, rtrl_loss_and_grads
 from edgesp.snn import BlockState, Readout, block_step, empty_readout, readout_decay, run
-from edgesp.spec import LIF, ModelSpec, OptimizerSpec
+from edgesp.spec import LIF, Linear, ModelSpec, OptimizerSpec
 from edgesp.spiking import SpikeFn, smooth_spike, strict_spike, surrogate_spike
 
-_KNOWN_PARAMS = {"surrogate_slope", "update_every", "online_loss", "spike", "rtrl_max_mib"}
+_KNOWN_PARAMS = {"surrogate_slope", "update_every", "online_loss", "spike", "rtrl_max_mib", "trace"}
+TRACES = ("none", "filter")
+
+
+@dataclass
+class PresynTrace:
+    """Eligibility trace of one block for one stream: the block's input x[t], a constant 1 (bias) and, for a
+    recurrent block, its own previous spikes s[t−1], each filtered by the LIF's two low-pass stages exactly as
+    the current a[t] is (``eu`` ← (1−du)·eu + x;  ``ev`` ← (1−dv)·ev + eu). Then, spikes held constant,
+    ∂v_j[t]/∂W_jk = ev_x,k[t], ∂v_j[t]/∂b_j = ev_1[t], ∂v_j[t]/∂W_rec,jk = ev_s,k[t]: one value per *presynaptic*
+    input (not per synapse), so the memory is B·(I + H + 1) floats per block and stream, flat in T. Exact for
+    reset 'subtract' (the reset term −θ s depends on W only through S, which SP never differentiates); for reset
+    'zero' it drops the factor (1 − s_j) the reset puts on v's history (an approximation)."""
+
+    eu_x: torch.Tensor
+    ev_x: torch.Tensor
+    eu_1: float = 0.0
+    ev_1: float = 0.0
+    eu_s: torch.Tensor | None = None
+    ev_s: torch.Tensor | None = None
+
+    def step(self, lif: LIF, x: torch.Tensor, s_prev: torch.Tensor | None) -> PresynTrace:
+        ku, kv = 1.0 - lif.du, 1.0 - lif.dv
+        eu_x = ku * self.eu_x + x
+        eu_1 = ku * self.eu_1 + 1.0
+        out = PresynTrace(eu_x, kv * self.ev_x + eu_x, eu_1, kv * self.ev_1 + eu_1)
+        if s_prev is not None:
+            eu_s = s_prev if self.eu_s is None else ku * self.eu_s + s_prev
+            out.eu_s, out.ev_s = eu_s, eu_s if self.ev_s is None else kv * self.ev_s + eu_s
+        return out
 
 
 def _make_optimizer(opt: OptimizerSpec, tensors: list[torch.Tensor]) -> torch.optim.Optimizer:
@@ -88,14 +118,16 @@ def _threshold(spec: ModelSpec, i: int) -> float:
 class _SpikingTrainer:
     """Shared parts: parameters as torch leaves, per-layer optimizers, seeded generators, inference."""
 
+    known_params: frozenset[str] = frozenset(_KNOWN_PARAMS)
+
     def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int) -> None:
         if spec.temporal is None:
             raise SpecError(f"rule {spec.rule.name!r} needs a spiking model (--model snn)")
-        unknown = set(spec.rule.params) - _KNOWN_PARAMS
+        unknown = set(spec.rule.params) - self.known_params
         if unknown:
             raise SpecError(
                 f"unknown rule parameters {sorted(unknown)} for {spec.rule.name}; "
-                f"known: {', '.join(sorted(_KNOWN_PARAMS))}"
+                f"known: {', '.join(sorted(self.known_params))}"
             )
         self.spec = spec
         self.rp: dict[str, Any] = dict(spec.rule.params)
@@ -153,6 +185,13 @@ class SPTrainer(_SpikingTrainer):
         if self.every < 1:
             raise SpecError(f"update_every must be >= 1, got {self.every}")
         self.spike: SpikeFn = strict_spike
+        self.trace = str(self.rp.get("trace", "none"))
+        if self.trace not in TRACES:
+            raise SpecError(f"trace must be one of {', '.join(TRACES)}, got {self.trace!r}")
+        if self.trace == "filter":
+            for i, block in enumerate(spec.blocks):
+                if len(block) != 2 or not isinstance(block[0], Linear) or not isinstance(block[1], LIF):
+                    raise SpecError(f"trace 'filter' needs Linear → LIF blocks (--model snn); block {i} is not")
         self.hidden = spec.signal.hidden
         if self.hidden:
             a_shape = spec.shapes()[0][0]  # block 0's parametric output, which z replaces
@@ -171,9 +210,11 @@ class SPTrainer(_SpikingTrainer):
 
     # -- the per-step pieces (public so tests can drive a step by itself)
     def begin(self, batch: int) -> None:
-        """Fresh neuron state for a batch of sequences (sample stream and target stream)."""
+        """Fresh neuron state (and eligibility traces) for a batch of sequences (sample and target stream)."""
         self.h_state = [BlockState() for _ in self.spec.blocks]
         self.t_state = [BlockState() for _ in self.spec.blocks]
+        self.h_trace: list[PresynTrace | None] = [None] * len(self.spec.blocks)
+        self.t_trace: list[PresynTrace | None] = [None] * len(self.spec.blocks)
         self.readout: Readout = empty_readout(self.spec, batch, torch.zeros(()))
         self.t = 0
 
@@ -210,6 +251,9 @@ class SPTrainer(_SpikingTrainer):
             s_t, v_t, st_t = block_step(
                 spec, i, t_in, self.p, self.t_state[i].detached(), self.spike, current=cur if i == 0 else None
             )
+            if self.trace == "filter":
+                v_h = self._traced(i, v_h, h_in, self.h_state[i], self.h_trace, None)
+                v_t = self._traced(i, v_t, t_in, self.t_state[i], self.t_trace, cur if i == 0 else None)
             if t_in is None:  # hidden placement, block 0: the previous target is the label itself
                 t_prev = F.one_hot(classes, spec.num_classes).float()
             else:
@@ -231,6 +275,40 @@ class SPTrainer(_SpikingTrainer):
         self.readout = self.readout.step(h_in, self.decay)
         self.t += 1
         return total
+
+    def _traced(
+        self,
+        i: int,
+        v: torch.Tensor,
+        x: torch.Tensor | None,
+        state: BlockState,
+        traces: list[PresynTrace | None],
+        current: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """v[t] with its value unchanged but its gradient replaced by the eligibility-trace one (trace 'filter'):
+        ∂v[t]/∂W = ev_x[t], ∂v[t]/∂b = ev_1[t], ∂v[t]/∂W_rec = ev_s[t] (:class:`PresynTrace`); where a current
+        replaces W x + b (the hidden signal z, constant over the sequence) ∂v[t]/∂z = ev_1[t]. Advances the
+        stream's trace of block i."""
+        lif = self.spec.blocks[i][1]
+        assert isinstance(lif, LIF)
+        rec = self.spec.recurrent_layer(i) is not None
+        inp = x.detach() if x is not None else v.new_zeros((v.shape[0], 1))
+        prev = state.prev_out.detach() if rec and state.prev_out is not None else None
+        old = traces[i]
+        if old is None:
+            old = PresynTrace(torch.zeros_like(inp), torch.zeros_like(inp))
+        tr = old.step(lif, inp, prev)
+        traces[i] = tr
+        prefix = f"blocks.{i}."
+        if current is not None:
+            lin = tr.ev_1 * current
+        else:
+            lin = F.linear(tr.ev_x, self.p[prefix + "weight"])
+            if prefix + "bias" in self.p:
+                lin = lin + tr.ev_1 * self.p[prefix + "bias"]
+        if tr.ev_s is not None:
+            lin = lin + F.linear(tr.ev_s, self.p[prefix + "rec_weight"])
+        return v.detach() + (lin - lin.detach())
 
     def head_loss(self, y: torch.Tensor) -> torch.Tensor:
         """CE of the head on the current readout (its input detached: a local update)."""

@@ -116,6 +116,7 @@ class LavaSession:
             name="source",
         )
         self.denses, self.lifs, self.readout = [], [], None
+        self.recs: dict[int, Any] = {}  # layer index -> SPRecDense of a recurrent block
         prev = self.source.s_out
         g_in = input_frac(desc) if desc.fixed else 0
         for i, la in enumerate(desc.layers):
@@ -189,6 +190,23 @@ class LavaSession:
                     name=f"lif{i}",
                 )
                 self.lifs.append(post)
+                if la.recurrent:  # the block's spikes back to its own compartments, one step later
+                    rec = P.SPRecDense(
+                        weights=la.rec_weight,
+                        rows=R,
+                        learn=learn,
+                        delay=i + 1,
+                        time_steps=T,
+                        lr=desc.lr,
+                        rec_exp=la.rec_exp,
+                        seed=seed,
+                        layer=i,
+                        name=f"rec{i}",
+                    )
+                    post.s_out.connect(rec.s_in)
+                    post.err_out.connect(rec.err_in)
+                    rec.a_out.connect(post.a_in)
+                    self.recs[i] = rec
             dense.a_out.connect(post.a_in)
             post.err_out.connect(dense.err_in)
             self.denses.append(dense)
@@ -221,7 +239,7 @@ class LavaSession:
         self.check_errors()
 
     def processes(self) -> list[Any]:
-        return [self.source, *self.denses, *self.lifs, self.readout]
+        return [self.source, *self.denses, *self.lifs, *self.recs.values(), self.readout]
 
     def check_errors(self) -> None:
         """Raise if a process model failed during the last run (its traceback went to stderr)."""
@@ -261,6 +279,10 @@ class LavaSession:
 
     def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(np.asarray(d.weights.get()), np.asarray(d.bias.get())) for d in self.denses]
+
+    def rec_weights(self) -> dict[int, np.ndarray]:
+        """Recurrent weights W_rec of every recurrent block, by layer index."""
+        return {i: np.asarray(r.weights.get()) for i, r in self.recs.items()}
 
     def signal(self) -> dict[str, np.ndarray]:
         """Block 0's target-signal table (hidden placement: as injected now) and, if learned, W_S and b_S."""

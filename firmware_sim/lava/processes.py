@@ -5,6 +5,14 @@ Network (one row per stream: row 0 the sample, rows 1..K the SP target signal, a
     SPSource ─s→ SPDense_0 ─a→ SPLIF_0 ─s→ SPDense_1 ─a→ SPLIF_1 … ─s→ SPDense_head ─a→ SPReadout
                     ↑──────── δ ────┘          ↑──────── δ ────┘            ↑────────── δ ──────┘
 
+A recurrent block adds SPRecDense, a second synapse group from the block's own spikes back to its compartments
+(SPLIF's a_in sums both synapse groups, as Lava's InPort does for several connections):
+
+    SPLIF_i ─s→ SPRecDense_i ─a_rec→ SPLIF_i         (and SPLIF_i ─δ→ SPRecDense_i)
+
+It sends, as Lava's own Dense does to make cycles deadlock-free, the current it computed in the previous step,
+so the spikes s[t−1] reach the compartments at step t: the one-step recurrent delay of the spec.
+
 SPDense is the synapse block (weights, bias synapse, and the learning engine: ΔW = −lr δᵀ s_in, the
 pre-synaptic input times the third factor δ); SPLIF holds the LIF compartments of every stream and computes
 the third factor δ = ∂L/∂v from its pre-reset voltages; SPReadout integrates the head's output (membrane
@@ -185,6 +193,50 @@ class SPDense(AbstractProcess):
         self.labels = Var(shape=labels.shape, init=labels)
         self.signal_weight = Var(shape=ws.shape, init=ws)
         self.signal_bias = Var(shape=bs.shape, init=bs)
+
+
+class SPRecDense(AbstractProcess):
+    """Recurrent synapses of one block: s_in (rows, n) the block's own spikes, a_out (rows, n) = W_rec s[t−1]
+    (computed when s[t−1] arrives, sent the next step; zero at each sample's first step), learning on chip
+    from the block's third factor: W_rec −= lr Σ_r δ[r][t]ᵀ s[r][t−1] (fixed_pt: 8-bit even mantissas with
+    exponent ``rec_exp``, :func:`compilers.lava.rule.fixed_rec_update`, stochastic rounding from
+    :func:`compilers.lava.rule.rec_rng`). ``delay`` is the block's SPLIF delay (same sample/phase window)."""
+
+    def __init__(
+        self,
+        *,
+        weights: np.ndarray,
+        rows: int,
+        learn: np.ndarray,
+        delay: int,
+        time_steps: int,
+        lr: float,
+        rec_exp: int = 0,
+        seed: int = 0,
+        layer: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            weights=weights,
+            rows=rows,
+            learn=learn,
+            delay=delay,
+            time_steps=time_steps,
+            lr=lr,
+            rec_exp=rec_exp,
+            seed=seed,
+            layer=layer,
+            **kwargs,
+        )
+        n = weights.shape[0]
+        self.s_in = InPort(shape=(rows, n))
+        self.err_in = InPort(shape=(rows, n))
+        self.a_out = OutPort(shape=(rows, n))
+        self.weights = Var(shape=weights.shape, init=weights)
+        self.learn = Var(shape=learn.shape, init=learn)
+        self.s_prev = Var(shape=(rows, n), init=0)
+        self.a_buff = Var(shape=(rows, n), init=0)
+        self.error = Var(shape=(1,), init=0)
 
 
 class SPLIF(AbstractProcess):
@@ -504,6 +556,83 @@ class PySPDenseFixed(_InjectMixin, _Guarded):
             a = rule.shift(s @ self.weights.T, e - g_in) + b
             self.a_buff[:] = np.concatenate([a, self._target_current(np.int64)], 0) if p["inject"] else a
         self.s_prev[:] = s
+
+
+# --------------------------------------------------------------------------- recurrent synapse models
+class _RecBase(_Guarded):
+    """s_prev holds s[t−1] of the step the LIF is on; the update uses it with that step's δ, then the current of
+    the next step is computed from the spikes just received (zeroed when the next step starts a sample)."""
+
+    def run_spk(self) -> None:
+        self.a_out.send(self.a_buff)
+        s = self.s_in.recv()
+        err = self.err_in.recv()
+        if self.error[0] == 0:
+            try:
+                self._step(s, err)
+            except Exception:
+                self._fail()
+                self.a_buff[:] = 0
+
+    def _step(self, s: np.ndarray, err: np.ndarray) -> None:
+        p = self.proc_params
+        n = self.learn.shape[0]
+        n_idx, _ = _window(self.time_step, p["delay"], p["time_steps"], n)
+        if n_idx >= 0 and self.learn[n_idx]:
+            self.update(err)
+        n_next, k_next = _window(self.time_step + 1, p["delay"], p["time_steps"], n)
+        self.s_prev[:] = s if n_next >= 0 and k_next > 0 else 0
+        self.a_buff[:] = self.current(self.s_prev)
+
+
+@implements(proc=SPRecDense, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PySPRecDenseFloat(_RecBase):
+    s_in: PyInPort = FLOAT_IN
+    err_in: PyInPort = FLOAT_IN
+    a_out: PyOutPort = FLOAT_PORT
+    weights: np.ndarray = LavaPyType(np.ndarray, float)
+    learn: np.ndarray = LavaPyType(np.ndarray, bool)
+    s_prev: np.ndarray = LavaPyType(np.ndarray, float)
+    a_buff: np.ndarray = LavaPyType(np.ndarray, float)
+    error: np.ndarray = LavaPyType(np.ndarray, int)
+
+    def update(self, err: np.ndarray) -> None:
+        self.weights -= self.proc_params["lr"] * (err.T @ self.s_prev)
+
+    def current(self, s: np.ndarray) -> np.ndarray:
+        return s @ self.weights.T
+
+
+@implements(proc=SPRecDense, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySPRecDenseFixed(_RecBase):
+    """a_rec = shift(Σ W_rec_int s, rec_exp) (as Lava's PyDenseModelBitAcc with binary spikes); integer update."""
+
+    s_in: PyInPort = INT_IN
+    err_in: PyInPort = INT_IN
+    a_out: PyOutPort = INT_PORT
+    weights: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=8)
+    learn: np.ndarray = LavaPyType(np.ndarray, bool)
+    s_prev: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=1)
+    a_buff: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+    error: np.ndarray = LavaPyType(np.ndarray, int)
+
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self.rng = rule.rec_rng(proc_params["seed"], proc_params["layer"])
+
+    def update(self, err: np.ndarray) -> None:
+        p = self.proc_params
+        dw = rule.fixed_rec_update(
+            np.asarray(err, np.int64), self.s_prev, rule.lr_shift(p["lr"]), p["rec_exp"], self.rng
+        )
+        self.weights[:] = np.clip(self.weights + dw, rule.W_MIN, rule.W_MAX)
+
+    def current(self, s: np.ndarray) -> np.ndarray:
+        return rule.shift(np.asarray(s, np.int64) @ self.weights.T, self.proc_params["rec_exp"])
 
 
 # --------------------------------------------------------------------------- LIF models

@@ -1,7 +1,9 @@
 """Numpy reference of the compiled on-chip network: the same per-step arithmetic as the Lava process models
 (see :mod:`compilers.lava.rule`), written as one loop without pipeline delays. The Lava network equals this
-reference layer by layer, with layer l lagging by l + 1 steps (one per Dense synapse). Used by the parity
-tests and as a fast oracle; it is not used by the Lava simulation itself."""
+reference layer by layer, with layer l lagging by l + 1 steps (one per Dense synapse). A recurrent block adds
+W_rec s[t−1] (its own spikes of the previous step, zero at each sample start) to every row's current and, when
+learning, W_rec −= lr Σ_r δ[r]ᵀ s[r][t−1] (fixed_pt: :func:`compilers.lava.rule.fixed_rec_update`). Used by the
+parity tests and as a fast oracle; it is not used by the Lava simulation itself."""
 
 from __future__ import annotations
 
@@ -63,7 +65,10 @@ class ReferenceNet:
         for la in self.d.layers:
             la.weight = la.weight.astype(dt)
             la.bias = la.bias.astype(dt)
+            if la.rec_weight is not None:
+                la.rec_weight = la.rec_weight.astype(dt)
         self.rngs = [np.random.default_rng([seed, i]) for i in range(len(self.d.layers))]
+        self.rec_rngs = [rule.rec_rng(seed, i) for i in range(len(self.d.layers))]
         if self.d.signal_learn:
             self.d.signal_weight = np.asarray(self.d.signal_weight, np.float64).copy()
             self.d.signal_bias = np.asarray(self.d.signal_bias, np.float64).copy()
@@ -82,7 +87,8 @@ class ReferenceNet:
         d = self.d
         R = d.rows
         zeros = (lambda m: np.zeros(m, np.int64)) if self.fixed else (lambda m: np.zeros(m))
-        state = [(zeros((R, la.n_out)), zeros((R, la.n_out))) for la in d.layers]
+        # per layer: u, v and the previous step's spikes (the recurrent synapses' input; s[−1] = 0)
+        state = [(zeros((R, la.n_out)), zeros((R, la.n_out)), zeros((R, la.n_out))) for la in d.layers]
         head = d.layers[-1]
         ro = {"o": zeros(head.n_out), "e": zeros(head.n_in), "beta": 0}
         logits = np.zeros(d.num_classes)
@@ -95,10 +101,10 @@ class ReferenceNet:
                 if la.kind == "readout":
                     logits = self._readout(li, la, s[0], k, ro, y, learn)
                     break
-                u, v = state[li]
+                u, v, s_rec = state[li]
                 inject = target_rows(d, y) if li == 0 and d.hidden else None
-                s_next, u, v, v_pre = self._lif(li, la, s, u, v, y, learn, g_in, inject)
-                state[li] = (u, v)
+                s_next, u, v, v_pre = self._lif(li, la, s, u, v, y, learn, g_in, inject, s_rec)
+                state[li] = (u, v, s_next)
                 rec.append({"v": v_pre, "s": s_next})
                 s, g_in = s_next, 0
             if self.trace is not None:
@@ -106,14 +112,18 @@ class ReferenceNet:
         return logits
 
     # -- hidden layer
-    def _lif(self, li, la, s, u, v, y, learn, g_in, inject=None):
+    def _lif(self, li, la, s, u, v, y, learn, g_in, inject=None, s_rec=None):
         """One step of a hidden layer. ``inject`` (hidden placement, block 0): the target rows' current
-        a^t_0 = z (the table rows), in place of W s + b; then only the sample row passes (and trains) W."""
+        a^t_0 = z (the table rows), in place of W s + b; then only the sample row passes (and trains) W.
+        ``s_rec`` (R, n): the layer's own spikes of the previous step, input of its recurrent synapses."""
         d = self.d
+        rec = la.rec_weight is not None
         if self.fixed:
             a = rule.shift(s @ la.weight.T, la.weight_exp - g_in) + rule.shift(la.bias, la.weight_exp)
             if inject is not None:
                 a = np.concatenate([a, inject.astype(np.int64)], 0)
+            if rec:
+                a = a + rule.shift(s_rec @ la.rec_weight.T, la.rec_exp)
             u = rule.wrap_u(rule.decay_fixed(u, la.du_int + 1) + np.left_shift(a, rule.ACT_SHIFT))
             v = rule.clip_v(rule.decay_fixed(v, la.dv_int) + u + la.lif_bias_int)
             v_pre = v.copy()
@@ -128,12 +138,17 @@ class ReferenceNet:
                 )
                 la.weight = np.clip(la.weight + dw, rule.W_MIN, rule.W_MAX)
                 la.bias = np.clip(la.bias + db, rule.W_MIN, rule.W_MAX)
+                if rec:
+                    dwr = rule.fixed_rec_update(dint, s_rec, rule.lr_shift(d.lr), la.rec_exp, self.rec_rngs[li])
+                    la.rec_weight = np.clip(la.rec_weight + dwr, rule.W_MIN, rule.W_MAX)
                 if inject is not None and d.signal_learn:
                     self._learn_signal(dint[s.shape[0] :], y)
             return spk.astype(np.int64), u, v, v_pre
         a = s @ la.weight.T + la.bias
         if inject is not None:
             a = np.concatenate([a, inject.astype(np.float64)], 0)
+        if rec:
+            a = a + s_rec @ la.rec_weight.T
         u = (1.0 - la.du) * u + a
         v = (1.0 - la.dv) * v + u + la.lif_bias
         v_pre = v.copy()
@@ -143,6 +158,8 @@ class ReferenceNet:
             delta = rule.hidden_delta(v_pre, y, d.loss, d.temperature)
             la.weight -= d.lr * delta[: s.shape[0]].T @ s
             la.bias -= d.lr * delta[: s.shape[0]].sum(0)
+            if rec:
+                la.rec_weight -= d.lr * delta.T @ s_rec
             if inject is not None and d.signal_learn:
                 self._learn_signal(delta[s.shape[0] :], y)
         return spk, u, v, v_pre

@@ -127,3 +127,29 @@ def test_digits_test_split_size_matches_readme(digits):
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "1,438 train / 359 test" in readme and "1,438 train / 359 test" in edgesp.data.__doc__
     assert "360" not in edgesp.data.__doc__
+
+
+def test_spike_recall_is_seeded_balanced_and_has_cue_then_distractor():
+    """The generator's contract: deterministic per seed, balanced labels, 0/1 spikes; the label's channels are
+    dense during the cue window, another class's during the distractor window, sparse noise elsewhere."""
+    from edgesp.data import make_spike_recall
+
+    x, y = make_spike_recall(400, 7)
+    x2, y2 = make_spike_recall(400, 7)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    assert not np.array_equal(make_spike_recall(400, 8)[0], x)
+    assert x.shape == (400, 16, 40) and x.dtype == np.float32 and set(np.unique(x)) == {0.0, 1.0}
+    assert np.bincount(y).tolist() == [100] * 4
+    groups = x.reshape(400, 4, 4, 40).mean(axis=2)  # sample × class group × step
+    rows = np.arange(400)
+    cue = groups[rows, y, 0:5].mean()
+    assert 0.55 < cue < 0.7  # rate 0.6 (+ noise)
+    dist = groups[:, :, 20:25].mean(axis=2)  # which group fires in the distractor window
+    winner = dist.argmax(axis=1)
+    assert np.all(winner != y) and dist.max(axis=1).mean() > 0.5
+    quiet = np.concatenate([x[:, :, 5:20], x[:, :, 25:]], axis=2).mean()
+    assert 0.02 < quiet < 0.04  # noise rate 0.03
+    ds = load_dataset("spike-recall")
+    assert ds.sequence and ds.num_classes == 4 and ds.input_shape == (16, 40)
+    assert len(ds.x_train) == 4000 and len(ds.x_test) == 1000

@@ -181,3 +181,49 @@ def test_divergence_on_lava_is_one_line_and_writes_nothing(tmp_path, digits):
         simulate(build, digits, steps=100, lr=1e3, out_png=tmp_path / "c.png", save_state=tmp_path / "s.npz")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "c.png").exists() and not (tmp_path / "s.npz").exists()
+
+
+def test_recurrent_model_from_the_cli_learns_both_weight_sets_on_device(tmp_path, small_digits):
+    """`edgesp compile --fresh --model snn --recurrent --target loihi2` then `edgesp simulate --save-state`: the
+    recurrent weights change on chip and come back in the saved state (dequantised, the spec's shape); a
+    LavaDevice step moves W_rec too, and load_parameters re-quantises a given W_rec exactly."""
+    import json
+
+    import numpy as np
+
+    from compilers.lava import rule
+    from edgesp.cli import main
+
+    build = tmp_path / "b"
+    argv = ["compile", "--fresh", "--data", "digits", "--model", "snn", "--recurrent", "--width", "16"]
+    argv += ["--depth", "1", "--time-steps", "3", "--rule", "sp-voltage", "--target", "loihi2", "--out", str(build)]
+    assert main(argv) == 0
+    state = tmp_path / "s.npz"
+    out = tmp_path / "r.json"
+    assert (
+        main(["simulate", str(build), "--steps", "10", "--save-state", str(state), "--json", str(out), "--quiet"]) == 0
+    )
+    r = json.loads(out.read_text())
+    assert r["recurrent_blocks"] == [0] and r["recurrent_changed"] and r["weights_changed"]
+    with np.load(state) as z:
+        assert z["blocks.0.rec_weight"].shape == (16, 16)
+    dev = lava_device.LavaDevice(build, seed=1)
+    before = dev.parameters()["blocks.0.rec_weight"]
+    dev.step(small_digits.x_train[:3], small_digits.y_train[:3])
+    after = dev.parameters()["blocks.0.rec_weight"]
+    assert np.any(after != before)
+    e = dev.desc.layers[0].rec_exp
+    new = np.ascontiguousarray(before[::-1])  # other values, still on the grid of 2^(e + 1 − SIGMA)
+    assert np.all(np.mod(new / 2.0 ** (e + 1 - rule.SIGMA), 1) == 0)
+    dev.load_parameters({"blocks.0.rec_weight": new})
+    np.testing.assert_array_equal(dev.parameters()["blocks.0.rec_weight"], new)
+    assert dev.desc.layers[0].rec_exp == e
+
+
+def test_simulate_refuses_a_bad_head_learning_rate_in_one_line(tmp_path, small_digits):
+    from edgesp.errors import DataError
+
+    build = _build(tmp_path, "lava-cpu")
+    with pytest.raises(DataError, match=r"head learning rate must be > 0, got -1") as e:
+        lava_device.simulate(build, small_digits, 4, lr_head=-1.0)
+    assert "\n" not in str(e.value)
