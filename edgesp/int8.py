@@ -14,8 +14,9 @@ Arithmetic (every number an integer; shifts are arithmetic, i.e. floor division 
 - forward     acc = Σ W·x + b   (int32 accumulator; |acc| < 2^31 is checked at plan time)
               h = clamp((acc + 2^(s−1)) >> s, 0, 127)   (ReLU + requantisation, round half up; s = layer shift)
               head: z = acc (int32 logits, no requantisation); prediction argmax z (lowest index on ties)
-- signal      hidden placement: a table Z (D, C) of int8 in [0, 127] is block 0's target t_1 for each class
-              (shape 'channel': Z (C_out, C), broadcast over positions)
+- signal      hidden placement: a table Z (D, C) of int8 in [0, 127] is block 0's (pooled) target t_1 for each
+              class; before pooling it is upsampled (nearest) over each pool window, so pooling gives Z back
+              (shape 'channel': Z (C_out, C), broadcast over positions); g_Z sums over what a row covers
 - negative    one class n ≠ y per step: n = (y + 1 + r mod (C−1)) mod C, r = hash(seed, step, 254, 0)
 - SP loss     per block i (pre-pool outputs h = f_i(h_{i−1}), t = f_i(t_{i−1}) for class y, u = f_i(u_{i−1}) for
               class n; at block 0 t, u are Z's columns y, n):  Y_t = Σ h·t,  Y_u = Σ h·u  (int32)
@@ -163,7 +164,26 @@ class Plan:
     @property
     def signal_shape(self) -> tuple[int, int]:
         b0 = self.layers[0]
-        return (b0.cout if self.signal_channel else b0.out_size, self.num_classes)
+        return (b0.cout if self.signal_channel else b0.pooled_size, self.num_classes)
+
+    def z_target(self, z: np.ndarray, c: int) -> np.ndarray:
+        """Block 0's pre-pool target (cout, positions) for class c: column c of Z broadcast over positions
+        (shape 'channel') or upsampled (nearest) over each pool window, so that pooling it gives Z back."""
+        b0 = self.layers[0]
+        col = z[:, c]
+        if self.signal_channel:
+            return np.broadcast_to(col[:, None], (b0.cout, b0.positions))
+        a = col.reshape(b0.cout, b0.oh // b0.pool_h, b0.ow // b0.pool_w)
+        return np.repeat(np.repeat(a, b0.pool_h, axis=1), b0.pool_w, axis=2).reshape(b0.cout, b0.positions)
+
+    def z_grad(self, h: np.ndarray) -> np.ndarray:
+        """Σ of block 0's pre-pool output h over what each row of Z covers (all positions / its pool window)."""
+        b0 = self.layers[0]
+        if self.signal_channel:
+            return h.sum(axis=1)
+        hh, ww = b0.oh // b0.pool_h, b0.ow // b0.pool_w
+        a = h.reshape(b0.cout, b0.oh, b0.ow)[:, : hh * b0.pool_h, : ww * b0.pool_w]
+        return a.reshape(b0.cout, hh, b0.pool_h, ww, b0.pool_w).sum(axis=(2, 4)).reshape(-1)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -415,9 +435,7 @@ class Int8Net:
             cols_h = im2col(q, h)
             oh = self.layer_fwd(i, cols_h)
             if i == 0:
-                zt, zu = p.z_col(self.z, y), p.z_col(self.z, n)
-                ot = np.broadcast_to(zt, oh.shape) if p.signal_channel else zt.reshape(oh.shape)
-                ou = np.broadcast_to(zu, oh.shape) if p.signal_channel else zu.reshape(oh.shape)
+                ot, ou = p.z_target(self.z, y), p.z_target(self.z, n)
                 cols_t = cols_u = None
             else:
                 cols_t, cols_u = im2col(q, t), im2col(q, u)
@@ -434,7 +452,7 @@ class Int8Net:
                     g_b = g_b + d_t.sum(axis=1) + d_u.sum(axis=1)
                 elif p.signal_learned:
                     g_z = np.zeros_like(self.z)
-                    hz = oh.sum(axis=1) if p.signal_channel else oh.reshape(-1)
+                    hz = p.z_grad(oh)
                     g_z[:, y] -= hz
                     g_z[:, n] += hz
                     r = rand32(cfg.seed, self.step, SIGNAL_SALT, 0, self.z.size).reshape(self.z.shape)
@@ -469,13 +487,6 @@ class Int8Net:
                 self._apply(i, d @ cols.T, d.sum(axis=1))
         self.step += 1
         return {"head": int(delta is not None)}
-
-
-def _z_col(self: Plan, z: np.ndarray, c: int) -> np.ndarray:
-    return z[:, c].reshape(-1, 1) if self.signal_channel else z[:, c]
-
-
-Plan.z_col = _z_col  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- quantisation and init

@@ -158,9 +158,11 @@ void net_step(const int8_t *x, int y) {
     const layer_t *L = &LAYERS[i];
     const int P = L->oh * L->ow, D = L->cout * P, K = L->cin * L->kh * L->kw;
     layer_fwd(L, sin_[0], sout[0], 0);
-    if (i == 0) {
+    const int PH = L->oh / L->pool_h, PW = L->ow / L->pool_w;
+    if (i == 0) { /* block 0's targets: Z broadcast (channel) or upsampled over each pool window */
       for (int d = 0; d < D; d++) {
-        int zr = SIGNAL_CHANNEL ? d / P : d;
+        int o = d / P, yy = (d % P) / L->ow, xx = (d % P) % L->ow;
+        int zr = SIGNAL_CHANNEL ? o : (o * PH + yy / L->pool_h) * PW + xx / L->pool_w;
         sout[1][d] = Z[zr * NCLASS + y];
         sout[2][d] = Z[zr * NCLASS + n];
       }
@@ -191,7 +193,14 @@ void net_step(const int8_t *x, int y) {
         uint32_t sz = salt(SIGNAL_SALT);
         for (int r = 0; r < Z_ROWS; r++) {
           int32_t hz = 0;
-          if (SIGNAL_CHANNEL) { for (int p = 0; p < P; p++) hz += sout[0][r * P + p]; } else hz = sout[0][r];
+          if (SIGNAL_CHANNEL) {
+            for (int p = 0; p < P; p++) hz += sout[0][r * P + p];
+          } else {
+            int o = r / (PH * PW), yy = (r % (PH * PW)) / PW, xx = (r % (PH * PW)) % PW;
+            for (int a = 0; a < L->pool_h; a++)
+              for (int b = 0; b < L->pool_w; b++)
+                hz += sout[0][(o * L->oh + yy * L->pool_h + a) * L->ow + xx * L->pool_w + b];
+          }
           int j = r * NCLASS + y;
           Z[j] = (int8_t)clamp32(Z[j] - sround(-hz, SIGNAL_LR_SHIFT, rnd(sz, (uint32_t)j)), 0, 127);
           j = r * NCLASS + n;
