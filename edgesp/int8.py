@@ -27,7 +27,8 @@ Arithmetic (every number an integer; shifts are arithmetic, i.e. floor division 
               g_b = clamp(Σ_positions δ_h + δ_t + δ_u, ±2^20) · 2^10   (bias gradient, accumulator units: 2^(2·5))
               block 0 with a hidden signal: only the δ_h term; g_Z[:, y] = −h, g_Z[:, n] = +h (summed over
               positions for shape 'channel')
-- head        hinge over all classes: c* = argmax_{c≠y} z_c; if z_y − z_c* < head_margin: δ = e_c* − e_y,
+- head        integer softmax cross-entropy: p = softmax_q8(z) (base 2^(1/4), exponent d = (max z − z_c) >> T,
+              a 4-entry table, Q8 probabilities by one integer division), δ = p − 256·e_y (Q8),
               G = δ ⊗ x, g_b = δ · 2^10
 - update      W ← clamp(W − sround(G, k), −127, 127);  b ← clamp(b − sround(g_b, k), −2^24, 2^24);
               Z ← clamp(Z − sround(g_Z, k_Z), 0, 127)
@@ -36,7 +37,7 @@ Arithmetic (every number an integer; shifts are arithmetic, i.e. floor division 
 - hash        lowbias32(j · 0xC2B2AE35 ⊕ seed ⊕ (layer+1) · 0x9E3779B9 ⊕ step · 0x85EBCA6B), all mod 2^32
               (stateless, so the C firmware and numpy draw identical numbers in any loop order)
 
-The BP baseline (same network, same head loss and rounding): δ_N = W_headᵀ δ_head; per block, last to first:
+The BP baseline (same network, same head loss and rounding): δ_N = (W_headᵀ δ_head + 2^7) >> 8; per block, last to first:
 δ = unpool(g)·[h > 0] clamped to ±4095 (int16), G = δ ⊗ patch(x), g_x = (col2im(Wᵀ δ) + 2^(s−1)) >> s with the
 old W (clamped to ±4095), then the same stochastic-rounded update.
 """
@@ -81,10 +82,10 @@ class Int8Config:
     """Hyper-parameters of the int8 rule (all integers; see the module docstring)."""
 
     lr_shift: int = 11  # k of the hidden layers before adding ceil(log2(positions))
-    head_lr_shift: int = 10
+    head_lr_shift: int = 11
     signal_lr_shift: int = 10
     margin: int = 128  # per output element, in activation² units (32² = one float unit²)
-    head_margin: int = 1 << 15  # logit units (2^(5+e_head) per unit of the float logit)
+    head_temp_shift: int = 11  # softmax exponent unit: d = (z_max − z) >> this (logits: 2^(5+e) per float unit)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -185,6 +186,18 @@ class Plan:
         a = h.reshape(b0.cout, b0.oh, b0.ow)[:, : hh * b0.pool_h, : ww * b0.pool_w]
         return a.reshape(b0.cout, hh, b0.pool_h, ww, b0.pool_w).sum(axis=(2, 4)).reshape(-1)
 
+    def slower(self, d: int) -> Plan:
+        """The same plan learning 2^−d times slower (every lr shift + d): a step schedule, or fine-tuning."""
+        from dataclasses import replace
+
+        cfg = replace(
+            self.config,
+            lr_shift=self.config.lr_shift + d,
+            head_lr_shift=self.config.head_lr_shift + d,
+            signal_lr_shift=self.config.signal_lr_shift + d,
+        )
+        return replace(self, layers=tuple(replace(q, lr_shift=q.lr_shift + d) for q in self.layers), config=cfg)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "layers": [asdict(la) for la in self.layers],
@@ -265,6 +278,19 @@ def plan(spec: ModelSpec, shifts: list[int], config: Int8Config | None = None) -
 
 
 # --------------------------------------------------------------------------- integer helpers
+SOFTMAX_Q = 8  # probabilities in Q8 (256 = 1)
+EXP_LUT = (32768, 27554, 23170, 19484)  # round(2^15 · 2^(−j/4)), j = 0…3
+
+
+def softmax_q8(z: np.ndarray, temp_shift: int) -> np.ndarray:
+    """Integer softmax: d_c = (max z − z_c) >> temp_shift, e_c = EXP_LUT[d_c mod 4] >> (d_c / 4) (0 once
+    d_c / 4 ≥ 16), p_c = floor(e_c · 2^8 / Σ e) — a base-2^(1/4) softmax in Q8."""
+    d = (int(z.max()) - z.astype(np.int64)) >> temp_shift
+    e = np.where(d >> 2 < 16, np.array(EXP_LUT, np.int64)[d & 3] >> np.minimum(d >> 2, 15), 0)
+    return (e << SOFTMAX_Q) // int(e.sum())
+
+
+
 def lowbias32(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.uint32)
     x ^= x >> np.uint32(16)
@@ -410,16 +436,13 @@ class Int8Net:
         self.b[i] = np.clip(self.b[i] - sround(g_b, q.lr_shift, r[q.n_weights :]), -B_MAX, B_MAX)
 
     def _head(self, x: np.ndarray, y: int) -> np.ndarray | None:
-        """Head hinge update; returns δ (C,) if the margin was violated (for BP), else None."""
-        i, cfg = len(self.plan.blocks), self.plan.config
+        """Head update with the integer softmax cross-entropy; returns δ (C,) in Q8, or None if it is all zero."""
+        i = len(self.plan.blocks)
         z = self.layer_fwd(i, x.reshape(-1, 1))
-        others = z.copy()
-        others[y] = np.iinfo(np.int64).min
-        c = int(np.argmax(others))
-        if z[y] - z[c] >= cfg.head_margin:
+        delta = softmax_q8(z, self.plan.config.head_temp_shift)
+        delta[y] -= 1 << SOFTMAX_Q
+        if not delta.any():
             return None
-        delta = np.zeros(self.plan.num_classes, np.int64)
-        delta[c], delta[y] = 1, -1
         self._apply(i, np.outer(delta, x.reshape(-1)), delta)
         return delta
 
@@ -477,7 +500,7 @@ class Int8Net:
         w_head = self.w[nb].copy()
         delta = self._head(h, int(y))
         if delta is not None:
-            g = w_head.T @ delta
+            g = (w_head.T @ delta + (1 << (SOFTMAX_Q - 1))) >> SOFTMAX_Q
             for i in range(nb - 1, -1, -1):
                 q, (cols, out) = p.blocks[i], saved[i]
                 d = np.clip(unpool(q, out, g) * (out > 0), -DELTA_MAX, DELTA_MAX)

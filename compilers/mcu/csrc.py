@@ -115,21 +115,35 @@ static inline void acc_patch(const layer_t *L, const int8_t *x, int32_t d, int o
     }
 }
 
-/* head: multiclass hinge; returns 1 and sets *cs if the margin was violated (then rows cs (+x), y (-x) update) */
-static int head_update(const int8_t *x, int y, int32_t *logit, int *cs) {
+/* head: integer softmax cross-entropy; hdelta = p - 256 e_y (Q8). Returns 1 if any delta is non-zero. */
+static const int32_t EXP_LUT[4] = {32768, 27554, 23170, 19484};
+static int32_t hdelta[NCLASS];
+static int head_delta(const int8_t *x, int y, int32_t *logit) {
+  layer_fwd(&LAYERS[NB], x, 0, logit);
+  int32_t zmax = logit[0];
+  for (int j = 1; j < NCLASS; j++) if (logit[j] > zmax) zmax = logit[j];
+  uint32_t e[NCLASS], sum = 0;
+  for (int j = 0; j < NCLASS; j++) {
+    int32_t d = (zmax - logit[j]) >> HEAD_TEMP_SHIFT;
+    e[j] = (d >> 2) < 16 ? (uint32_t)(EXP_LUT[d & 3] >> (d >> 2)) : 0u;
+    sum += e[j];
+  }
+  int any = 0;
+  for (int j = 0; j < NCLASS; j++) {
+    hdelta[j] = (int32_t)((e[j] << 8) / sum) - (j == y ? 256 : 0);
+    any |= hdelta[j] != 0;
+  }
+  return any;
+}
+/* rows with a non-zero delta: W[j] <- W[j] - sround(delta_j x), b[j] likewise */
+static void head_apply(const int8_t *x) {
   const layer_t *L = &LAYERS[NB];
-  layer_fwd(L, x, 0, logit);
-  int c = -1;
-  for (int j = 0; j < NCLASS; j++) if (j != y && (c < 0 || logit[j] > logit[c])) c = j;
-  *cs = c;
-  if (logit[y] - logit[c] >= HEAD_MARGIN) return 0;
   uint32_t s = salt(NB);
-  const int K = L->cin;
-  for (int k = 0; k < K; k++) grow[k] = x[k];
-  apply_row(L, c, grow, 1, s);
-  for (int k = 0; k < K; k++) grow[k] = -x[k];
-  apply_row(L, y, grow, -1, s);
-  return 1;
+  for (int j = 0; j < NCLASS; j++) {
+    if (!hdelta[j]) continue;
+    for (int k = 0; k < L->cin; k++) grow[k] = hdelta[j] * x[k];
+    apply_row(L, j, grow, hdelta[j], s);
+  }
 }
 
 int net_predict(const int8_t *x) {
@@ -212,8 +226,7 @@ void net_step(const int8_t *x, int y) {
     for (int s = 0; s < 3; s++) pool(L, sout[s], sin_[s]);
   }
   static int32_t logit[NCLASS];
-  int cs;
-  head_update(sin_[0], y, logit, &cs);
+  if (head_delta(sin_[0], y, logit)) head_apply(sin_[0]);
   net_step_count++;
 }
 #else
@@ -229,15 +242,13 @@ void net_step(const int8_t *x, int y) {
   const layer_t *H = &LAYERS[NB];
   const int8_t *hx = acts + IN_OFF[NB];
   static int32_t logit[NCLASS];
-  int cs;
-  layer_fwd(H, hx, 0, logit);
-  {
-    int c = -1;
-    for (int j = 0; j < NCLASS; j++) if (j != y && (c < 0 || logit[j] > logit[c])) c = j;
-    if (logit[y] - logit[c] >= HEAD_MARGIN) { net_step_count++; return; }
-    for (int k = 0; k < H->cin; k++) gx[k] = (int32_t)H->w[c * H->cin + k] - H->w[y * H->cin + k];
+  if (!head_delta(hx, y, logit)) { net_step_count++; return; }
+  for (int k = 0; k < H->cin; k++) { /* gx = (W_head^T delta + 2^7) >> 8, with the head's weights before the update */
+    int32_t a = 0;
+    for (int j = 0; j < NCLASS; j++) a += hdelta[j] * H->w[j * H->cin + k];
+    gx[k] = (a + 128) >> 8;
   }
-  head_update(hx, y, logit, &cs);
+  head_apply(hx);
   for (int i = NB - 1; i >= 0; i--) {
     const layer_t *L = &LAYERS[i];
     const int P = L->oh * L->ow, D = L->cout * P, K = L->cin * L->kh * L->kw;

@@ -108,7 +108,7 @@ def model_h(p: Plan, mp: MemoryPlan, rule: str) -> str:
         f"#define ACT_TOTAL {mp.act_total}",
         f"#define SEED {cfg.seed}u",
         f"#define MARGIN {cfg.margin}",
-        f"#define HEAD_MARGIN {cfg.head_margin}",
+        f"#define HEAD_TEMP_SHIFT {cfg.head_temp_shift}",
         f"#define SIGNAL_LR_SHIFT {cfg.signal_lr_shift}",
         f"#define SIGNAL_CHANNEL {int(p.signal_channel)}",
         f"#define SIGNAL_LEARNED {int(p.signal_learned)}",
