@@ -22,8 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -143,7 +141,9 @@ def main() -> int:
     res["table"] = table
     out = Path(args.out)
     write_text(out, json.dumps(res, indent=2, default=float) + "\n")
-    md_text = "\n".join(["| target | measured | met |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in table])
+    md_text = "\n".join(
+        ["| target | measured | met |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in table]
+    )
     write_text(out.with_suffix(".md"), md_text + "\n")
     print(md_text)
     log(f"wrote {out} and {out.with_suffix('.md')}")

@@ -37,7 +37,8 @@ Arithmetic (every number an integer; shifts are arithmetic, i.e. floor division 
 - hash        lowbias32(j · 0xC2B2AE35 ⊕ seed ⊕ (layer+1) · 0x9E3779B9 ⊕ step · 0x85EBCA6B), all mod 2^32
               (stateless, so the C firmware and numpy draw identical numbers in any loop order)
 
-The BP baseline (same network, same head loss and rounding): δ_N = (W_headᵀ δ_head + 2^7) >> 8; per block, last to first:
+The BP baseline (same network, same head loss and rounding): δ_N = (W_headᵀ δ_head + 2^7) >> 8; per block, last to
+first:
 δ = unpool(g)·[h > 0] clamped to ±4095 (int16), G = δ ⊗ patch(x), g_x = (col2im(Wᵀ δ) + 2^(s−1)) >> s with the
 old W (clamped to ±4095), then the same stochastic-rounded update.
 """
@@ -54,7 +55,6 @@ import numpy as np
 from edgesp.errors import SpecError
 from edgesp.spec import (
     Conv1d,
-    Conv2d,
     Dropout,
     Flatten,
     LayerNorm,
@@ -238,7 +238,9 @@ def plan(spec: ModelSpec, shifts: list[int], config: Int8Config | None = None) -
     if spec.is_spiking:
         raise SpecError("the int8 rule runs non-spiking models (Linear/Conv → ReLU → MaxPool blocks)")
     if not spec.signal.hidden:
-        raise SpecError("the int8 rule needs the signal placement 'hidden' (the default): re-train without --signal-placement input")
+        raise SpecError(
+            "the int8 rule needs the signal placement 'hidden' (the default): re-train without --signal-placement input"
+        )
     if not spec.rule.variant.is_plain:
         raise SpecError(f"the int8 rule runs plain SP, not the variant {spec.rule.variant.describe()}")
     if len(shifts) != len(spec.blocks) + 1:
@@ -271,9 +273,7 @@ def plan(spec: ModelSpec, shifts: list[int], config: Int8Config | None = None) -
         layers.append(q)
         shape = shapes[i][-1]
     head = _qlayer("head", len(spec.blocks), spec.head, shape)
-    layers.append(
-        QLayer(**{**asdict(head), "relu": False, "shift": int(shifts[-1]), "lr_shift": config.head_lr_shift})
-    )
+    layers.append(QLayer(**{**asdict(head), "relu": False, "shift": int(shifts[-1]), "lr_shift": config.head_lr_shift}))
     return Plan(tuple(layers), spec.num_classes, spec.signal.shape == "channel", spec.signal.kind == "learned", config)
 
 
@@ -288,7 +288,6 @@ def softmax_q8(z: np.ndarray, temp_shift: int) -> np.ndarray:
     d = (int(z.max()) - z.astype(np.int64)) >> temp_shift
     e = np.where(d >> 2 < 16, np.array(EXP_LUT, np.int64)[d & 3] >> np.minimum(d >> 2, 15), 0)
     return (e << SOFTMAX_Q) // int(e.sum())
-
 
 
 def lowbias32(x: np.ndarray) -> np.ndarray:
@@ -391,7 +390,7 @@ class Int8Net:
         self.check()
 
     def check(self) -> None:
-        for q, w, b in zip(self.plan.layers, self.w, self.b):
+        for q, w, b in zip(self.plan.layers, self.w, self.b, strict=True):
             if np.abs(w).max(initial=0) > W_MAX or np.abs(b).max(initial=0) > B_MAX:
                 raise SpecError(f"{q.name}: int8 weights must be in ±{W_MAX} and biases in ±2^24")
         if self.z.min(initial=0) < 0 or self.z.max(initial=0) > ACT_MAX:
@@ -400,7 +399,7 @@ class Int8Net:
     def state(self, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
         """Integer arrays by parameter name (int8 weights/table, int32 biases; ``signal.bias`` is all zero)."""
         out: dict[str, np.ndarray] = {}
-        for q, w, b in zip(self.plan.layers, self.w, self.b):
+        for q, w, b in zip(self.plan.layers, self.w, self.b, strict=True):
             out[f"{q.name}.weight"] = w.astype(np.int8)
             out[f"{q.name}.bias"] = b.astype(np.int32)
         out["signal.weight"] = self.z.astype(np.int8)
@@ -431,7 +430,9 @@ class Int8Net:
     def _apply(self, i: int, g_w: np.ndarray, g_b: np.ndarray) -> None:
         q, seed = self.plan.layers[i], self.plan.config.seed
         r = rand32(seed, self.step, q.index, 0, q.n_weights + q.cout)
-        self.w[i] = np.clip(self.w[i] - sround(g_w.reshape(-1), q.lr_shift, r[: q.n_weights]).reshape(self.w[i].shape), -W_MAX, W_MAX)
+        self.w[i] = np.clip(
+            self.w[i] - sround(g_w.reshape(-1), q.lr_shift, r[: q.n_weights]).reshape(self.w[i].shape), -W_MAX, W_MAX
+        )
         g_b = np.clip(g_b, -GB_MAX, GB_MAX) << BIAS_GRAD_SHIFT
         self.b[i] = np.clip(self.b[i] - sround(g_b, q.lr_shift, r[q.n_weights :]), -B_MAX, B_MAX)
 
@@ -517,7 +518,9 @@ def _layer_norm(v: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     return (v - v.mean()) / np.sqrt(v.var() + eps)
 
 
-def quantise(spec: ModelSpec, params: dict[str, np.ndarray], config: Int8Config | None = None) -> tuple[Plan, dict[str, np.ndarray]]:
+def quantise(
+    spec: ModelSpec, params: dict[str, np.ndarray], config: Int8Config | None = None
+) -> tuple[Plan, dict[str, np.ndarray]]:
     """A float model → int8 (the network of :func:`plan`): per layer the power-of-two weight scale 2^e that
     gives the weights an RMS of ~16 (e = round(log2(16 / rms W))), W_q = clamp(round(W · 2^e), ±127),
     b_q = round(b · 2^(e+5)); the requantisation shift is s = e (so a unit float activation stays 32); the signal
@@ -578,7 +581,9 @@ def from_checkpoint(spec: ModelSpec, params: dict[str, np.ndarray]) -> tuple[Pla
     for k, v in params.items():
         a = np.asarray(v, np.float64)
         if not np.all(a == np.round(a)):
-            raise SpecError(f"{k}: an int8 checkpoint holds integers; this one does not: re-train with --precision int8")
+            raise SpecError(
+                f"{k}: an int8 checkpoint holds integers; this one does not: re-train with --precision int8"
+            )
         state[k] = a.astype(np.int32 if k.endswith("bias") else np.int8)
     Int8Net(p, state)  # range check
     return p, state, True

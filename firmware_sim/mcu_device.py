@@ -73,8 +73,20 @@ def build_firmware(build_dir: Path, work: Path, cpu: str) -> Path:
     cc = ["arm-none-eabi-gcc", f"-mcpu={cpu}", *CFLAGS]
     _run([*cc, "-c", "model.c", "-o", "model.o"], work, "compiling model.c")
     _run(
-        [*cc, "-nostartfiles", "--specs=rdimon.specs", "-T", "link.ld", "-Wl,--gc-sections", "-Wl,-Map=fw.map",
-         "start.c", "main.c", "model.o", "-o", "fw.elf"],
+        [
+            *cc,
+            "-nostartfiles",
+            "--specs=rdimon.specs",
+            "-T",
+            "link.ld",
+            "-Wl,--gc-sections",
+            "-Wl,-Map=fw.map",
+            "start.c",
+            "main.c",
+            "model.o",
+            "-o",
+            "fw.elf",
+        ],
         work,
         "linking the firmware",
     )
@@ -98,10 +110,25 @@ def run_qemu(work: Path, machine: str, job: bytes, timeout: float = TIMEOUT_S) -
     out_path = work / "out.bin"
     if out_path.exists():
         out_path.unlink()
-    cmd = ["qemu-system-arm", "-M", machine, "-nographic", "-monitor", "none", "-serial", "none",
-           "-semihosting-config", "enable=on,target=native", "-icount", "shift=0", "-kernel", "fw.elf"]
-    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [
+        "qemu-system-arm",
+        "-M",
+        machine,
+        "-nographic",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-icount",
+        "shift=0",
+        "-kernel",
+        "fw.elf",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -164,8 +191,10 @@ class MCUDevice:
     # -- the job protocol
     def _param_block(self) -> bytes:
         st = self.net.state()
-        return b"".join(np.ascontiguousarray(st[name].astype("<i1" if dt == "int8" else "<i4")).tobytes()
-                        for name, dt in self.manifest.backend["param_order"])
+        return b"".join(
+            np.ascontiguousarray(st[name].astype("<i1" if dt == "int8" else "<i4")).tobytes()
+            for name, dt in self.manifest.backend["param_order"]
+        )
 
     def _read_params(self, blob: bytes) -> None:
         st, at = {}, 0
@@ -191,15 +220,18 @@ class MCUDevice:
             rec[:, in_size] = np.asarray(y, np.int64)
             return rec.tobytes()
 
-        out, stats = run_qemu(self.work, str(self.target["qemu_machine"]), hdr + pb + samples(xe, ye) +
-                              samples(xt, yt), self.timeout)
+        out, stats = run_qemu(
+            self.work, str(self.target["qemu_machine"]), hdr + pb + samples(xe, ye) + samples(xt, yt), self.timeout
+        )
         n = len(xe)
         if len(out) != 2 * n + len(pb):
             raise FirmwareError(f"the firmware wrote {len(out)} bytes to out.bin, expected {2 * n + len(pb)}")
         self.step_count += len(xt)
         self._read_params(out[2 * n :])
         self.last_stats = stats
-        return np.frombuffer(out[:n], np.uint8).astype(np.int64), np.frombuffer(out[n : 2 * n], np.uint8).astype(np.int64)
+        return np.frombuffer(out[:n], np.uint8).astype(np.int64), np.frombuffer(out[n : 2 * n], np.uint8).astype(
+            np.int64
+        )
 
     def _q(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
@@ -297,7 +329,9 @@ def simulate(
     try:
         spec = dev.spec
         if dataset.num_classes > spec.num_classes:
-            raise DataError(f"{dataset.name} has {dataset.num_classes} classes but the model predicts {spec.num_classes}")
+            raise DataError(
+                f"{dataset.name} has {dataset.num_classes} classes but the model predicts {spec.num_classes}"
+            )
         xtr = dev._q(adapt_inputs(dataset.x_train, spec.input_shape))
         xte = dev._q(adapt_inputs(dataset.x_test, spec.input_shape))
         ytr, yte = np.asarray(dataset.y_train, np.int64), np.asarray(dataset.y_test, np.int64)
@@ -336,8 +370,13 @@ def simulate(
             "QEMU's on this host, not the device's",
         }
         if out_png is not None:
-            plot_curve(out_png, curve_steps, {"test accuracy": curve_acc}, "on-device steps",
-                       f"int8 {dev.manifest.on_device_rule} on {dev.manifest.target} (QEMU)")
+            plot_curve(
+                out_png,
+                curve_steps,
+                {"test accuracy": curve_acc},
+                "on-device steps",
+                f"int8 {dev.manifest.on_device_rule} on {dev.manifest.target} (QEMU)",
+            )
         if save_state is not None:
             import io
 
@@ -364,8 +403,15 @@ def measure(build_dir: Path, timeout: float = TIMEOUT_S) -> dict[str, Any]:
         model_data = sum(v for k, v in mo.items() if k.startswith(".data"))
         model_bss = sum(v for k, v in mo.items() if k.startswith(".bss"))
         data, bss = fw.get(".data", 0), fw.get(".bss", 0)
-        flash = sum(v for k, v in fw.items() if k in (".isr_vector", ".text", ".ARM.exidx", ".ARM.extab", ".init_array",
-                                                      ".fini_array", ".preinit_array")) + data
+        flash = (
+            sum(
+                v
+                for k, v in fw.items()
+                if k
+                in (".isr_vector", ".text", ".ARM.exidx", ".ARM.extab", ".init_array", ".fini_array", ".preinit_array")
+            )
+            + data
+        )
         step_stack, pred_stack = stats.get("step_stack", 0), stats.get("predict_stack", 0)
         return {
             "rule": dev.manifest.on_device_rule,
@@ -444,4 +490,3 @@ def profile(build_dir: Path, batch: int | None = None, **options: Any) -> dict[s
         "note": "learning_sram = model.o .data (weights) + .bss (buffers) + the learning step's painted stack; "
         "sram_total = fw.elf .data + .bss + peak stack + heap (libc included); libc_sram = the rest",
     }
-

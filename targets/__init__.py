@@ -46,7 +46,14 @@ RUNTIME_REGISTRY: dict[str, Runtime] = {
 RUNTIMES = tuple(RUNTIME_REGISTRY)
 PRECISIONS = ("fp32", "int8", "fixed_pt", "floating_pt")
 MAX_THREADS = 256
-MCU_KEYS = {"cpu": str, "qemu_machine": str, "sram_bytes": int, "flash_bytes": int, "ram_origin": int, "flash_origin": int}
+MCU_KEYS = {
+    "cpu": str,
+    "qemu_machine": str,
+    "sram_bytes": int,
+    "flash_bytes": int,
+    "ram_origin": int,
+    "flash_origin": int,
+}
 NEUROMORPHIC_KEYS = ("chips", "cores", "neurons_per_core", "synapses_per_core", "weight_bits", "fan_in", "fan_out")
 
 
@@ -118,7 +125,7 @@ class Target:
             if missing:
                 raise TargetError(f"target {self.name!r}: [mcu] lacks {', '.join(missing)}: add them to the file")
         elif self.mcu:
-            raise TargetError(f"target {self.name!r}: an [mcu] table needs runtime = \"mcu\"")
+            raise TargetError(f'target {self.name!r}: an [mcu] table needs runtime = "mcu"')
         for k, v in self.mcu.items():
             if k not in MCU_KEYS:
                 raise TargetError(f"target {self.name!r}: unknown [mcu] key {k!r}; known: {', '.join(MCU_KEYS)}")

@@ -88,12 +88,22 @@ def compile_model(
         for kind, arr in (("weight", f"W{i}"), ("bias", f"B{i}")):
             name = f"{q.name}.{kind}"
             if name in spec.param_shapes():
-                parameters.append(ParameterEntry(name, spec.param_layer_index(name), spec.param_shapes()[name],
-                                                 "parameter", f"model.c:{arr}"))
+                parameters.append(
+                    ParameterEntry(
+                        name, spec.param_layer_index(name), spec.param_shapes()[name], "parameter", f"model.c:{arr}"
+                    )
+                )
     for name in ("signal.weight", "signal.bias"):
         learned = name == "signal.weight" and plan.signal_learned
-        parameters.append(ParameterEntry(name, spec.param_layer_index(name), spec.param_shapes()[name], "parameter",
-                                         "model.c:Z" if learned else None))
+        parameters.append(
+            ParameterEntry(
+                name,
+                spec.param_layer_index(name),
+                spec.param_shapes()[name],
+                "parameter",
+                "model.c:Z" if learned else None,
+            )
+        )
     parameters.sort(key=lambda e: e.layer)
     infer_buffers = mp.max_in + mp.max_out + 4 * mp.kmax + 8 * plan.num_classes + plan.blocks[0].in_size
     manifest = Manifest(
@@ -155,8 +165,18 @@ def export_inference(spec: ModelSpec, params: dict[str, np.ndarray], out_dir: Pa
     """Standalone C99 inference sources with ``params`` baked in (``model.h``, ``model.c``: call
     ``net_predict(x)`` on an int8 sample). ``batch`` is unused (one sample per call). {file: sha256}."""
     plan, state, _ = int8.from_checkpoint(spec, params)
-    src = emit.sources(plan, state, "sigprop", {"cpu": "cortex-m7", "flash_origin": 0, "ram_origin": 0x20000000,
-                                                "flash_bytes": 1 << 20, "sram_bytes": 1 << 20})
+    src = emit.sources(
+        plan,
+        state,
+        "sigprop",
+        {
+            "cpu": "cortex-m7",
+            "flash_origin": 0,
+            "ram_origin": 0x20000000,
+            "flash_bytes": 1 << 20,
+            "sram_bytes": 1 << 20,
+        },
+    )
     out = {}
     for fname in ("model.h", "model.c"):
         data = src[fname].encode()
@@ -170,4 +190,3 @@ def int8_state_from_build(state_path: Path) -> tuple[dict[str, np.ndarray], int]
         arrays = {k: z[k] for k in z.files}
     step = int(arrays.pop("step"))
     return arrays, step
-

@@ -324,7 +324,9 @@ static int8_t xbuf[IN_SIZE];
 
 static inline uint32_t sp_now(void) { uint32_t s; __asm volatile("mov %0, sp" : "=r"(s)); return s; }
 static uint32_t heap_top(void) { return (uint32_t)sbrk(0); }
-static void paint(uint32_t lo, uint32_t hi) { for (uint32_t a = (lo + 3u) & ~3u; a < hi; a += 4) *(volatile uint32_t *)a = PAINT; }
+static void paint(uint32_t lo, uint32_t hi) {
+  for (uint32_t a = (lo + 3u) & ~3u; a < hi; a += 4) *(volatile uint32_t *)a = PAINT;
+}
 /* lowest word above lo that is no longer the paint pattern */
 static uint32_t scan(uint32_t lo, uint32_t hi) {
   uint32_t a = (lo + 3u) & ~3u;
@@ -469,10 +471,13 @@ SECTIONS
   .preinit_array : { __preinit_array_start = .; KEEP(*(.preinit_array*)) __preinit_array_end = .; } > FLASH
   _sidata = LOADADDR(.data);
   .data : { . = ALIGN(4); _sdata = .; *(.data*) . = ALIGN(4); _edata = .; } > RAM AT > FLASH
-  .bss (NOLOAD) : { . = ALIGN(4); _sbss = .; __bss_start__ = .; *(.bss*) *(COMMON) . = ALIGN(4); _ebss = .; __bss_end__ = .; } > RAM
+  .bss (NOLOAD) : {
+    . = ALIGN(4); _sbss = .; __bss_start__ = .; *(.bss*) *(COMMON) . = ALIGN(4); _ebss = .; __bss_end__ = .;
+  } > RAM
   . = ALIGN(8);
   end = .;
   _end = .;
-  ASSERT(end + _reserve <= _estack, "edgesp: the model does not fit the target's SRAM (.data + .bss + stack/heap reserve)")
+  ASSERT(end + _reserve <= _estack,
+         "edgesp: the model does not fit the target's SRAM (.data + .bss + stack/heap reserve)")
 }
 """

@@ -74,7 +74,9 @@ def memory_plan(p: Plan, rule: str) -> MemoryPlan:
 def _array(ctype: str, name: str, values: np.ndarray, static: bool = False) -> str:
     flat = np.asarray(values).reshape(-1)
     body = ",".join(str(int(v)) for v in flat)
-    return f"{'static ' if static else ''}{ctype} {name}[{max(1, flat.size)}] __attribute__((aligned(4))) = {{{body}}};\n"
+    return (
+        f"{'static ' if static else ''}{ctype} {name}[{max(1, flat.size)}] __attribute__((aligned(4))) = {{{body}}};\n"
+    )
 
 
 def param_order(p: Plan) -> list[tuple[str, str]]:

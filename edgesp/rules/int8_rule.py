@@ -48,7 +48,7 @@ class Int8Trainer:
     def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """One integer update per sample; returns the fraction of samples whose head hinge was violated."""
         viol = 0
-        for xi, yi in zip(self._q(x), np.asarray(y)):
+        for xi, yi in zip(self._q(x), np.asarray(y), strict=True):
             f = (self.net.bp_step if self.bp else self.net.sp_step)(xi, int(yi))
             viol += f["head"]
         return {"head_hinge_violated": viol / max(len(y), 1)}

@@ -14,8 +14,20 @@ def run(*args):
 
 def test_int8_train_compile_simulate_profile(tmp_path):
     ck, build = tmp_path / "ck", tmp_path / "build"
-    r = run("train", "--precision", "int8", "--data", "digits", "--width", "32", "--epochs", "2",
-            "--quiet", "--out", str(ck))
+    r = run(
+        "train",
+        "--precision",
+        "int8",
+        "--data",
+        "digits",
+        "--width",
+        "32",
+        "--epochs",
+        "2",
+        "--quiet",
+        "--out",
+        str(ck),
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((ck / "metrics.json").read_text())
     assert m["precision"] == "int8" and m["test_accuracy"] > 0.6  # 2 epochs of integer SP from scratch (measured 0.88)
@@ -23,11 +35,24 @@ def test_int8_train_compile_simulate_profile(tmp_path):
     assert r.returncode == 0 and f"{m['test_accuracy']:.4f}" in r.stdout  # evaluated with the int8 rule
     r = run("compile", str(ck / "model.safetensors"), "--target", "cortex-m7", "--out", str(build))
     assert r.returncode == 0, r.stderr
-    r = run("simulate", str(build), "--data", "digits", "--steps", "30", "--quiet", "--json", str(tmp_path / "s.json"),
-            "--save-state", str(tmp_path / "learned.npz"))
+    r = run(
+        "simulate",
+        str(build),
+        "--data",
+        "digits",
+        "--steps",
+        "30",
+        "--quiet",
+        "--json",
+        str(tmp_path / "s.json"),
+        "--save-state",
+        str(tmp_path / "learned.npz"),
+    )
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "s.json").read_text())
-    assert s["steps"] == 30 and s["instructions_per_step"] > 1000 and abs(s["accuracy_before"] - m["test_accuracy"]) < 1e-9
+    assert (
+        s["steps"] == 30 and s["instructions_per_step"] > 1000 and abs(s["accuracy_before"] - m["test_accuracy"]) < 1e-9
+    )
     r = run("profile", str(build), "--json", str(tmp_path / "p.json"))
     assert r.returncode == 0, r.stderr
     p = json.loads((tmp_path / "p.json").read_text())
@@ -38,10 +63,34 @@ def test_int8_train_compile_simulate_profile(tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    r = run("compile", "--fresh", "--data", "digits", "--width", "1024", "--depth", "3", "--target", "cortex-m4",
-            "--out", str(tmp_path / "big"))
+    r = run(
+        "compile",
+        "--fresh",
+        "--data",
+        "digits",
+        "--width",
+        "1024",
+        "--depth",
+        "3",
+        "--target",
+        "cortex-m4",
+        "--out",
+        str(tmp_path / "big"),
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "SRAM needs" in r.stderr
     assert not (tmp_path / "big").exists()
-    r = run("compile", "--fresh", "--data", "digits", "--model", "snn", "--rule", "sp-voltage", "--target", "cortex-m7",
-            "--out", str(tmp_path / "snn"))
+    r = run(
+        "compile",
+        "--fresh",
+        "--data",
+        "digits",
+        "--model",
+        "snn",
+        "--rule",
+        "sp-voltage",
+        "--target",
+        "cortex-m7",
+        "--out",
+        str(tmp_path / "snn"),
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "int8" in r.stderr

@@ -90,9 +90,23 @@ def _tiny_firmware(tmp_path, body: str):
         shutil.copyfile(build / f, work / f)
     (work / "main.c").write_text("#include <stdint.h>\n#include <stdio.h>\n" + body)
     subprocess.run(
-        ["arm-none-eabi-gcc", "-mcpu=cortex-m7", "-mthumb", "-O2", "-nostartfiles", "--specs=rdimon.specs",
-         "-T", "link.ld", "start.c", "main.c", "-o", "fw.elf"],
-        cwd=work, check=True, capture_output=True,
+        [
+            "arm-none-eabi-gcc",
+            "-mcpu=cortex-m7",
+            "-mthumb",
+            "-O2",
+            "-nostartfiles",
+            "--specs=rdimon.specs",
+            "-T",
+            "link.ld",
+            "start.c",
+            "main.c",
+            "-o",
+            "fw.elf",
+        ],
+        cwd=work,
+        check=True,
+        capture_output=True,
     )
     return work
 
@@ -105,22 +119,39 @@ def test_instructions_per_systick_tick_is_40_under_icount(tmp_path):
         "int main(void) { *(volatile uint32_t *)0xE000E014u = 0xFFFFFFu; CVR = 0; "
         "*(volatile uint32_t *)0xE000E010u = 5u; uint32_t t0 = CVR;\n"
         '__asm volatile("mov r4, #10000\\n1:\\n.rept 98\\nnop\\n.endr\\nsubs r4, r4, #1\\nbne 1b\\n" ::: "r4", "cc");\n'
-        "uint32_t t1 = CVR; printf(\"STAT ticks %lu\\nSTAT done\\n\", (unsigned long)((t0 - t1) & 0xFFFFFFu)); return 0; }\n",
+        'uint32_t t1 = CVR;\nprintf("STAT ticks %lu\\nSTAT done\\n", (unsigned long)((t0 - t1) & 0xFFFFFFu));\n'
+        "return 0; }\n",
     )
     _, stats = md.run_qemu(work, "mps2-an500", b"", timeout=30)
     assert abs(stats["ticks"] * md.INSN_PER_TICK - 1_000_000) <= 2 * md.INSN_PER_TICK
 
 
 def test_crashing_and_hanging_firmware_give_one_line_errors(tmp_path):
-    work = _tiny_firmware(tmp_path, "int main(void) { void (*f)(void) = (void (*)(void))0xFFFFFFF1u; f(); return 0; }\n")
+    work = _tiny_firmware(
+        tmp_path, "int main(void) { void (*f)(void) = (void (*)(void))0xFFFFFFF1u; f(); return 0; }\n"
+    )
     with pytest.raises(FirmwareError, match="hard fault") as e:
         md.run_qemu(work, "mps2-an500", b"", timeout=30)
     assert "\n" not in str(e.value)
-    (work / "main.c").write_text("int main(void) { for (;;) { __asm volatile(\"nop\"); } }\n")
+    (work / "main.c").write_text('int main(void) { for (;;) { __asm volatile("nop"); } }\n')
     subprocess.run(
-        ["arm-none-eabi-gcc", "-mcpu=cortex-m7", "-mthumb", "-O2", "-nostartfiles", "--specs=rdimon.specs",
-         "-T", "link.ld", "start.c", "main.c", "-o", "fw.elf"],
-        cwd=work, check=True, capture_output=True,
+        [
+            "arm-none-eabi-gcc",
+            "-mcpu=cortex-m7",
+            "-mthumb",
+            "-O2",
+            "-nostartfiles",
+            "--specs=rdimon.specs",
+            "-T",
+            "link.ld",
+            "start.c",
+            "main.c",
+            "-o",
+            "fw.elf",
+        ],
+        cwd=work,
+        check=True,
+        capture_output=True,
     )
     with pytest.raises(FirmwareError, match="did not finish within 2 s"):
         md.run_qemu(work, "mps2-an500", b"", timeout=2)
