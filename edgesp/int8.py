@@ -518,6 +518,16 @@ def _layer_norm(v: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     return (v - v.mean()) / np.sqrt(v.var() + eps)
 
 
+def config_from_rule(spec: ModelSpec) -> Int8Config:
+    """:class:`Int8Config` with the spec's rule parameters ``int8_<setting>`` (``--rule-param int8_margin=16``)."""
+    over = {k[5:]: v for k, v in spec.rule.params.items() if k.startswith("int8_")}
+    known = set(Int8Config.__dataclass_fields__)
+    bad = sorted(set(over) - known)
+    if bad:
+        raise SpecError(f"unknown int8 setting int8_{bad[0]}; known: {', '.join('int8_' + k for k in sorted(known))}")
+    return Int8Config(**over)
+
+
 def quantise(
     spec: ModelSpec, params: dict[str, np.ndarray], config: Int8Config | None = None
 ) -> tuple[Plan, dict[str, np.ndarray]]:
@@ -527,6 +537,7 @@ def quantise(
     table Z[:, c] = clamp(round(act(LayerNorm(W_S e_c + b_S)) · 2^5), 0, 127). LayerNorm layers of the blocks
     are dropped (module docstring), so a float model trained with LayerNorm changes function; a fresh model is
     a valid start."""
+    config = config or config_from_rule(spec)
     shifts, state = [], {}
     names = [f"blocks.{i}" for i in range(len(spec.blocks))] + ["head"]
     for name in names:

@@ -17,11 +17,13 @@ MAX_DECAY = 4  # a schedule slows the int8 rule by at most 2^-4
 
 
 def to_int8_spec(spec: ModelSpec, params: dict[str, np.ndarray], config: int8.Int8Config | None = None):
-    """A float spec + params → (spec carrying ``rule.params['int8']``, integer params as float32)."""
+    """A float spec + params → (spec carrying ``rule.params['int8']``, integer params as float32). Rule parameters
+    ``int8_<setting>`` (e.g. ``--rule-param int8_margin=16``) override :class:`edgesp.int8.Int8Config`."""
     if spec.rule.name not in RULES:
         raise SpecError(f"--precision int8 trains with sigprop or bp, not {spec.rule.name!r}")
     plan, state = int8.quantise(spec, params, config)
-    spec8 = spec.replace_rule(params={**spec.rule.params, int8.INT8_KEY: int8.settings_dict(plan)})
+    rest = {k: v for k, v in spec.rule.params.items() if not k.startswith("int8_")}
+    spec8 = spec.replace_rule(params={**rest, int8.INT8_KEY: int8.settings_dict(plan)})
     return spec8, {k: v.astype(np.float32) for k, v in state.items()}
 
 
