@@ -159,7 +159,12 @@ def _spec_plan(m: Manifest) -> tuple[Any, int8.Plan]:
     s = m.backend.get("int8")
     if not isinstance(s, dict):
         raise CompileError(f"{m.target}: the manifest lacks backend.int8: re-run 'edgesp compile'")
-    return spec, int8.plan(spec, list(s["shifts"]), int8.Int8Config(**s["config"]))
+    try:
+        return spec, int8.plan(spec, list(s["shifts"]), int8.Int8Config(**s["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CompileError(
+            f"{m.target}: the manifest's int8 settings are not this edgesp's ({e}): re-run 'edgesp compile'"
+        ) from None
 
 
 class MCUDevice:
