@@ -268,7 +268,7 @@ def plan(spec: ModelSpec, shifts: list[int], config: Int8Config | None = None) -
         q = QLayer(**{**asdict(q), "pool_h": pool[0], "pool_w": pool[1], "shift": int(shifts[i]), "lr_shift": lr})
         if not 1 <= q.shift <= 30:
             raise SpecError(f"block {i}: requantisation shift {q.shift} is outside 1…30")
-        if q.k * 127 * 127 + B_MAX >= 1 << 31 or q.out_size * 127 * 127 >= 1 << 31:
+        if q.k * 127 * 127 + B_MAX >= 1 << 31 or q.out_size * max(127 * 127, config.margin) >= 1 << 31:
             raise SpecError(f"block {i} is too large for int32 accumulators (fan-in {q.k}, outputs {q.out_size})")
         layers.append(q)
         shape = shapes[i][-1]
