@@ -26,18 +26,19 @@ def _build(tmp_path, model, rule, digits, target="cortex-m7", **kw):
 
 
 @pytest.mark.parametrize(
-    "model,rule,kw",
+    "model,rule,kw,target",
     [
-        ("mlp", "sigprop", {"width": 24}),
-        ("mlp", "bp", {"width": 24}),
-        ("cnn1d", "sigprop", {"channels": 4}),
-        ("cnn2d", "bp", {"channels": 4}),
+        ("mlp", "sigprop", {"width": 24}, "cortex-m7"),
+        ("mlp", "bp", {"width": 24}, "cortex-m7"),
+        ("cnn1d", "sigprop", {"channels": 4}, "cortex-m7"),
+        ("cnn2d", "bp", {"channels": 4}, "cortex-m7"),
+        ("mlp", "sigprop", {"width": 24}, "cortex-m55"),  # another core and board (mps3-an547): the same integers
     ],
 )
-def test_firmware_weights_equal_the_numpy_reference_byte_for_byte(tmp_path, digits, model, rule, kw):
+def test_firmware_weights_equal_the_numpy_reference_byte_for_byte(tmp_path, digits, model, rule, kw, target):
     """N = 12 learning steps on QEMU vs edgesp.int8 on the host: every weight, bias and table entry identical
     (tolerance 0: both are integer programs), and the predictions before/after too."""
-    dev = md.MCUDevice(_build(tmp_path, model, rule, digits, **kw))
+    dev = md.MCUDevice(_build(tmp_path, model, rule, digits, target, **kw))
     try:
         ref = int8.Int8Net(dev.plan, dev.net.state(), dev.step_count)
         n = 12
