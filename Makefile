@@ -6,6 +6,7 @@ PY := .venv/bin/python
 
 setup:
 	@bash scripts/setup_venv.sh
+	@bash scripts/setup_mcu_toolchain.sh
 
 demo: setup
 	$(PY) -m edgesp demo --out build/demo

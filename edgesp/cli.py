@@ -315,6 +315,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     n_train = len(data.x_train) if args.max_train is None else min(args.max_train, len(data.x_train))
     _check_batch_loss(spec.rule.name, spec.rule.loss, args.batch, n_train)
     params = init_params(spec, args.seed)
+    if args.precision == "int8":  # integer SP (edgesp.int8): the rule the mcu firmware runs, bit for bit
+        from edgesp.rules.int8_rule import to_int8_spec
+
+        spec, params = to_int8_spec(spec, params)
     trainer = make_trainer(spec, params, args.seed)
     t0 = time.perf_counter()
     hist = fit(
@@ -334,6 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "data": args.data,
         "model": args.model,
         "rule": args.rule,
+        "precision": args.precision,
         "epochs": args.epochs,
         "batch": args.batch,
         "seed": args.seed,
@@ -639,6 +644,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="learning-rate schedule over the run, any rule (default constant; cosine: lr·½(1+cos(π·step/steps)))",
     )
     t.add_argument("--out", required=True, help="output folder")
+    t.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "int8"),
+        help="fp32 (default) or int8: integer-only SP (edgesp/int8.py; one sample per update), the rule the "
+        "cortex-m* firmware runs; with --rule bp the int8 BP baseline",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_args(t)
     t.set_defaults(func=cmd_train)
@@ -665,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="sigprop",
         choices=("sigprop", "bp"),
         help="rule of the compiled update step: sigprop (default) or bp, a backprop baseline from the same compiler "
-        "(MLPs; ONNX and TFLite) for measuring SP against in the same runtime",
+        "(MLPs on ONNX and TFLite; MLPs and CNNs on the cortex-m* targets, int8) for measuring SP against in the "
+        "same runtime",
     )
     c.add_argument(
         "--target-stream",

@@ -60,3 +60,7 @@ def check_finite_weights(weights: dict[str, object], what: str, at: str, fix: st
         arr = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
         if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
             raise DivergedError(f"{what} diverged {at} (weight {name} holds NaN or inf): {fix}")
+
+
+class FirmwareError(EdgespError, RuntimeError):
+    """A microcontroller firmware failed to build, crashed (fault), hung (timeout) or reported an error."""

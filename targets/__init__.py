@@ -4,7 +4,9 @@ users pass their own with ``--target path/to/file.toml``) with:
     name, runtime ("onnxruntime" | "tflite" | "lava"), precision ("fp32" | "int8" | "fixed_pt" | "floating_pt"),
     description, threads, memory_budget_bytes (RAM for weights + optimizer state + activations),
     storage_budget_bytes (artifact files), and for neuromorphic targets a [neuromorphic] table:
-    chips, cores, neurons_per_core, synapses_per_core, weight_bits, fan_in, fan_out.
+    chips, cores, neurons_per_core, synapses_per_core, weight_bits, fan_in, fan_out; for microcontrollers
+    (runtime "mcu") an [mcu] table: cpu (gcc -mcpu), qemu_machine (qemu-system-arm -M), sram_bytes,
+    flash_bytes, ram_origin, flash_origin (integers: addresses of the SRAM and flash regions).
 
 Every value is type-checked (a TOML ``true`` is not an integer; strings are strings): threads is an integer
 in 1 ... ``MAX_THREADS`` (256), budgets are integers > 0, neuromorphic values integers > 0 (weight_bits <= 64).
@@ -38,11 +40,20 @@ RUNTIME_REGISTRY: dict[str, Runtime] = {
         Runtime("onnxruntime", "compilers.onnx", "firmware_sim.onnx_device"),
         Runtime("tflite", "compilers.tflite", "firmware_sim.tflite_device"),
         Runtime("lava", "compilers.lava", "firmware_sim.lava_device"),
+        Runtime("mcu", "compilers.mcu", "firmware_sim.mcu_device"),
     )
 }
 RUNTIMES = tuple(RUNTIME_REGISTRY)
 PRECISIONS = ("fp32", "int8", "fixed_pt", "floating_pt")
 MAX_THREADS = 256
+MCU_KEYS = {
+    "cpu": str,
+    "qemu_machine": str,
+    "sram_bytes": int,
+    "flash_bytes": int,
+    "ram_origin": int,
+    "flash_origin": int,
+}
 NEUROMORPHIC_KEYS = ("chips", "cores", "neurons_per_core", "synapses_per_core", "weight_bits", "fan_in", "fan_out")
 
 
@@ -63,6 +74,7 @@ class Target:
     memory_budget_bytes: int | None = None
     storage_budget_bytes: int | None = None
     neuromorphic: dict[str, Any] = field(default_factory=dict)
+    mcu: dict[str, Any] = field(default_factory=dict)
     path: str = ""
 
     def __post_init__(self) -> None:
@@ -103,6 +115,26 @@ class Target:
                     f"{' <= 64' if k == 'weight_bits' else ''}, got {v!r}"
                 )
 
+        self._check_mcu()
+
+    def _check_mcu(self) -> None:
+        if not isinstance(self.mcu, dict):
+            raise TargetError(f"target {self.name!r}: mcu must be a table ([mcu] with {', '.join(MCU_KEYS)})")
+        if self.runtime == "mcu":
+            missing = [k for k in MCU_KEYS if k not in self.mcu]
+            if missing:
+                raise TargetError(f"target {self.name!r}: [mcu] lacks {', '.join(missing)}: add them to the file")
+        elif self.mcu:
+            raise TargetError(f'target {self.name!r}: an [mcu] table needs runtime = "mcu"')
+        for k, v in self.mcu.items():
+            if k not in MCU_KEYS:
+                raise TargetError(f"target {self.name!r}: unknown [mcu] key {k!r}; known: {', '.join(MCU_KEYS)}")
+            if MCU_KEYS[k] is str:
+                if not isinstance(v, str) or not v.strip() or not all(c.isalnum() or c in "-_." for c in v):
+                    raise TargetError(f"target {self.name!r}: mcu.{k} must be a plain name like 'cortex-m7', got {v!r}")
+            elif not _is_int(v) or v < 0 or (k.endswith("_bytes") and v <= 0) or v >= 1 << 32:
+                raise TargetError(f"target {self.name!r}: mcu.{k} must be an integer in [1, 2^32), got {v!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -113,6 +145,7 @@ class Target:
             "memory_budget_bytes": self.memory_budget_bytes,
             "storage_budget_bytes": self.storage_budget_bytes,
             "neuromorphic": dict(self.neuromorphic),
+            **({"mcu": dict(self.mcu)} if self.mcu else {}),
         }
 
 
@@ -135,6 +168,7 @@ def _from_file(path: Path) -> Target:
         "memory_budget_bytes",
         "storage_budget_bytes",
         "neuromorphic",
+        "mcu",
     }
     extra = set(data) - known
     if extra:

@@ -55,6 +55,10 @@ SPIKING_RULE_MODULES = ("edgesp.rules.spiking_rules", "edgesp.rules.eprop")
 
 def make_trainer(spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0) -> Trainer:
     name = spec.rule.name
+    if "int8" in spec.rule.params:  # an int8 model (edgesp train --precision int8): the integer rule's trainer
+        from edgesp.rules.int8_rule import make as make_int8
+
+        return make_int8(spec, params, seed)
     if name not in _RULE_MODULES:
         raise SpecError(f"unknown rule {name!r}; choose one of {', '.join(RULES)}")
     spiking_rule = _RULE_MODULES[name] in SPIKING_RULE_MODULES
