@@ -245,7 +245,11 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=None, help="use only the first N training samples")
     ap.add_argument("--ts", default="10,40,100,400,1000", help="sequence lengths of the cost part")
     ap.add_argument("--cost-rules", default=",".join(COST_RULES))
-    ap.add_argument("--append", action="store_true", help="keep the accuracy rows already in --out, add these")
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the rows already in --out, except those of the datasets/rules run now (replaced)",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "temporal.json"))
     ap.add_argument("--cost-point", nargs=3, metavar=("RULE", "T", "BATCH"))
     a = ap.parse_args()
@@ -267,8 +271,13 @@ def main() -> None:
     results: dict = {"commands": [*old.get("commands", []), command] if keep else [command], "torch_threads": 1}
     if a.skip_accuracy:
         results["summary"] = old.get("summary", [])
-    results["accuracy"] = old.get("accuracy", []) if a.skip_accuracy or a.append else []
-    results["cost"] = old.get("cost", []) if a.skip_cost else []
+    runs = {(d, r) for d in a.datasets.split(",") for r in a.rules.split(",")}
+    if a.append and not a.skip_rtrl:
+        runs |= {("mnist1d-seq", "rtrl"), ("mnist1d-seq", "bptt")}
+    kept = [r for r in old.get("accuracy", []) if a.skip_accuracy or (r["dataset"], r["rule"]) not in runs]
+    results["accuracy"] = kept if a.skip_accuracy or a.append else []
+    cost_rules = set(a.cost_rules.split(","))
+    results["cost"] = [r for r in old.get("cost", []) if a.skip_cost or (a.append and r["rule"] not in cost_rules)]
     epochs = 1 if a.quick else (a.epochs or sequence_defaults("sp-online")["epochs"])
     seeds = 1 if a.quick else a.seeds
     limit = 512 if a.quick else a.max_train
