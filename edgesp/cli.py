@@ -58,8 +58,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and rule")
     g.add_argument("--model", default="mlp", help=f"preset: {', '.join(PRESETS)} (default mlp)")
     g.add_argument("--rule", default="sigprop", help=f"learning rule: {', '.join(RULES)} (default sigprop)")
-    g.add_argument("--width", type=int, default=128, help="hidden width of mlp/snn (default 128)")
-    g.add_argument("--depth", type=int, default=2, help="number of blocks/stages (default 2)")
+    g.add_argument("--width", type=int, default=None, help="hidden width of mlp/snn (default 128)")
+    g.add_argument(
+        "--depth", type=int, default=None, help="number of blocks/stages (default 2; 1 for snn on sequence data)"
+    )
     g.add_argument("--channels", type=int, default=16, help="first conv stage channels (default 16)")
     g.add_argument(
         "--loss",
@@ -125,7 +127,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="spiking models: every hidden LIF layer gets recurrent weights W_rec (H×H) on its own spikes "
-        "(default off)",
+        "(default: on for sequence data, off otherwise; --no-recurrent turns it off)",
     )
 
 
@@ -150,13 +152,17 @@ def _rule_params(items: list[str]) -> dict[str, Any]:
 
 
 def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
-    from edgesp.presets import build_spec
+    from edgesp.presets import build_spec, sequence_defaults
     from edgesp.spec import OptimizerSpec, RuleSpec, SignalSpec, TemporalSpec
     from edgesp.train import default_lr
 
+    # a spiking model on sequence data gets the sequence defaults (edgesp.presets.sequence_defaults, measured in
+    # docs/benchmarks/temporal.md); every flag given explicitly wins
+    seq = args.model == "snn" and (args.encoding or ("sequence" if data.sequence else "rate")) == "sequence"
+    sd = sequence_defaults(args.rule) if seq else None
     lr = args.lr
     if lr is None:  # measured: bench/sp_sweep.py (docs/benchmarks/rules.md), bench/temporal.py (temporal.md)
-        lr = default_lr(args.rule, spiking=args.model == "snn")
+        lr = sd["lr"] if sd else default_lr(args.rule, spiking=args.model == "snn")
     # spiking SP rules: loss v9 (bench/spiking_rules.py, docs/benchmarks/spiking.md: best at the 4-epoch budget);
     # the temperature default (None) resolves per rule in RuleSpec (0.1 for spiking SP, 0.01 otherwise)
     spiking_sp = args.model == "snn" and args.rule in SPIKING_SP_RULES
@@ -165,7 +171,7 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         loss=args.loss or ("v9" if spiking_sp else RuleSpec().loss),
         temperature=args.temperature,
         optimizer=OptimizerSpec(name=args.optimizer, lr=lr, momentum=args.momentum),
-        params=_rule_params(args.rule_param),
+        params={**(sd["rule_params"] if sd else {}), **_rule_params(args.rule_param)},
     )
     temporal = None
     lif = None
@@ -178,9 +184,8 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
                 f"{data.input_shape[-1]} (got {steps})"
             )
         temporal = TemporalSpec(time_steps=steps, encoding=encoding, readout=args.readout, seed=args.seed)
-        slow = encoding == "sequence"  # long sequences need slower neurons (measured: 12 % -> 28 % with BPTT)
-        du = args.du if args.du is not None else (0.5 if slow else 1.0)
-        dv = args.dv if args.dv is not None else (0.05 if slow else 0.2)
+        du = args.du if args.du is not None else (sd["du"] if sd else 1.0)
+        dv = args.dv if args.dv is not None else (sd["dv"] if sd else 0.2)
         from edgesp.spec import LIF
 
         lif = LIF(du=du, dv=dv)
@@ -195,8 +200,8 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         args.model,
         shape,
         data.num_classes,
-        width=args.width,
-        depth=args.depth,
+        width=args.width or (sd["width"] if sd else 128),
+        depth=args.depth or (sd["depth"] if sd else 2),
         channels=args.channels,
         rule=rule,
         signal=SignalSpec(
@@ -207,7 +212,7 @@ def _spec_from_args(args: argparse.Namespace, data: Any) -> Any:
         ),
         temporal=temporal,
         lif=lif,
-        recurrent=bool(args.recurrent),
+        recurrent=args.recurrent if args.recurrent is not None else bool(sd and sd["recurrent"]),
     )
 
 

@@ -34,6 +34,37 @@ from edgesp.spec import (
 
 PRESETS = ("mlp", "cnn1d", "cnn2d", "vgg8", "snn")
 
+# Defaults of the snn preset on sequence data (the CLI's, and bench/temporal.py's model), measured on
+# mnist1d-seq (docs/benchmarks/temporal.md): one recurrent layer of slow neurons; the SP rules with eligibility
+# traces through the neuron's dynamics and later steps weighted more (edgesp.rules.spiking_rules).
+# (the SP rules at 1e-3: their traces scale the gradient by up to 1/(du·dv); sp-online at 3e-3 collapsed)
+SEQUENCE_LR = {"sp-online": 1e-3, "sp-voltage": 1e-3, "sp-surrogate": 1e-3, "eprop": 3e-3, "bptt": 3e-3, "rtrl": 3e-3}
+SEQUENCE_SP_PARAMS = {"trace": "filter", "step_weight": "ramp"}
+# sp-online updates every 10 steps (4 updates per MNIST-1D sequence): updating every step collapsed one seed of three
+# to chance (10.6 %); every 10 steps gave 27.1 % on that seed and 28.4 % (vs 23.7 %) on another
+SEQUENCE_ONLINE_PARAMS = {"update_every": 10}
+
+
+def sequence_defaults(rule: str) -> dict:
+    """Model and rule defaults for a spiking model on sequence data: width, depth, LIF du/dv, recurrent,
+    SP loss and temperature, Adam lr, rule parameters (SP rules only) and the benchmark's epochs."""
+    return {
+        "width": 128,
+        "depth": 1,
+        "du": 0.2,
+        "dv": 0.02,
+        "recurrent": True,
+        "loss": "v9",
+        "temperature": 0.1,
+        "lr": SEQUENCE_LR.get(rule, 1e-3),
+        "rule_params": {**SEQUENCE_SP_PARAMS, **SEQUENCE_ONLINE_PARAMS}
+        if rule == "sp-online"
+        else dict(SEQUENCE_SP_PARAMS)
+        if rule.startswith("sp-")
+        else {},
+        "epochs": 3,
+    }
+
 
 def build_spec(
     preset: str,

@@ -36,6 +36,20 @@ recomputed every step from the current W_S (so sp-online sees its own updates):
   each layer applies the update from the loss of the last k steps (``online_loss`` 'voltage' (default) or
   'surrogate'), and the head its CE on the *current* readout. The step reads only the current input and
   target and the neuron state (u, v, the readout trace); nothing of past steps is stored.
+- **SP through time** (recurrent blocks, rule parameters ``trace`` and ``step_weight``; the sequence defaults of
+  the CLI turn both on, :func:`edgesp.presets.sequence_defaults`): a recurrent block (``LIF.recurrent``) adds
+  W_rec s[t−1] to its current in *each* stream (the target stream has its own previous spikes), so W_rec is
+  trained by the same local loss L_i[t] as W. ``trace='none'`` (default): ∂v[t]/∂θ is one step deep
+  (∂v[t]/∂W = x[t], ∂v[t]/∂W_rec = s[t−1]). ``trace='filter'``: eligibility traces through the neuron's own
+  dynamics (:class:`PresynTrace`), per stream and block
+      ε_u ← (1−du) ε_u + p[t];  ε_v ← (1−dv) ε_v + ε_u     for p = x[t], 1 and s[t−1]
+      ΔW ∝ −(∂L_i[t]/∂v[t])ᵀ ε_v,x,   Δb ∝ −Σ ∂L_i[t]/∂v[t] · ε_v,1,   ΔW_rec ∝ −(∂L_i[t]/∂v[t])ᵀ ε_v,s
+  (the exact ∂v[t]/∂θ through all past steps with spikes held constant; exact for reset 'subtract', the (1 − s)
+  factor of reset 'zero' is dropped). Memory: B·(I + H + 1) floats per block and stream — one trace per
+  *presynaptic* input, not per synapse (the voltage loss needs no ψ_j factor), flat in T. The target enters at
+  every step (z as block 0's target current); ``step_weight='ramp'`` weights step t's losses by 2(t+1)/(T+1)
+  (later steps have seen more of the sequence). No loss reads a later block's output, and nothing of a past
+  step is stored beyond the neuron state and these traces (tests/edgesp/rules/test_sp_through_time.py).
 - **Head** (all SP rules): CE on the readout logits (``edgesp.snn``) with the readout trace detached
   (local); sp-voltage/sp-surrogate use the final readout (step T).
 - **bptt**: CE on the final readout, autograd through all T steps and all layers, spike S with a sigmoid
@@ -48,7 +62,8 @@ for the sample, C rows for the target) and the readout trace, plus one step's au
 by the step's backward); nothing grows with T. The per-batch rules (sp-voltage, sp-surrogate) accumulate the
 T steps' gradients in the parameters' .grad and apply them once; sp-online applies them every k steps.
 
-Rule parameters (``spec.rule.params``): surrogate_slope, update_every, online_loss, spike, rtrl_max_mib.
+Rule parameters (``spec.rule.params``): surrogate_slope, update_every, online_loss, spike, rtrl_max_mib, trace,
+step_weight. e-prop, the online baseline, is :mod:`edgesp.rules.eprop`.
 Optimizers: one per layer from ``spec.rule.optimizer`` (``spec.param_layer_index``: with hidden placement
 the signal shares block 0's).
 """
@@ -71,8 +86,9 @@ from edgesp.snn import BlockState, Readout, block_step, empty_readout, readout_d
 from edgesp.spec import LIF, Linear, ModelSpec, OptimizerSpec
 from edgesp.spiking import SpikeFn, smooth_spike, strict_spike, surrogate_spike
 
-_KNOWN_PARAMS = {"surrogate_slope", "update_every", "online_loss", "spike", "rtrl_max_mib", "trace"}
+_KNOWN_PARAMS = {"surrogate_slope", "update_every", "online_loss", "spike", "rtrl_max_mib", "trace", "step_weight"}
 TRACES = ("none", "filter")
+STEP_WEIGHTS = ("uniform", "ramp")
 
 
 @dataclass
@@ -192,6 +208,9 @@ class SPTrainer(_SpikingTrainer):
             for i, block in enumerate(spec.blocks):
                 if len(block) != 2 or not isinstance(block[0], Linear) or not isinstance(block[1], LIF):
                     raise SpecError(f"trace 'filter' needs Linear → LIF blocks (--model snn); block {i} is not")
+        self.step_weight = str(self.rp.get("step_weight", "uniform"))
+        if self.step_weight not in STEP_WEIGHTS:
+            raise SpecError(f"step_weight must be one of {', '.join(STEP_WEIGHTS)}, got {self.step_weight!r}")
         self.hidden = spec.signal.hidden
         if self.hidden:
             a_shape = spec.shapes()[0][0]  # block 0's parametric output, which z replaces
@@ -315,11 +334,19 @@ class SPTrainer(_SpikingTrainer):
         feats = self.readout.features(self.spec).detach()
         return F.cross_entropy(self.readout.logits(self.spec, self.p, feats), y)
 
+    def weight(self, t: int) -> float:
+        """Weight w_t of step t's losses: 1 ('uniform'), or 2(t+1)/(T+1) ('ramp': mean 1 over the sequence, later
+        steps — which have seen more of the input — count more; a known function of t, so still online)."""
+        if self.step_weight == "ramp":
+            return 2.0 * (t + 1) / (self.T + 1)
+        return 1.0
+
     def online_step(self, x_t: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """sp-online, one step: losses of this step, backward, and (every k steps) an update of every layer."""
+        w = self.weight(self.t)
         sp = self.step_loss(x_t, y)
         ce = self.head_loss(y)
-        ((sp + ce) / self.every).backward()
+        (w * (sp + ce) / self.every).backward()
         if self.t % self.every == 0 or self.t == self.T:
             self._step()
             self._zero()
@@ -337,7 +364,7 @@ class SPTrainer(_SpikingTrainer):
                 sp_sum, ce_sum = sp_sum + sp, ce_sum + ce
             else:
                 loss = self.step_loss(enc.step(t), yt)
-                (loss / self.T).backward()
+                (self.weight(t) * loss / self.T).backward()
                 sp_sum += float(loss.detach())
         if not self.online:
             ce = self.head_loss(yt)
