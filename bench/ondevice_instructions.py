@@ -5,7 +5,8 @@ callgrind counts the instructions a process executes, the same for the same bina
 whatever else the machine runs. For each (optimizer, depth, batch) both builds (``compile_model(...,
 on_device_rule="sigprop" | "bp")``, MLP 784 → 256 × depth → 10, one thread) run ``--short`` and ``--long`` update
 steps through ``firmware_sim.onnx_device.OrtDevice`` under callgrind; the difference / (long − short) is the
-instructions of one step, set-up (Python start, ORT session, hashing) cancelled. A proxy for time, not a time:
+instructions of one step, set-up (Python start, ORT session, hashing) cancelled (100 steps apart by default: the
+set-up itself varies by a few tens of millions of instructions between runs). A proxy for time, not a time:
 it weighs a cache miss like an add, so memory-bound work (batch 1) counts lighter than it runs.
 
     .venv/bin/python bench/ondevice_instructions.py [--depths 8] [--batches 1 32] [--optimizers sgd adam]
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -59,6 +61,7 @@ def instructions(build: Path, n: int) -> int:
             capture_output=True,
             text=True,
             timeout=3600,
+            env={**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"},
         )
     m = re.search(r"Collected : (\d+)", r.stderr)
     if r.returncode != 0 or not m:
@@ -72,8 +75,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--optimizers", nargs="+", default=["sgd", "adam"], choices=["sgd", "adam"])
     ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--short", type=int, default=2)
-    ap.add_argument("--long", type=int, default=12)
+    ap.add_argument("--short", type=int, default=5)
+    ap.add_argument("--long", type=int, default=105)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/ondevice_instructions.json")
     a = ap.parse_args()
     rows = []

@@ -263,9 +263,19 @@ class LavaSession:
                 callback(self)
 
     def stop(self) -> None:
+        """Stop the runtime (Lava also stops its message infrastructure and so its workers, even when it raises).
+        Called while another exception propagates (a ``finally`` after SIGTERM or Ctrl-C), an error of Lava's own
+        stop — a worker interrupted mid-step answers STOP with its step's status, which Lava reports as
+        ``RuntimeError: Runtime Received …`` — is dropped, so the exception that says what happened (and the
+        CLI's exit code 143) is the one that surfaces."""
         if self.started:
             self.started = False
-            self.source.stop()
+            in_flight = sys.exc_info()[0] is not None
+            try:
+                self.source.stop()
+            except RuntimeError:
+                if not in_flight:
+                    raise
 
     def __enter__(self) -> LavaSession:
         return self

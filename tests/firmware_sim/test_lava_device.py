@@ -156,7 +156,8 @@ def test_sigterm_to_edgesp_simulate_stops_the_lava_workers(tmp_path):
         time.sleep(1.0)
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
-        assert proc.returncode == 143 and "terminated" in proc.stderr.read()
+        err = proc.stderr.read()
+        assert proc.returncode == 143 and "terminated" in err, (proc.returncode, err[-2000:])
         for _ in range(50):
             left = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split()
             if not left:
