@@ -460,6 +460,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         + ", ".join(f"{k}={v}" for k, v in manifest.artifacts.items())
         + f"; planned update-step peak {manifest.planned_memory.update_step_peak_bytes:,} B"
     )
+    note = manifest.backend.get("rule_note")
+    if note:
+        print(f"note: {note}")
     return 0
 
 

@@ -167,6 +167,7 @@ def compile_model(
                 {
                     "precision": target.precision,
                     "requested_batch": batch,
+                    "rule_note": on_chip_rule_note(spec),
                     "cores_used": mapping["cores_used"],
                     "cores_available": mapping["cores_available"],
                     "core_map": [
@@ -195,6 +196,25 @@ def compile_model(
     )
     manifest.write(out_dir)  # last: marks a complete build
     return manifest
+
+
+# rule parameters of the host trainer that the on-chip rule has no counterpart for
+HOST_ONLY_RULE_PARAMS = ("trace", "step_weight", "update_every", "online_loss", "spike")
+
+
+def on_chip_rule_note(spec: ModelSpec) -> str | None:
+    """Lava learns with one rule on chip: SP on the membrane voltage at every step (online, batch 1, no eligibility
+    traces). When the spec names another rule, or host-trainer settings the chip cannot follow, say so (the build
+    still compiles: the weights are the spec's, the on-chip learning is this rule). None when they agree."""
+    r = spec.rule
+    host_only = {k: r.params[k] for k in HOST_ONLY_RULE_PARAMS if k in r.params}
+    if r.name in ("sp-voltage", "sp-online") and not host_only:
+        return None
+    settings = f" with {', '.join(f'{k}={v}' for k, v in host_only.items())}" if host_only else ""
+    return (
+        f"the spec's rule is {r.name}{settings} (host trainer); on chip Lava learns with per-step SP on the membrane "
+        "voltage (online, batch 1, no eligibility traces)"
+    )
 
 
 def _signal_note(desc: Any) -> str:

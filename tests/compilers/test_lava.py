@@ -280,6 +280,28 @@ def test_compile_writes_manifest_npz_and_reports_quantisation(tmp_path):
     assert disk["planned_memory"]["details"]["synapse_bytes"] == (64 + 1) * 32 + (32 + 1) * 32 + (32 + 1) * 10
     m2 = compile_model(spec, params, load_target("lava-cpu"), tmp_path / "f", 16)
     assert m2.backend["quantisation"] is None and m2.backend["cores_used"] == 3
+    assert m.backend["rule_note"] is None  # sp-voltage is what the chip runs
+
+
+@pytest.mark.parametrize(
+    "name,params,says",
+    [("eprop", {}, "eprop"), ("bptt", {}, "bptt"), ("sp-online", {"trace": "filter"}, "trace=filter")],
+)
+def test_a_rule_the_chip_does_not_run_is_noted_in_the_manifest(name, params, says, tmp_path):
+    """Lava learns with per-step SP on chip whatever rule trained the weights: a spec naming another rule, or host
+    settings such as eligibility traces, compiles with a note in the manifest (and on the CLI) instead of silently."""
+    spec = build_spec(
+        "snn",
+        (16,),
+        4,
+        width=8,
+        depth=1,
+        rule=RuleSpec(name=name, params=params),
+        temporal=TemporalSpec(time_steps=3, encoding="rate"),
+    )
+    m = compile_model(spec, init_params(spec, 0), load_target("lava-cpu"), tmp_path, 1)
+    note = json.loads((tmp_path / "manifest.json").read_text())["backend"]["rule_note"]
+    assert note == m.backend["rule_note"] and says in note and "per-step SP" in note
 
 
 def test_fit_check_refuses_a_model_too_large_for_loihi2(tmp_path):
