@@ -25,7 +25,6 @@ import json
 import math
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,7 @@ STREAMS = ("exact", "cached")
 
 
 def _with_stream(spec, stream: str):
-    return replace(spec, rule=replace(spec.rule, params={**spec.rule.params, "target_stream": stream}))
+    return spec.replace_rule(params={**spec.rule.params, "target_stream": stream})
 
 
 def run_row(dname: str, model: str, seed: int, args: argparse.Namespace) -> list[dict]:

@@ -313,26 +313,27 @@ def _square_pairs(p: Program, g: str) -> list[tuple[int, int]] | None:
     return pairs if len(pairs) <= MAX_SQUARE_PAIRS else None
 
 
-def _grad_squared(p: Program, g: str, scale: float = 1.0) -> tuple[str, bool]:
-    """(s·g) ⊙ (s·g), s = ``scale``. For a single-term gradient g = Σ_r a_rᵀ b_r over R rows with
-    R(R+1)/2 ≤ MAX_SQUARE_PAIRS: g² = Σ_{r≤s} c_rs (a_r⊙a_s)ᵀ (b_r⊙b_s), c = 1 (r = s) or 2 — one GEMM over the row
-    products, so neither g nor g² is materialised; rounding can then leave an entry a few ulp below zero where
-    g ≈ 0, which the returned flag says (True). Otherwise a fresh copy of s·g (so g's own terms stay single-use and
-    each accumulates into m's GEMM), squared."""
-    pairs = _square_pairs(p, g)
-    if pairs is not None:
-        a, b = _matmul_rows(p, _sum_terms(p, g)[0])
-        ii = p.const(np.array([i for i, _ in pairs], np.int32), "pair_i", I32)
-        jj = p.const(np.array([j for _, j in pairs], np.int32), "pair_j", I32)
-        coef = np.array([[1.0 if i == j else 2.0] for i, j in pairs], np.float32) * np.float32(scale * scale)
-        pa = p.mul(p.op("gather", a, ii, axis=0), p.op("gather", a, jj, axis=0))
-        pb = p.mul(p.mul(p.op("gather", b, ii, axis=0), p.op("gather", b, jj, axis=0)), p.const(coef, "pair_c"))
-        return p.matmul(p.transpose(pa), pb), True
+def _row_products_squared(p: Program, g: str, pairs: list[tuple[int, int]]) -> str:
+    """g ⊙ g for a single-term gradient g = Σ_r a_rᵀ b_r over R rows (``pairs`` from :func:`_square_pairs`):
+    Σ_{r≤s} c_rs (a_r⊙a_s)ᵀ (b_r⊙b_s), c = 1 (r = s) or 2 — one GEMM over the row products, so neither g nor g² is
+    materialised. Rounding can leave an entry a few ulp below zero where g ≈ 0."""
+    a, b = _matmul_rows(p, _sum_terms(p, g)[0])
+    ii = p.const(np.array([i for i, _ in pairs], np.int32), "pair_i", I32)
+    jj = p.const(np.array([j for _, j in pairs], np.int32), "pair_j", I32)
+    coef = p.const(np.array([[1.0 if i == j else 2.0] for i, j in pairs], np.float32), "pair_c")
+    pa = p.mul(p.op("gather", a, ii, axis=0), p.op("gather", a, jj, axis=0))
+    pb = p.mul(p.mul(p.op("gather", b, ii, axis=0), p.op("gather", b, jj, axis=0)), coef)
+    return p.matmul(p.transpose(pa), pb)
+
+
+def _copy_squared(p: Program, g: str, scale: float) -> str:
+    """(s·g) ⊙ (s·g) from a fresh copy of s·g, s = ``scale``, so g's own terms stay single-use (each accumulates
+    into m's GEMM)."""
     parts = _scaled_terms(p, g, p.const(np.float32(scale)))
     gs = parts[0]
     for t in parts[1:]:
         gs = p.add(gs, t)
-    return p.mul(gs, gs), False
+    return p.mul(gs, gs)
 
 
 def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str], lr: str) -> None:
@@ -344,7 +345,7 @@ def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str
       constant. −lr scales the gradient's R-row operand, so v's update is one GEMM and W's one add. Without
       momentum: W ← W − lr·g, one GEMM with C = W.
     * Adam (β1, β2, ε, bias correction, as torch): the states hold scaled moments m̃ = m/(1−β1), ṽ = v/(1−β2):
-      m̃ ← β1·m̃ + g (GEMM), ṽ ← β2·ṽ + g² (one GEMM over row products at small R, see :func:`_grad_squared`),
+      m̃ ← β1·m̃ + g (GEMM), ṽ ← β2·ṽ + g² (one GEMM over row products at small R, see :func:`_row_products_squared`),
       W ← W − α·m̃/(√ṽ + ε̂) with k = √(c2/(1−β2)), α = lr·(1−β1)·k/c1, ε̂ = ε·k, c_i = 1 − β_i^t — algebraically
       torch's m̂/(√v̂ + ε); only scalars carry the corrections.
     Weight decay λ adds λ·W to g (a weight-sized term)."""
@@ -359,6 +360,8 @@ def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str
         k = p.op("sqrt", p.scale(c2, 1.0 / (1.0 - b2)))
         alpha = p.div(p.mul(lr, p.scale(k, 1.0 - b1)), c1)
         eps_hat = p.scale(k, o.eps)
+    else:
+        neg_lr = p.scale(lr, -1.0)  # once per layer: scales each gradient's R-row operand
     for name, g in grads.items():
         if o.weight_decay:
             g = p.add(g, p.scale(name, o.weight_decay))
@@ -367,29 +370,25 @@ def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str
             for term in _sum_terms(p, g):
                 m = p.add(m, term)
             p.update_state(f"opt.{name}.m", m)
-            if _square_pairs(p, g) is not None:  # β2·ṽ + g²: one GEMM accumulating into C = ṽ (beta = β2)
-                sq, may_be_negative = _grad_squared(p, g)
-                v = p.add(p.scale(f"opt.{name}.v", b2), sq)
+            pairs = _square_pairs(p, g)
+            if pairs is not None:  # β2·ṽ + g²: one GEMM accumulating into C = ṽ (beta = β2); may dip below 0
+                v = p.add(p.scale(f"opt.{name}.v", b2), _row_products_squared(p, g, pairs))
+                root = p.op("sqrt", p.op("relu", v))
             else:  # β2·(ṽ + (g/√β2)²): no node reads only ṽ, which a runtime could run (and keep) early
-                sq, may_be_negative = _grad_squared(p, g, 1.0 / math.sqrt(b2))
-                v = p.scale(p.add(sq, f"opt.{name}.v"), b2)
+                v = p.scale(p.add(_copy_squared(p, g, 1.0 / math.sqrt(b2)), f"opt.{name}.v"), b2)
+                root = p.op("sqrt", v)
             p.update_state(f"opt.{name}.v", v)
-            root = p.op("sqrt", p.op("relu", v) if may_be_negative else v)
             step_w = p.mul(p.div(m, p.add(root, eps_hat)), alpha)
             p.update_state(name, p.sub(name, step_w))
             continue
-        neg_lr = p.scale(lr, -1.0)
+        # SGD: acc = μ·v − lr·g (momentum) or W − lr·g, one GEMM accumulation per gradient term
+        acc = p.scale(f"opt.{name}.m", o.momentum) if o.momentum else name
+        for term in _scaled_terms(p, g, neg_lr):
+            acc = p.add(acc, term)
         if o.momentum:
-            v = p.scale(f"opt.{name}.m", o.momentum)
-            for term in _scaled_terms(p, g, neg_lr):
-                v = p.add(v, term)
-            p.update_state(f"opt.{name}.m", v)
-            p.update_state(name, p.add(name, v))
-        else:
-            w = name
-            for term in _scaled_terms(p, g, neg_lr):
-                w = p.add(w, term)
-            p.update_state(name, w)
+            p.update_state(f"opt.{name}.m", acc)
+            acc = p.add(name, acc)
+        p.update_state(name, acc)
 
 
 # ------------------------------------------------------------------------------------------ programs

@@ -450,10 +450,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     probe_folder(Path(args.out).absolute().parent, f"--out {args.out}")  # the new build is made beside it
     spec, params = _load_model_for_compile(args)
     if args.target_stream:
-        from dataclasses import replace
-
-        rule = replace(spec.rule, params={**spec.rule.params, "target_stream": args.target_stream})
-        spec = replace(spec, rule=rule)
+        spec = spec.replace_rule(params={**spec.rule.params, "target_stream": args.target_stream})
     manifest = compile_model(spec, params, target, Path(args.out), batch=args.batch, on_device_rule=args.on_device)
     print(
         f"compiled {spec.name} for {target.name} ({target.runtime}) -> {args.out}: "

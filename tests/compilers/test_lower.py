@@ -1,7 +1,5 @@
 """The lowered SP update step (numpy reference interpreter) against the torch reference trainer."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -60,7 +58,7 @@ def test_batch_losses_are_refused_at_batch_one_and_v1_learns_there(rng):
     with pytest.raises(CompileError, match="--loss v1"):
         lower_update(spec, params, 1)
     spec, params = make(loss="v1", opt="sgd")
-    spec = replace(spec, rule=replace(spec.rule, params={"target_stream": "exact"}))
+    spec = _with_stream(spec, "exact")
     prog = lower_update(spec, params, 1)
     trainer = SigpropTrainer(spec, params, 0)
     x = rng.standard_normal((1, 64)).astype(np.float32)
@@ -73,7 +71,7 @@ def test_batch_losses_are_refused_at_batch_one_and_v1_learns_there(rng):
 
 
 def _with_stream(spec, mode):
-    return replace(spec, rule=replace(spec.rule, params={"target_stream": mode}))
+    return spec.replace_rule(params={"target_stream": mode})
 
 
 @pytest.mark.parametrize("placement", ["hidden", "input"])
