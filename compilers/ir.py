@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from compilers.ops import F32, I32, KINDS, OPS
+from compilers.ops import F32, I32, KINDS, OPS, value_inputs
 
 __all__ = ["F32", "I32", "KINDS", "Op", "Program", "State", "Value", "broadcast_shape", "freeze_states"]
 
@@ -158,7 +158,7 @@ class Program:
         for op in reversed(self.ops):
             if op.output in needed:
                 keep.append(op)
-                needed.update(op.inputs)
+                needed.update(value_inputs(op))
         return keep[::-1]
 
     def reshape(self, a: str, shape: tuple[int, ...]) -> str:

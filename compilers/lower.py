@@ -176,8 +176,7 @@ def emit_layer(p: Program, layer: Layer, x: str, w: str | None, b: str | None) -
 
 
 def emit_block(p: Program, spec: ModelSpec, i: int, x: str) -> str:
-    w = f"blocks.{i}.weight"
-    b = f"blocks.{i}.bias" if f"blocks.{i}.bias" in p.values else None
+    w, b = f"blocks.{i}.weight", _bias(p, i)
     for j, layer in enumerate(spec.blocks[i]):
         x = emit_layer(p, layer, x, w if j == 0 else None, b if j == 0 else None)
     return x
@@ -439,12 +438,17 @@ def target_stream(spec: ModelSpec, batch: int) -> str:
 
     * ``exact``: every class's targets (C rows per block) for loss v1, or one row per sample for v9/l2 when
       B < C (those losses only compare a sample with its own class's target, so this is exact and cheaper).
-    * ``cached`` (batch 1, loss v1): only the sample's class row goes through the blocks (1 row, not C); the
-      other classes' targets come from a per-layer table ``tcache.k`` (C × |t_k|, device state) whose row y is
-      refreshed every step. The loss is the same as the exact step's while the table is fresh; the gradients that
-      flow through the *other* classes' targets are dropped, and their rows go stale until their class is seen.
-    * ``auto`` (the default): exact. The cached stream is opt-in: it lost 0.1–7.9 points against the exact step in
-      ``bench/target_stream.py`` (docs/BENCHMARKS.md), far beyond issue 13's 0.5-point budget."""
+    * ``cached`` (batch 1, loss v1): only the sample's class row goes through the blocks' GEMMs (1 row, not C).
+      Block i (layer k = i+1) keeps a device table ``tcache.k`` (C × its first layer's output: the
+      pre-activation a_c = W_i·u_c + b_i of every class target u_c = t_{k−1,c}), whose row y is refreshed every
+      step. The other classes' targets are the block's remaining layers applied to their cached a_c (no GEMM),
+      and the gradient still flows through them: d(W_i) gets the terms δa_cᵀ u_c of every class, with u_c the
+      previous layer's (cached) targets and δa_c the loss gradient back through the remaining layers at the cached
+      point (the ``straight_through`` op: the GEMM W_i·u_c is never run forward, only its weight gradient is). The
+      signal's targets (layer 1, or layer 0 at input placement) are computed exactly for every class (C rows, no
+      GEMM). From a fresh table the step equals the exact step; rows go stale until their class is seen again.
+      Cost per block: forward GEMM on B+1 rows, weight gradient on B+1+C rows (exact: B+C and B+C).
+    * ``auto`` (the default): exact."""
     mode = spec.rule.params.get("target_stream", "auto")
     if mode not in TARGET_STREAMS:
         raise CompileError(f"target_stream {mode!r} is unknown; use one of {', '.join(TARGET_STREAMS)}")
@@ -464,34 +468,62 @@ def state_kind(name: str) -> str:
     return "parameter"
 
 
-def class_targets(spec: ModelSpec, params: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
-    """Every class's target t_k (C, *shape) for each layer k that has an SP loss, flattened to (C, |t_k|),
-    computed exactly with the reference interpreter: the initial ``tcache.k`` of a cached step."""
+def _cached_blocks(spec: ModelSpec) -> range:
+    """Blocks whose targets a cached step reads from ``tcache.{i+1}``: every block that runs the target stream
+    (block 0 at hidden signal placement computes no target: its layer's target is the signal itself)."""
+    return range(1 if spec.signal.hidden else 0, len(spec.blocks))
+
+
+def class_preactivations(spec: ModelSpec, params: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+    """The initial ``tcache.k`` of a cached step: for each block i that runs the target stream (layer k = i+1),
+    every class's pre-activation a_{k,c} = first layer of block i applied to t_{k−1,c}, shape (C, *a's shape),
+    computed exactly with the reference interpreter."""
     from compilers import interp
 
-    p = Program("class_targets")
+    p = Program("class_preactivations")
     _declare_params(p, spec, params, include_signal=True)
     t = emit_signal(p, spec)
-    layer = spec.signal_layer
-    outs = {layer: t}
-    for i in range(1 if spec.signal.hidden else 0, len(spec.blocks)):
-        t = emit_block(p, spec, i, t)
-        outs[i + 1] = t
-    for k, v in outs.items():
-        p.output(f"t{k}", _flat(p, v))
+    for i in range(len(spec.blocks)):
+        if i in _cached_blocks(spec):
+            first = emit_layer(p, spec.blocks[i][0], t, f"blocks.{i}.weight", _bias(p, i))
+            p.output(f"a{i + 1}", first)
+        t = emit_block(p, spec, i, t) if i or not spec.signal.hidden else t
     res, _ = interp.run(p, {}, params)
-    return {k: res[f"t{k}"] for k in outs}
+    return {int(k[1:]): v for k, v in res.items()}
 
 
-def _cached_table(p: Program, k: int, t_row: str, onehot: str) -> str:
-    """T = tcache.k ⊙ (1 − oᵀ) + oᵀ·t_row: the table with row y replaced by the fresh (differentiable) target;
-    T becomes the new tcache.k."""
-    shape = p.shape(t_row)
-    tf = _flat(p, t_row)
+def _bias(p: Program, i: int) -> str | None:
+    return f"blocks.{i}.bias" if f"blocks.{i}.bias" in p.values else None
+
+
+def _replace_row(p: Program, table: str, row: str, onehot: str) -> str:
+    """table ⊙ (1 − oᵀ) + oᵀ·row for a (C, …) table and a (1, …) row: row y replaced (one-hot o of y)."""
+    shape = p.shape(table)
     ot = p.transpose(onehot)  # C×1
-    table = p.add(p.mul(f"tcache.{k}", p.sub(p.const(np.float32(1.0)), ot)), p.matmul(ot, tf))
-    p.update_state(f"tcache.{k}", table)
-    return p.reshape(table, (p.shape(table)[0], *shape[1:]))
+    keep = p.sub(p.const(np.float32(1.0)), ot)
+    out = p.add(p.mul(_flat(p, table), keep), p.matmul(ot, _flat(p, row)))
+    return p.reshape(out, shape)
+
+
+def _cached_block(
+    p: Program, spec: ModelSpec, i: int, stack: str, prev: str, onehot: str, batch: int
+) -> tuple[str, str]:
+    """Block i of a cached step (see :func:`target_stream`): ``stack`` = the B sample rows + the 1 target row
+    of class y, ``prev`` = the previous layer's targets of every class (C rows). Returns (the block's output
+    stack, its targets of every class: C rows, row y fresh and the others from ``tcache.{i+1}``)."""
+    k, layers = i + 1, spec.blocks[i]
+    if not isinstance(layers[0], (Linear, Conv1d, Conv2d)):
+        raise CompileError(f"target_stream 'cached' needs blocks that start with a weight layer (block {i})")
+    w, b = f"blocks.{i}.weight", _bias(p, i)
+    a = emit_layer(p, layers[0], stack, w, b)
+    a_other = p.op("straight_through", f"tcache.{k}", emit_layer(p, layers[0], prev, w, b))
+    p.update_state(
+        f"tcache.{k}", _replace_row(p, f"tcache.{k}", p.op("slice_rows", a, start=batch, stop=batch + 1), onehot)
+    )
+    for layer in layers[1:]:
+        a = emit_layer(p, layer, a, None, None)
+        a_other = emit_layer(p, layer, a_other, None, None)
+    return a, _replace_row(p, a_other, p.op("slice_rows", a, start=batch, stop=batch + 1), onehot)
 
 
 def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> Program:
@@ -512,26 +544,26 @@ def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> 
     shapes = spec.param_shapes()
     cached = mode == "cached"
     if cached:
-        for k, table in class_targets(spec, params).items():
+        for k, table in class_preactivations(spec, params).items():
             p.state(f"tcache.{k}", table, k)
-    per_sample = not cached and spec.rule.loss != "v1" and batch < spec.num_classes
-    t = emit_signal(p, spec, rows=onehot if cached or per_sample else None)
-
-    def loss_target(k: int, t_k: str) -> str:
-        return _cached_table(p, k, t_k, onehot) if cached else t_k
+        prev = emit_signal(p, spec)  # every class's signal: C rows, no GEMM (exact)
+        t = p.reshape(p.matmul(onehot, _flat(p, prev)), (1, *p.shape(prev)[1:]))  # row y
+    else:
+        per_sample = spec.rule.loss != "v1" and batch < spec.num_classes
+        t = prev = emit_signal(p, spec, rows=onehot if per_sample else None)
 
     signal_names = [n for n in shapes if n.startswith("signal.")] if spec.signal.kind == "learned" else []
     first = 0
     if spec.signal.hidden:  # t_1 = z; one loss updates block 0 and the signal (layer 1)
         h = emit_block(p, spec, 0, x)
-        l1 = emit_sp_loss(p, spec, h, loss_target(1, t), onehot)
+        l1 = emit_sp_loss(p, spec, h, prev, onehot)
         p.output("loss_1", l1)
         names = [n for n in shapes if n.startswith("blocks.0.")] + signal_names
         emit_optimizer(p, spec, 1, grad(p, l1, names), lr)
         first = 1
     else:
         if signal_names:
-            l0 = emit_sp_loss(p, spec, x, loss_target(0, t), onehot)
+            l0 = emit_sp_loss(p, spec, x, prev, onehot)
             p.output("loss_0", l0)
             emit_optimizer(p, spec, 0, grad(p, l0, signal_names), lr)
         h = x
@@ -542,10 +574,13 @@ def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> 
         # one layer's intermediates are live at a time, whatever order a runtime picks among independent nodes
         for name in (n for n in shapes if spec.param_layer_index(n) == i and n in p.state_updates):
             stack = p.op("after", stack, p.state_updates[name])
-        stack = emit_block(p, spec, i, stack)
+        if cached:
+            stack, prev = _cached_block(p, spec, i, stack, prev, onehot, batch)
+        else:
+            stack = emit_block(p, spec, i, stack)
         h = p.op("slice_rows", stack, start=0, stop=batch)
         t = p.op("slice_rows", stack, start=batch, stop=batch + rows)
-        li = emit_sp_loss(p, spec, h, loss_target(i + 1, t), onehot)
+        li = emit_sp_loss(p, spec, h, prev if cached else t, onehot)
         p.output(f"loss_{i + 1}", li)
         names = [n for n in shapes if n.startswith(f"blocks.{i}.")]
         emit_optimizer(p, spec, i + 1, grad(p, li, names), lr)

@@ -203,6 +203,7 @@ ONNX_EMIT: dict[str, Any] = {
     "concat_rows": lambda e, op: e.node("Concat", list(op.inputs), [op.output], axis=0),
     "slice_rows": _slice_rows,
     "after": _after,
+    "straight_through": lambda e, op: e.node("Identity", [op.inputs[0]], [op.output]),
 }
 check_table(ONNX_EMIT, "ONNX")
 

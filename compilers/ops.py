@@ -19,6 +19,10 @@ softmax, log_softmax   over the last axis
 onehot(y)      int32 labels (B,) → float (B, depth); attrs depth
 gather(a, idx) idx is an int32 *constant*; attrs axis (numpy.take)
 pad            attrs pads: tuple of (before, after) per axis, zero padding
+concat_rows(a, b), slice_rows(a)   stack / cut along axis 0 (attrs start, stop)
+after(x, y)    x, computed once y is (an ordering edge); ∂/∂y = 0
+straight_through(a, z)   a; ∂/∂a = ∂/∂z = g. z is a *gradient-only* input: its value is never read, so
+               the ops computing it are dead code for the runtimes (:func:`value_inputs`)
 =============  ==========================================================================
 """
 
@@ -316,6 +320,26 @@ def _vjp_after(p: Program, op: Op, g: str, idx: int) -> str:
 
 
 _define("after", 2, lambda ins, at: (ins[0].shape, ins[0].dtype), lambda a, _: a[0], _vjp_after)
+
+
+# straight_through(a, z) = a with the gradient of a + (z − stop_gradient(z)): the value comes from a (e.g. a
+# cached pre-activation), the gradient also flows into z (e.g. the same layer applied to cached inputs with the
+# current weights). Only a's value is read, so z's forward ops are dead code once autodiff has taken their VJPs.
+def _shape_straight_through(ins: list[Value], attrs: dict[str, Any]) -> tuple[Shape, str]:
+    if ins[0].shape != ins[1].shape:
+        raise ValueError(f"straight_through shapes {ins[0].shape} and {ins[1].shape}")
+    return ins[0].shape, ins[0].dtype
+
+
+_define("straight_through", 2, _shape_straight_through, lambda a, _: a[0], lambda p, op, g, idx: g)
+
+GRADIENT_ONLY_INPUTS: dict[str, tuple[int, ...]] = {"straight_through": (1,)}
+
+
+def value_inputs(op: Op) -> tuple[str, ...]:
+    """The inputs whose *values* an op reads (all but its gradient-only ones): what dead-code removal follows."""
+    skip = GRADIENT_ONLY_INPUTS.get(op.kind, ())
+    return tuple(x for i, x in enumerate(op.inputs) if i not in skip)
 
 
 _define("onehot", 1, _shape_onehot, lambda a, at: np.eye(at["depth"], dtype=np.float32)[a[0]])

@@ -31,7 +31,7 @@ import flatbuffers
 import numpy as np
 
 from compilers.ir import Op, Program
-from compilers.ops import check_table
+from compilers.ops import check_table, value_inputs
 from compilers.tflite.schema import load_schema
 from edgesp.errors import CompileError
 
@@ -292,7 +292,7 @@ def _live_values(program: Program, assign: bool) -> set[str]:
             continue
         seen.add(v)
         if v in producer:
-            stack.extend(producer[v].inputs)
+            stack.extend(value_inputs(producer[v]))
     return seen
 
 
@@ -446,7 +446,8 @@ def _t_slice_rows(c: _Ctx) -> None:
 
 
 def _t_after(c: _Ctx) -> None:
-    """TFLite runs operators in list order, which is already the program's: ``after`` is x itself (an alias)."""
+    """TFLite runs operators in list order, which is already the program's: ``after`` (and ``straight_through``, whose
+    second input is gradient-only) is its first input itself (an alias)."""
     c.g.index[c.op.output] = c.g.index[c.op.inputs[0]]
 
 
@@ -476,5 +477,6 @@ TFLITE_EMIT: dict[str, Any] = {
     "concat_rows": _t_concat_rows,
     "slice_rows": _t_slice_rows,
     "after": _t_after,
+    "straight_through": _t_after,
 }
 check_table(TFLITE_EMIT, "TFLite")

@@ -66,6 +66,41 @@ def test_ort_matches_onnx_reference_evaluator(build, rng):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("preset,shape", [("mlp", (64,)), ("cnn1d", (1, 40))])
+def test_cached_target_stream_in_ort_matches_reference_evaluator_and_interpreter(preset, shape, tmp_path, rng):
+    """The cached batch-1 step on ONNX Runtime: 4 steps (state carried) against the numpy IR interpreter, and
+    each step against onnx.reference.ReferenceEvaluator on the same feeds (1e-5: float32 summation order)."""
+    from compilers import interp
+    from compilers.lower import lower_update
+
+    spec, params = make(preset, shape, "v1", "sgd", lr=1e-2, width=16, depth=3, channels=4)
+    spec = spec.replace_rule(params={"target_stream": "cached"})
+    compile_model(spec, params, load_target("edge-cpu"), tmp_path / "b", batch=1)
+    model = onnx.load(str(tmp_path / "b" / "update.onnx"))
+    sess, ref_eval = _session(tmp_path / "b" / "update.onnx"), ReferenceEvaluator(model)
+    names = [o.name for o in model.graph.output]
+    prog = lower_update(spec, params, 1)
+    state = {s.value.name: s.init for s in prog.states}
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    upd = {p["name"]: p["update_output"] for p in manifest["parameters"]}
+    assert {"tcache.2", "tcache.3"} <= set(upd)
+    for _ in range(4):
+        feeds = {
+            "x": rng.standard_normal((1, *shape)).astype(np.float32),
+            "y": rng.integers(0, 10, 1).astype(np.int32),
+            "lr": np.asarray(1e-2, np.float32),
+        }
+        got = dict(zip(names, sess.run(None, {**feeds, **state}), strict=True))
+        ref = dict(zip(names, ref_eval.run(None, {**feeds, **state}), strict=True))
+        outs, new = interp.run(prog, feeds, state)
+        for k in outs:
+            np.testing.assert_allclose(got[k], outs[k], atol=1e-5, rtol=1e-5, err_msg=k)
+        for k, v in new.items():
+            np.testing.assert_allclose(got[upd[k]], v, atol=1e-5, rtol=1e-5, err_msg=k)
+            np.testing.assert_allclose(ref[upd[k]], v, atol=1e-5, rtol=1e-5, err_msg=k)
+        state = new
+
+
 @pytest.mark.parametrize(
     "preset,shape,opt,loss,signal",
     [

@@ -54,6 +54,7 @@ CASES = {
     "concat_rows": ([_x(2, 3, 2), _x(4, 3, 2)], {}, lambda a, b: torch.cat([a, b], 0)),
     "slice_rows": ([_x(5, 3)], {"start": 1, "stop": 4}, lambda a: a[1:4]),
     "after": ([_x(3, 2), _x(4, 5)], {}, lambda a, b: a + 0 * b.sum()),
+    "straight_through": ([_x(3, 2), _x(3, 2)], {}, lambda a, b: a + (b - b.detach())),
 }
 
 
@@ -99,6 +100,21 @@ DIFFERENTIABLE = sorted(k for k in CASES if OPS[k].vjp is not None)
 
 def test_differentiable_set_is_what_sp_needs():
     assert set(KINDS) - set(DIFFERENTIABLE) == {"greater", "equal", "onehot", "gather", "pad"}
+
+
+def test_gradient_only_input_is_dead_code_for_the_runtimes():
+    """straight_through(a, z) reads only a's value: the ops computing z are removed from the emitted program
+    (ir.Program.live_ops), while autodiff still sends the gradient through them."""
+    p = Program()
+    a, w, u = p.state("a", _x(3, 2), 1), p.state("w", _x(4, 2), 1), p.state("u", _x(3, 4), 0)
+    z = p.matmul(u, w)
+    out = p.op("straight_through", a, z)
+    loss = p.reduce("reduce_sum", p.mul(out, out), (0, 1), keepdims=False)
+    gw = grad(p, loss, ["w"])["w"]
+    p.output("g", gw)
+    assert z not in {op.output for op in p.live_ops()}
+    got = interp.run(p, {})[0]["g"]
+    np.testing.assert_allclose(got, p.states[2].init.T @ (2 * p.states[0].init), rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", DIFFERENTIABLE)

@@ -85,6 +85,7 @@ CASES = {
     "concat_rows": (lambda p, a, b: p.op("concat_rows", a, b), ((2, 3, 4), (1, 3, 4)), {}),
     "slice_rows": (lambda p, a: p.op("slice_rows", a, start=1, stop=3), ((4, 3, 2),), {}),
     "after": (lambda p, a, b: p.op("after", a, b), ((3, 4), (2, 5)), {}),
+    "straight_through": (lambda p, a, b: p.op("straight_through", a, p.op("relu", b)), ((3, 4), (3, 4)), {}),
     "const_output": (lambda p, a: p.const(np.arange(4, dtype=np.float32)), ((3, 4),), {}),
 }
 APPROX = {
@@ -410,3 +411,36 @@ def test_compiled_model_infers_and_steps_without_init_in_a_bare_interpreter(mlp_
     zeros = {k: np.zeros_like(v) for k, v in got.items()}
     fresh2.get_signature_runner("init")(**zeros)
     assert not np.abs(fresh2.get_signature_runner("infer")(x=x)["logits"]).any()  # init overrode the defaults
+
+
+@pytest.mark.parametrize("preset,shape", [("mlp", (64,)), ("cnn1d", (1, 40))])
+def test_cached_target_stream_matches_numpy_reference(preset: str, shape: tuple, tmp_path) -> None:
+    """The cached batch-1 step (straight_through: the class rows' GEMM is dead code, only its weight gradient
+    runs) in both interpreters: 4 steps vs the numpy interpreter, every state including the tcache tables
+    (atol 5e-6 as for the exact conv step)."""
+    from compilers.lower import lower_update
+    from compilers.tflite import compile_model
+    from firmware_sim.tflite_device import TFLiteDevice
+    from targets import load_target
+    from tests.compilers.helpers import make
+
+    spec, params = make(preset, shape, "v1", "sgd", lr=1e-2, width=16, depth=3, channels=4)
+    spec = spec.replace_rule(params={"target_stream": "cached"})
+    compile_model(spec, params, load_target("edge-cpu-tflite"), tmp_path, 1)
+    prog = lower_update(spec, params, 1)
+    devs = [TFLiteDevice(tmp_path, n) for n in INTERPRETERS]
+    state = {s.value.name: s.init for s in prog.states}
+    assert {"tcache.2", "tcache.3"} <= set(state)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        x = rng.standard_normal((1, *shape)).astype(np.float32)
+        y = rng.integers(0, 10, 1).astype(np.int32)
+        ref, state = interp.run(prog, {"x": x, "y": y, "lr": np.float32(1e-2)}, state)
+        for d in devs:
+            out = d.step(x, y)
+            for k, v in ref.items():
+                assert abs(out[k] - float(v)) <= 1e-5 * max(1.0, abs(float(v)))
+    for d in devs:
+        w = d.weights()
+        for k in state:
+            np.testing.assert_allclose(w[k], state[k], **_state_tol(k, 5e-6), err_msg=k)
