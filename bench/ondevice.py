@@ -107,14 +107,22 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam", repeats=3):
                 compile_model(spec, params, load_target("edge-cpu"), Path(tmp) / "bp", batch=batch, on_device_rule="bp")
                 dev = OrtDevice(tmp, threads=1)
                 bp_dev = OrtDevice(Path(tmp) / "bp", threads=1)
-                sp_runs, bp_runs = [], []
+                cached_dev = None
+                if batch == 1:  # the one-row cached target stream (compile --target-stream cached)
+                    cached = spec.replace_rule(params={**spec.rule.params, "target_stream": "cached"})
+                    compile_model(cached, params, load_target("edge-cpu"), Path(tmp) / "cached", batch=batch)
+                    cached_dev = OrtDevice(Path(tmp) / "cached", threads=1)
+                sp_runs, bp_runs, cached_runs = [], [], []
                 for _ in range(repeats):  # interleaved: SP and BP in the same runtime share the machine's state
                     sp_runs.append(_rate(lambda dev=dev, x=x, y=y: dev.step(x, y), steps, batch))
+                    sp_ort_wall = _rate.wall
                     bp_runs.append(_rate(lambda dev=bp_dev, x=x, y=y: dev.step(x, y), steps, batch))
+                    if cached_dev is not None:
+                        cached_runs.append(_rate(lambda dev=cached_dev, x=x, y=y: dev.step(x, y), steps, batch))
                 sp_ort, bp_ort = float(np.median(sp_runs)), float(np.median(bp_runs))
-                sp_ort_wall = _rate.wall
                 sp_mem, _ = ort_profile_peaks(Path(tmp), x, y)
                 bp_ort_mem, _ = ort_profile_peaks(Path(tmp) / "bp", x, y)
+                cached_mem = ort_profile_peaks(Path(tmp) / "cached", x, y)[0] if cached_dev is not None else None
                 tfl = None
                 if tfl_bench:
                     try:
@@ -150,6 +158,10 @@ def run(depths, batches, width, steps, seed=0, optimizer="adam", repeats=3):
                 "bp_over_sp_memory": bp_mem / max(sp_mem, 1),
                 "sp_over_bp_speed": sp_ort / bp_rate,
                 "sp_over_largest_layer": sp_mem / plan["largest_layer_working_set_bytes"],
+                "sp_cached_ort_runs": cached_runs,
+                "sp_cached_ort_samples_per_s": float(np.median(cached_runs)) if cached_runs else None,
+                "sp_cached_over_bp_ort_speed": float(np.median(cached_runs)) / bp_ort if cached_runs else None,
+                "sp_cached_ort_transient_bytes": cached_mem,
             }
             if tfl:
                 row.update({f"tflite_{k}": v for k, v in tfl.items()})
@@ -182,6 +194,25 @@ def table(rows) -> str:
             f"{r['bp_torch_samples_per_s']:.0f} | {r['sp_over_bp_speed']:.2f} | {r['sp_ort_transient_bytes']:,} | "
             f"{r['sp_planned_transient_bytes']:,} | {r['largest_layer_working_set_bytes']:,} | "
             f"{r['sp_over_largest_layer']:.2f} | {r['bp_transient_bytes']:,} | {r['bp_over_sp_memory']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def cached_table(rows) -> str:
+    """Batch-1 rows: the cached one-row target stream next to the exact stream and BP, same runtime."""
+    lines = [
+        "| depth | SP cached samples/s (median, spread) | SP exact samples/s | BP/ORT samples/s | SP cached ÷ BP "
+        "| SP exact ÷ BP | SP cached transient B | SP exact transient B | BP/ORT transient B |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in (r for r in rows if r.get("sp_cached_ort_runs")):
+        c = r["sp_cached_ort_runs"]
+        lines.append(
+            f"| {r['depth']} | {r['sp_cached_ort_samples_per_s']:.0f} ({min(c):.0f}–{max(c):.0f}) | "
+            f"{r['sp_ort_samples_per_s']:.0f} | {r['bp_ort_samples_per_s']:.0f} | "
+            f"{r['sp_cached_over_bp_ort_speed']:.2f} | {r['sp_over_bp_ort_speed']:.2f} | "
+            f"{r['sp_cached_ort_transient_bytes']:,} | {r['sp_ort_transient_bytes']:,} | "
+            f"{r['bp_ort_transient_bytes']:,} |"
         )
     return "\n".join(lines)
 
@@ -226,6 +257,8 @@ def main() -> None:
     (out / f"{stem}.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": rows}, indent=2))
     plot(rows, out / f"{stem}.png")
     print(table(rows))
+    if any(r.get("sp_cached_ort_runs") for r in rows):
+        print(cached_table(rows))
     print(f"wrote {out / (stem + '.json')} and {out / (stem + '.png')}")
 
 

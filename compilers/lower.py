@@ -287,6 +287,25 @@ def _matmul_rows(p: Program, term: str) -> tuple[str, str] | None:
     return (a or p.transpose(a_t)), b
 
 
+def _merge_matmul_terms(p: Program, g: str) -> str:
+    """g with its weight-gradient terms Σ_k A_kᵀ·B_k (one per use of the weight, e.g. the stacked streams and a
+    cached step's class rows) merged into one GEMM over the stacked rows [A_1; A_2; …]ᵀ·[B_1; B_2; …]: a chain of
+    accumulating GEMMs would hold a weight-sized temporary between them (ONNX Gemm's C is not updated in place)."""
+    terms = _sum_terms(p, g)
+    rows = [(t, _matmul_rows(p, t)) for t in terms]
+    mm = [r for _, r in rows if r is not None]
+    if len(mm) < 2:
+        return g
+    a, b = mm[0]
+    for a2, b2 in mm[1:]:
+        a, b = p.op("concat_rows", a, a2), p.op("concat_rows", b, b2)
+    out = p.matmul(p.transpose(a), b)
+    for t, r in rows:
+        if r is None:
+            out = p.add(out, t)
+    return out
+
+
 def _scaled_terms(p: Program, g: str, s: str) -> list[str]:
     """The terms of s·g (s a scalar value), each matmul term rebuilt with s applied to its R-row operand, so no
     weight-sized product is formed and each term can still accumulate into a Gemm."""
@@ -362,6 +381,7 @@ def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str
     else:
         neg_lr = p.scale(lr, -1.0)  # once per layer: scales each gradient's R-row operand
     for name, g in grads.items():
+        g = _merge_matmul_terms(p, g)
         if o.weight_decay:
             g = p.add(g, p.scale(name, o.weight_decay))
         if o.name == "adam":
