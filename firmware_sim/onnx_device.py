@@ -16,7 +16,7 @@ import numpy as np
 
 from edgesp.data import Dataset
 from edgesp.errors import CompileError, DataError, RuntimeMissingError
-from firmware_sim import checked_parameters, load_build
+from firmware_sim import checked_parameters, load_build, refreshed_target_cache
 
 
 def _ort() -> Any:
@@ -157,10 +157,13 @@ class OrtDevice:
         return {k: np.array(v.numpy(), copy=True) for k, v in self.state.items()}
 
     def load_parameters(self, params: dict[str, np.ndarray]) -> None:
-        """Write model parameters into the device state (names and shapes as the manifest's; optimizer state kept)."""
+        """Write model parameters into the device state (names and shapes as the manifest's; optimizer state kept;
+        a cached target stream's class tables recomputed for the new parameters)."""
         ort = _ort()
         for name, arr in checked_parameters(self.manifest, params).items():
             self.state[name] = ort.OrtValue.ortvalue_from_numpy(arr)
+        for name, arr in refreshed_target_cache(self.manifest, self.spec, self.parameters()).items():
+            self.state[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr))
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Copies of the model parameters only (no optimizer state)."""

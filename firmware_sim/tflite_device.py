@@ -28,7 +28,7 @@ import numpy as np
 from edgesp.data import Dataset
 from edgesp.errors import CompileError, DataError
 from edgesp.manifest import Manifest
-from firmware_sim import checked_parameters, load_build
+from firmware_sim import checked_parameters, load_build, refreshed_target_cache
 from firmware_sim.tflite_runtime import DEFAULT_INTERPRETER, TFLiteModel
 
 
@@ -112,8 +112,12 @@ class TFLiteDevice:
         return self.model.get()
 
     def load_parameters(self, params: dict[str, np.ndarray]) -> None:
-        """Write model parameters into the interpreter's variables (optimizer state kept)."""
-        self.model.init({**self.weights(), **checked_parameters(self.manifest, params)})
+        """Write model parameters into the interpreter's variables (optimizer state kept; a cached target stream's
+        class tables recomputed for the new parameters)."""
+        state = {**self.weights(), **checked_parameters(self.manifest, params)}
+        names = set(self.manifest.parameter_names())
+        fresh = {k: v for k, v in state.items() if k in names}
+        self.model.init({**state, **refreshed_target_cache(self.manifest, self.spec, fresh)})
 
     def parameters(self) -> dict[str, np.ndarray]:
         """The model parameters only (no optimizer state)."""
