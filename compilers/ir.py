@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from compilers.ops import F32, I32, KINDS, OPS, value_inputs
+from compilers.ops import F32, I32, KINDS, OPS, VARIADIC, value_inputs
 
 __all__ = ["F32", "I32", "KINDS", "Op", "Program", "State", "Value", "broadcast_shape", "freeze_states"]
 
@@ -205,6 +205,7 @@ def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
 
 def _infer(kind: str, ins: list[Value], attrs: dict[str, Any]) -> tuple[tuple[int, ...], str]:
     d = OPS[kind]
-    if len(ins) != d.arity:
-        raise ValueError(f"op {kind} takes {d.arity} inputs, got {len(ins)}")
+    if (len(ins) < 2) if d.arity == VARIADIC else (len(ins) != d.arity):
+        want = "2 or more" if d.arity == VARIADIC else d.arity
+        raise ValueError(f"op {kind} takes {want} inputs, got {len(ins)}")
     return d.shape(ins, attrs)

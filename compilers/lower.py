@@ -296,9 +296,7 @@ def _merge_matmul_terms(p: Program, g: str) -> str:
     mm = [r for _, r in rows if r is not None]
     if len(mm) < 2:
         return g
-    a, b = mm[0]
-    for a2, b2 in mm[1:]:
-        a, b = p.op("concat_rows", a, a2), p.op("concat_rows", b, b2)
+    a, b = p.op("concat_rows", *(a for a, _ in mm)), p.op("concat_rows", *(b for _, b in mm))
     out = p.matmul(p.transpose(a), b)
     for t, r in rows:
         if r is None:
@@ -354,6 +352,33 @@ def _copy_squared(p: Program, g: str, scale: float) -> str:
     return p.mul(gs, gs)
 
 
+# Adam's elementwise chain (√ṽ, +ε̂, m̃/·, ·α, W − ·) runs a block of rows at a time on parameters of at least
+# ADAM_CHUNK_MIN elements: ONNX Runtime runs no arithmetic op in place (measured, ORT 1.32: only Relu), so a
+# whole-weight chain holds two weight-sized temporaries; by blocks it holds the finished blocks (one weight in
+# all, joined by one Concat into the new value) plus two blocks. ADAM_CHUNKS blocks.
+ADAM_CHUNK_MIN = 16384
+ADAM_CHUNKS = 16
+
+
+def _row_chunks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Row ranges [r0, r1) splitting a parameter of ``shape`` into up to ADAM_CHUNKS blocks, or [] if it is
+    smaller than ADAM_CHUNK_MIN elements or has fewer than 2 rows."""
+    if math.prod(shape) < ADAM_CHUNK_MIN or shape[0] < 2:
+        return []
+    k = min(ADAM_CHUNKS, shape[0])
+    edges = [round(i * shape[0] / k) for i in range(k + 1)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+def _squared_rows(p: Program, at_b: tuple[str, str], v: str, r0: int, r1: int, b2: float) -> str:
+    """Rows r0:r1 of β2·(ṽ + (g/√β2)²) for g = aᵀ·b (``at_b`` = (aᵀ, b), a: R×out): g's block of rows is
+    aᵀ[r0:r1]·b, a GEMM over R rows into a block-sized buffer."""
+    at, b = at_b
+    g = p.matmul(p.op("slice_rows", at, start=r0, stop=r1), b)
+    gs = p.scale(g, 1.0 / math.sqrt(b2))
+    return p.scale(p.add(p.mul(gs, gs), p.op("slice_rows", v, start=r0, stop=r1)), b2)
+
+
 def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str], lr: str) -> None:
     """Each parameter's update, written so no backend has to hold several weight-sized temporaries and every
     accumulation of a weight gradient is a GEMM with an accumulator (ONNX ``Gemm`` with C):
@@ -389,16 +414,33 @@ def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str
             for term in _sum_terms(p, g):
                 m = p.add(m, term)
             p.update_state(f"opt.{name}.m", m)
+            chunks = _row_chunks(p.shape(name))
             pairs = _square_pairs(p, g)
+            rows = _matmul_rows(p, g) if len(_sum_terms(p, g)) == 1 else None
             if pairs is not None:  # β2·ṽ + g²: one GEMM accumulating into C = ṽ (beta = β2); may dip below 0
                 v = p.add(p.scale(f"opt.{name}.v", b2), _row_products_squared(p, g, pairs))
-                root = p.op("sqrt", p.op("relu", v))
+                clip = True
+            elif chunks and rows is not None:  # the same, a block of rows at a time (see _row_chunks)
+                at_b = (p.transpose(rows[0]), rows[1])
+                v = p.op("concat_rows", *(_squared_rows(p, at_b, f"opt.{name}.v", r0, r1, b2) for r0, r1 in chunks))
+                clip = False
             else:  # β2·(ṽ + (g/√β2)²): no node reads only ṽ, which a runtime could run (and keep) early
                 v = p.scale(p.add(_copy_squared(p, g, 1.0 / math.sqrt(b2)), f"opt.{name}.v"), b2)
-                root = p.op("sqrt", v)
+                clip = False
             p.update_state(f"opt.{name}.v", v)
-            step_w = p.mul(p.div(m, p.add(root, eps_hat)), alpha)
-            p.update_state(name, p.sub(name, step_w))
+
+            def adam_step(w: str, m: str, v: str, clip: bool = clip) -> str:
+                root = p.op("sqrt", p.op("relu", v) if clip else v)
+                return p.sub(w, p.mul(p.div(m, p.add(root, eps_hat)), alpha))
+
+            if chunks:
+                pieces = []
+                for r0, r1 in chunks:
+                    w_k, m_k, v_k = (p.op("slice_rows", t, start=r0, stop=r1) for t in (name, m, v))
+                    pieces.append(adam_step(w_k, m_k, v_k))
+                p.update_state(name, p.op("concat_rows", *pieces))
+            else:
+                p.update_state(name, adam_step(name, m, v))
             continue
         # SGD: acc = μ·v − lr·g (momentum) or W − lr·g, one GEMM accumulation per gradient term
         acc = p.scale(f"opt.{name}.m", o.momentum) if o.momentum else name

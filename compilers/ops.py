@@ -19,7 +19,7 @@ softmax, log_softmax   over the last axis
 onehot(y)      int32 labels (B,) → float (B, depth); attrs depth
 gather(a, idx) idx is an int32 *constant*; attrs axis (numpy.take)
 pad            attrs pads: tuple of (before, after) per axis, zero padding
-concat_rows(a, b), slice_rows(a)   stack / cut along axis 0 (attrs start, stop)
+concat_rows(a, b, …), slice_rows(a)   stack (2 or more inputs) / cut along axis 0 (attrs start, stop)
 after(x, y)    x, computed once y is (an ordering edge); ∂/∂y = 0
 straight_through(a, z)   a; ∂/∂a = ∂/∂z = g. z is a *gradient-only* input: its value is never read, so
                the ops computing it are dead code for the runtimes (:func:`value_inputs`)
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from compilers.ir import Op, Program, Value
 
 F32, I32 = "float32", "int32"
+VARIADIC = -1  # OpDef.arity of an op taking two or more inputs
 Shape = tuple[int, ...]
 
 
@@ -282,10 +283,10 @@ def _shape_pad(ins: list[Value], attrs: dict[str, Any]) -> tuple[Shape, str]:
 # --------------------------------------------------------------------------- rows (axis 0): the update step stacks
 # the sample and target streams into one tensor so each block runs one GEMM for both (and one weight gradient)
 def _shape_concat_rows(ins: list[Value], attrs: dict[str, Any]) -> tuple[Shape, str]:
-    a, b = ins[0].shape, ins[1].shape
-    if a[1:] != b[1:]:
-        raise ValueError(f"concat_rows shapes {a} and {b}")
-    return (a[0] + b[0], *a[1:]), ins[0].dtype
+    shapes = [v.shape for v in ins]
+    if any(s[1:] != shapes[0][1:] for s in shapes):
+        raise ValueError(f"concat_rows shapes {shapes}")
+    return (sum(s[0] for s in shapes), *shapes[0][1:]), ins[0].dtype
 
 
 def _shape_slice_rows(ins: list[Value], attrs: dict[str, Any]) -> tuple[Shape, str]:
@@ -296,9 +297,8 @@ def _shape_slice_rows(ins: list[Value], attrs: dict[str, Any]) -> tuple[Shape, s
 
 
 def _vjp_concat_rows(p: Program, op: Op, g: str, idx: int) -> str:
-    n0 = p.shape(op.inputs[0])[0]
-    start, stop = (0, n0) if idx == 0 else (n0, p.shape(op.output)[0])
-    return p.op("slice_rows", g, start=start, stop=stop)
+    start = sum(p.shape(i)[0] for i in op.inputs[:idx])
+    return p.op("slice_rows", g, start=start, stop=start + p.shape(op.inputs[idx])[0])
 
 
 def _vjp_slice_rows(p: Program, op: Op, g: str, idx: int) -> str:
@@ -307,7 +307,7 @@ def _vjp_slice_rows(p: Program, op: Op, g: str, idx: int) -> str:
     return p.op("pad", g, pads=pads)
 
 
-_define("concat_rows", 2, _shape_concat_rows, lambda a, _: np.concatenate(a[:2], axis=0), _vjp_concat_rows)
+_define("concat_rows", VARIADIC, _shape_concat_rows, lambda a, _: np.concatenate(a, axis=0), _vjp_concat_rows)
 _define("slice_rows", 1, _shape_slice_rows, lambda a, at: a[0][at["start"] : at["stop"]], _vjp_slice_rows)
 
 

@@ -14,10 +14,10 @@ from edgesp.functional import predict_logits, to_torch
 from tests.compilers.helpers import make
 
 
-def _torch_bp(spec, params, batches, lr):
+def _torch_bp(spec, params, batches, lr, eps=1e-8):
     """Reference: CE on the logits, autograd through every block, one Adam (elementwise: = one per layer)."""
     p = {k: v for k, v in to_torch(params, requires_grad=True).items() if not k.startswith("signal.")}
-    opt = torch.optim.Adam(p.values(), lr=lr)
+    opt = torch.optim.Adam(p.values(), lr=lr, eps=eps)
     losses = []
     for x, y in batches:
         opt.zero_grad()
@@ -46,6 +46,24 @@ def test_bp_program_matches_torch_autograd():
         np.testing.assert_allclose(state[k], v, atol=1e-5, err_msg=k)
         assert np.abs(v - params[k]).max() > 1e-3
     np.testing.assert_array_equal(state["signal.weight"], params["signal.weight"])  # carried, not learned
+
+
+def test_bp_program_with_adam_in_row_blocks_matches_torch_autograd():
+    """Batch 1 (g² by row products) on weights large enough for Adam's row blocks (compilers.lower._row_chunks).
+    ε = 1e-6: see tests/compilers/test_lower.py::test_adam_in_row_blocks_matches_torch_trainer."""
+    from dataclasses import replace
+
+    spec, params = make("mlp", (64,), "v1", "adam", lr=1e-3, depth=2, width=256)
+    spec = spec.replace_rule(optimizer=replace(spec.rule.optimizer, eps=1e-6))
+    prog = lower_bp_update(spec, params, 1)
+    assert prog.producer(prog.state_updates["blocks.0.weight"]).kind == "concat_rows"
+    state = {s.value.name: s.init for s in prog.states}
+    for x, y in _batches(6, b=1):
+        _, new = interp.run(prog, {"x": x, "y": y.astype(np.int32), "lr": np.float32(1e-3)}, state)
+        state.update(new)
+    want, _ = _torch_bp(spec, params, _batches(6, b=1), 1e-3, eps=1e-6)
+    for k, v in want.items():
+        np.testing.assert_allclose(state[k], v, atol=1e-5, err_msg=k)
 
 
 def test_bp_step_is_not_forward_only_and_conv_is_refused():
