@@ -436,7 +436,11 @@ def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str
             if chunks:
                 pieces = []
                 for r0, r1 in chunks:
-                    w_k, m_k, v_k = (p.op("slice_rows", t, start=r0, stop=r1) for t in (name, m, v))
+                    # a block's rows by gather (a 1-D index list), not slice_rows: ONNX Runtime fuses the sibling
+                    # Slices of one tensor into one Split, which materialises every block at once (measured on
+                    # this step: 2.55 MB transient instead of 0.39 MB at depth 2, batch 1)
+                    idx = p.const(np.arange(r0, r1, dtype=np.int32), "rows", I32)
+                    w_k, m_k, v_k = (p.op("gather", t, idx, axis=0) for t in (name, m, v))
                     pieces.append(adam_step(w_k, m_k, v_k))
                 p.update_state(name, p.op("concat_rows", *pieces))
             else:
