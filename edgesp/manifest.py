@@ -12,7 +12,7 @@ checks the schema and every artifact's sha256 before anything is used.
 - ``artifacts``: role → file name (``inference``, ``update``, ``state``, …), ``hashes``: file → sha256 of
   every artifact file;
 - ``parameters``: forward-ordered entries (``name``, ``layer``, ``shape``, ``kind`` = parameter |
-  optimizer_state | target_cache (per-layer class targets of a cached batch-1 target stream),
+  optimizer_state | target_cache (per-layer class pre-activations of a cached batch-1 target stream),
   ``update_output``: where the device finds the new value, or null if it is not learned);
 - ``planned_memory``: ``update_step_peak_bytes`` and ``inference_peak_bytes`` (the same two keys for every
   backend) and ``details`` (the backend's own breakdown);

@@ -298,31 +298,24 @@ def test_sp_steps_match_numpy_torch_and_onnx_in_both_interpreters(mlp_builds) ->
             assert np.abs(w[k] - params[k]).max() > 1e-3  # every parameter learned inside the interpreter
 
 
-@pytest.mark.parametrize(
-    "preset,shape,opt,signal_shape",
-    [("cnn1d", (1, 40), "sgd", "full"), ("cnn2d", (1, 8, 8), "adam", "full"), ("cnn1d", (1, 40), "adam", "channel")],
-)
-def test_conv_programs_match_numpy_reference(preset: str, shape: tuple, opt: str, signal_shape: str, tmp_path) -> None:
-    """Conv lowering (pad, gather im2col, transposes, pools, the channel signal's broadcast) in both
-    interpreters: 3 steps vs the numpy interpreter (atol 5e-6: float32 sums of up to C·K² products in a
-    different order)."""
+def _steps_match_reference(spec, params, tmp_path, batch: int, steps: int, seed: int):
+    """Compile ``spec`` for TFLite at ``batch``, run ``steps`` random steps in both interpreters and in the numpy
+    interpreter: every loss within 1e-5 (relative above 1), then every state within atol 5e-6 (float32 sums of
+    up to C·K² products in a different order; Adam's scaled moments see _state_tol). Returns (program, states,
+    devices)."""
     from compilers.lower import lower_update
     from compilers.tflite import compile_model
-    from edgesp.spec import SignalSpec
     from firmware_sim.tflite_device import TFLiteDevice
     from targets import load_target
-    from tests.compilers.helpers import make
 
-    signal = SignalSpec(shape=signal_shape)
-    spec, params = make(preset, shape, "v9", opt, lr=1e-2, width=16, depth=2, channels=4, signal=signal)
-    compile_model(spec, params, load_target("edge-cpu-tflite"), tmp_path, 8)
-    prog = lower_update(spec, params, 8)
+    compile_model(spec, params, load_target("edge-cpu-tflite"), tmp_path, batch)
+    prog = lower_update(spec, params, batch)
     devs = [TFLiteDevice(tmp_path, n) for n in INTERPRETERS]
     state = {s.value.name: s.init for s in prog.states}
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        x = rng.standard_normal((8, *shape)).astype(np.float32)
-        y = rng.integers(0, 10, 8).astype(np.int32)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        x = rng.standard_normal((batch, *spec.input_shape)).astype(np.float32)
+        y = rng.integers(0, 10, batch).astype(np.int32)
         ref, state = interp.run(prog, {"x": x, "y": y, "lr": np.float32(1e-2)}, state)
         for d in devs:
             out = d.step(x, y)
@@ -332,10 +325,26 @@ def test_conv_programs_match_numpy_reference(preset: str, shape: tuple, opt: str
         w = d.weights()
         for k in state:
             np.testing.assert_allclose(w[k], state[k], **_state_tol(k, 5e-6), err_msg=k)
-        xb = rng.standard_normal((8, *shape)).astype(np.float32)
-        from compilers.lower import lower_inference
+    return prog, state, devs
 
-        logits = interp.run(lower_inference(spec, params, 8), {"x": xb}, state)[0]["logits"]
+
+@pytest.mark.parametrize(
+    "preset,shape,opt,signal_shape",
+    [("cnn1d", (1, 40), "sgd", "full"), ("cnn2d", (1, 8, 8), "adam", "full"), ("cnn1d", (1, 40), "adam", "channel")],
+)
+def test_conv_programs_match_numpy_reference(preset: str, shape: tuple, opt: str, signal_shape: str, tmp_path) -> None:
+    """Conv lowering (pad, gather im2col, transposes, pools, the channel signal's broadcast) in both
+    interpreters: 3 steps vs the numpy interpreter, then inference with the learned state."""
+    from compilers.lower import lower_inference
+    from edgesp.spec import SignalSpec
+    from tests.compilers.helpers import make
+
+    signal = SignalSpec(shape=signal_shape)
+    spec, params = make(preset, shape, "v9", opt, lr=1e-2, width=16, depth=2, channels=4, signal=signal)
+    _, state, devs = _steps_match_reference(spec, params, tmp_path, 8, 3, 0)
+    xb = np.random.default_rng(1).standard_normal((8, *shape)).astype(np.float32)
+    logits = interp.run(lower_inference(spec, params, 8), {"x": xb}, state)[0]["logits"]
+    for d in devs:
         np.testing.assert_allclose(d.predict(xb), logits, rtol=1e-5, atol=1e-5)
 
 
@@ -418,43 +427,18 @@ def test_compiled_model_infers_and_steps_without_init_in_a_bare_interpreter(mlp_
 @pytest.mark.parametrize("preset,shape", [("mlp", (64,)), ("cnn1d", (1, 40))])
 def test_cached_target_stream_matches_numpy_reference(preset: str, shape: tuple, tmp_path) -> None:
     """The cached batch-1 step (straight_through: the class rows' GEMM is dead code, only its weight gradient
-    runs) in both interpreters: 4 steps vs the numpy interpreter, every state including the tcache tables
-    (atol 5e-6 as for the exact conv step)."""
-    from compilers.lower import lower_update
-    from compilers.tflite import compile_model
-    from firmware_sim.tflite_device import TFLiteDevice
-    from targets import load_target
+    runs) in both interpreters: 4 steps vs the numpy interpreter, every state including the tcache tables."""
     from tests.compilers.helpers import make
 
     spec, params = make(preset, shape, "v1", "sgd", lr=1e-2, width=16, depth=3, channels=4)
     spec = spec.replace_rule(params={"target_stream": "cached"})
-    compile_model(spec, params, load_target("edge-cpu-tflite"), tmp_path, 1)
-    prog = lower_update(spec, params, 1)
-    devs = [TFLiteDevice(tmp_path, n) for n in INTERPRETERS]
-    state = {s.value.name: s.init for s in prog.states}
+    _, state, _ = _steps_match_reference(spec, params, tmp_path, 1, 4, 1)
     assert {"tcache.2", "tcache.3"} <= set(state)
-    rng = np.random.default_rng(1)
-    for _ in range(4):
-        x = rng.standard_normal((1, *shape)).astype(np.float32)
-        y = rng.integers(0, 10, 1).astype(np.int32)
-        ref, state = interp.run(prog, {"x": x, "y": y, "lr": np.float32(1e-2)}, state)
-        for d in devs:
-            out = d.step(x, y)
-            for k, v in ref.items():
-                assert abs(out[k] - float(v)) <= 1e-5 * max(1.0, abs(float(v)))
-    for d in devs:
-        w = d.weights()
-        for k in state:
-            np.testing.assert_allclose(w[k], state[k], **_state_tol(k, 5e-6), err_msg=k)
 
 
 def test_adam_in_row_blocks_matches_numpy_reference(tmp_path) -> None:
-    """Adam's row blocks (slice_rows → chain → one 16-input concat_rows per large parameter, lower._row_chunks)
-    in both interpreters: 3 steps vs the numpy interpreter (atol 5e-6 as above)."""
-    from compilers.lower import lower_update
-    from compilers.tflite import compile_model
-    from firmware_sim.tflite_device import TFLiteDevice
-    from targets import load_target
+    """Adam's row blocks (gather rows → chain → one 16-input concat_rows per large parameter,
+    lower._row_chunks) in both interpreters: 3 steps vs the numpy interpreter."""
     from tests.compilers.helpers import make
 
     spec, params = make("mlp", (64,), "v9", "adam", lr=1e-2, width=256, depth=2)
@@ -462,19 +446,5 @@ def test_adam_in_row_blocks_matches_numpy_reference(tmp_path) -> None:
     # summation-order rounding of g (~1e-8 here) moves the update by up to lr·δg/ε: measured 9e-5 at ε = 1e-8
     # and 7e-5 at ε = 1e-6 on 2-4 of 65,536 weights; at ε = 1e-3 it is ~1e-7
     spec = spec.replace_rule(optimizer=replace(spec.rule.optimizer, eps=1e-3))
-    compile_model(spec, params, load_target("edge-cpu-tflite"), tmp_path, 8)
-    prog = lower_update(spec, params, 8)
+    prog, _, _ = _steps_match_reference(spec, params, tmp_path, 8, 3, 2)
     assert prog.producer(prog.state_updates["blocks.1.weight"]).kind == "concat_rows"
-    devs = [TFLiteDevice(tmp_path, n) for n in INTERPRETERS]
-    state = {s.value.name: s.init for s in prog.states}
-    rng = np.random.default_rng(2)
-    for _ in range(3):
-        x = rng.standard_normal((8, 64)).astype(np.float32)
-        y = rng.integers(0, 10, 8).astype(np.int32)
-        _, state = interp.run(prog, {"x": x, "y": y, "lr": np.float32(1e-2)}, state)
-        for d in devs:
-            d.step(x, y)
-    for d in devs:
-        w = d.weights()
-        for k in state:
-            np.testing.assert_allclose(w[k], state[k], **_state_tol(k, 5e-6), err_msg=k)
