@@ -352,18 +352,23 @@ def _copy_squared(p: Program, g: str, scale: float) -> str:
     return p.mul(gs, gs)
 
 
-# Adam's elementwise chain (√ṽ, +ε̂, m̃/·, ·α, W − ·) runs a block of rows at a time on parameters of at least
-# ADAM_CHUNK_MIN elements: ONNX Runtime runs no arithmetic op in place (measured, ORT 1.32: only Relu), so a
-# whole-weight chain holds two weight-sized temporaries; by blocks it holds the finished blocks (one weight in
-# all, joined by one Concat into the new value) plus two blocks. ADAM_CHUNKS blocks.
+# Adam's elementwise chain (√ṽ, +ε̂, m̃/·, ·α, W − ·) runs a block of rows at a time on the parameters that set the
+# step's peak: ONNX Runtime runs no arithmetic op in place (measured, ORT 1.32: only Relu), so a whole-weight chain
+# holds two weight-sized temporaries; by blocks it holds the finished blocks (one weight in all, joined by one
+# Concat into the new value) plus two blocks. Blocks cost nodes (≈ 9 per block, each with ORT's per-node overhead:
+# measured 23 → 38 M instructions per step at depth 8, batch 1 when every parameter ≥ 16,384 elements was split),
+# so only a parameter whose whole chain (2 × its size) would exceed the blocked chain of the model's largest
+# parameter ((1 + 2/ADAM_CHUNKS) × its size) is split; smaller ones stay below that peak anyway.
 ADAM_CHUNK_MIN = 16384
 ADAM_CHUNKS = 16
 
 
-def _row_chunks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+def _row_chunks(shape: tuple[int, ...], largest: int) -> list[tuple[int, int]]:
     """Row ranges [r0, r1) splitting a parameter of ``shape`` into up to ADAM_CHUNKS blocks, or [] if it is
-    smaller than ADAM_CHUNK_MIN elements or has fewer than 2 rows."""
-    if math.prod(shape) < ADAM_CHUNK_MIN or shape[0] < 2:
+    smaller than ADAM_CHUNK_MIN elements, has fewer than 2 rows, or 2·size ≤ (1 + 2/ADAM_CHUNKS)·``largest``
+    (the model's largest parameter, in elements)."""
+    n = math.prod(shape)
+    if n < ADAM_CHUNK_MIN or shape[0] < 2 or 2 * n <= (1 + 2 / ADAM_CHUNKS) * largest:
         return []
     k = min(ADAM_CHUNKS, shape[0])
     edges = [round(i * shape[0] / k) for i in range(k + 1)]
@@ -414,7 +419,7 @@ def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str
             for term in _sum_terms(p, g):
                 m = p.add(m, term)
             p.update_state(f"opt.{name}.m", m)
-            chunks = _row_chunks(p.shape(name))
+            chunks = _row_chunks(p.shape(name), max(math.prod(v) for v in spec.param_shapes().values()))
             pairs = _square_pairs(p, g)
             rows = _matmul_rows(p, g) if len(_sum_terms(p, g)) == 1 else None
             if pairs is not None:  # β2·ṽ + g²: one GEMM accumulating into C = ṽ (beta = β2); may dip below 0
