@@ -352,25 +352,24 @@ def _copy_squared(p: Program, g: str, scale: float) -> str:
     return p.mul(gs, gs)
 
 
-# Adam's elementwise chain (√ṽ, +ε̂, m̃/·, ·α, W − ·) runs a block of rows at a time on the parameters that set the
-# step's peak: ONNX Runtime runs no arithmetic op in place (measured, ORT 1.32: only Relu), so a whole-weight chain
-# holds two weight-sized temporaries; by blocks it holds the finished blocks (one weight in all, joined by one
-# Concat into the new value) plus two blocks. Blocks cost nodes (≈ 9 per block, each with ORT's per-node overhead:
-# measured 23 → 38 M instructions per step at depth 8, batch 1 when every parameter ≥ 16,384 elements was split),
-# so only a parameter whose whole chain (2 × its size) would exceed the blocked chain of the model's largest
-# parameter ((1 + 2/ADAM_CHUNKS) × its size) is split; smaller ones stay below that peak anyway.
+# Adam's elementwise chain (√ṽ, +ε̂, m̃/·, ·α, W − ·) runs a block of rows at a time: ONNX Runtime runs no arithmetic
+# op in place (measured, ORT 1.32: only Relu), so a whole-weight chain holds two weight-sized temporaries; by blocks
+# it holds the finished blocks (one weight in all, joined by one Concat into the new value) plus two blocks. Blocks
+# cost nodes (≈ 9 each, with ORT's per-node overhead: 23 → 38 M instructions per step at depth 8, batch 1 with 16
+# blocks on every parameter ≥ 16,384 elements), so each parameter gets blocks of about 1/ADAM_CHUNKS of the model's
+# largest parameter: 16 for the largest, fewer for smaller ones, none below 2 blocks or ADAM_CHUNK_MIN elements.
 ADAM_CHUNK_MIN = 16384
 ADAM_CHUNKS = 16
 
 
 def _row_chunks(shape: tuple[int, ...], largest: int) -> list[tuple[int, int]]:
-    """Row ranges [r0, r1) splitting a parameter of ``shape`` into up to ADAM_CHUNKS blocks, or [] if it is
-    smaller than ADAM_CHUNK_MIN elements, has fewer than 2 rows, or 2·size ≤ (1 + 2/ADAM_CHUNKS)·``largest``
-    (the model's largest parameter, in elements)."""
+    """Row ranges [r0, r1) splitting a parameter of ``shape`` into k = min(rows, ⌈ADAM_CHUNKS·size/largest⌉)
+    blocks (``largest``: the model's largest parameter, in elements), or [] if k < 2 or the parameter has fewer
+    than ADAM_CHUNK_MIN elements."""
     n = math.prod(shape)
-    if n < ADAM_CHUNK_MIN or shape[0] < 2 or 2 * n <= (1 + 2 / ADAM_CHUNKS) * largest:
+    k = min(shape[0], math.ceil(ADAM_CHUNKS * n / largest))
+    if n < ADAM_CHUNK_MIN or k < 2:
         return []
-    k = min(ADAM_CHUNKS, shape[0])
     edges = [round(i * shape[0] / k) for i in range(k + 1)]
     return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
