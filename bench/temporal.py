@@ -41,6 +41,7 @@ HEAD_ONLY = "head-only"  # the same model with its recurrent layer frozen at ini
 GRU_LR = 1e-2
 ACC_RULES = ("sp-online", "sp-voltage", "eprop", "bptt", "gru", HEAD_ONLY)
 DATASETS = "mnist1d-seq+taps8x2,spike-recall"
+SCHEDULE = "cosine"
 COST_RULES = ("sp-online", "sp-voltage", "eprop", "bptt")
 
 
@@ -86,10 +87,13 @@ def _trainer(rule: str, spec, seed: int):
     return make_trainer(spec, init_params(spec, seed), seed)
 
 
-def accuracy_run(ds, rule: str, seed: int, epochs: int, limit: int | None, width=None, depth=None) -> dict:
+def accuracy_run(
+    ds, rule: str, seed: int, epochs: int, limit: int | None, width=None, depth=None, schedule: str = "constant"
+) -> dict:
     import torch
 
     from edgesp.data import adapt_inputs
+    from edgesp.train import lr_factor, set_lr_scale
 
     torch.manual_seed(seed)
     spec = _spec(rule, ds.input_shape, ds.num_classes, True, width=width, depth=depth)
@@ -108,11 +112,15 @@ def accuracy_run(ds, rule: str, seed: int, epochs: int, limit: int | None, width
     xte = adapt_inputs(ds.x_test, spec.input_shape)
     rng = np.random.default_rng(seed)
     c0 = time.process_time()
+    total, k = epochs * ((len(x) + 31) // 32), 0
     for _ in range(epochs):
         perm = rng.permutation(len(x))
         for b in range(0, len(perm), 32):
             idx = perm[b : b + 32]
+            if schedule != "constant":  # the CLI's host-side schedule (edgesp.train), the same for every rule
+                set_lr_scale(tr, lr_factor(schedule, k, total))
             tr.train_step(x[idx], y[idx])
+            k += 1
     cpu = time.process_time() - c0
     acc = float((tr.predict(xte).argmax(1) == ds.y_test).mean())
     return {
@@ -126,6 +134,7 @@ def accuracy_run(ds, rule: str, seed: int, epochs: int, limit: int | None, width
         "epochs": epochs,
         "train_samples": len(x),
         "lr": spec.rule.optimizer.lr,
+        "schedule": schedule,
         "test_accuracy": acc,
         "train_cpu_s": round(cpu, 1),
     }
@@ -253,6 +262,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the CLI's sequence default)")
     ap.add_argument("--datasets", default=DATASETS, help="e.g. mnist1d-seq (one value per step) or mnist1d-seq+taps8x2")
     ap.add_argument("--rules", default=",".join(ACC_RULES))
+    ap.add_argument("--schedule", default=SCHEDULE, help="learning-rate schedule of every rule: constant or cosine")
     ap.add_argument("--skip-accuracy", action="store_true", help="cost part only (keeps accuracy rows of --out)")
     ap.add_argument("--skip-cost", action="store_true", help="accuracy part only (keeps cost rows of --out)")
     ap.add_argument("--skip-rtrl", action="store_true")
@@ -300,7 +310,7 @@ def main() -> None:
             ds = load_dataset(name)
             for seed in range(seeds):
                 for rule in a.rules.split(","):
-                    r = accuracy_run(ds, rule, seed, epochs, limit)
+                    r = accuracy_run(ds, rule, seed, epochs, limit, schedule=a.schedule)
                     results["accuracy"].append(r)
                     print(
                         f"{r['dataset']:12s} {rule:10s} {r['model']:9s} seed={seed} ep={epochs} "
