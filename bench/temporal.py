@@ -1,9 +1,13 @@
 """Sequence / temporal benchmark (issue 15): learning through time on recurrent spiking models.
 
-Part 1 (accuracy, ``--seeds`` seeds, default 3): on ``mnist1d-seq`` and ``spike-recall``, the *same* recurrent
-spiking model (the CLI's sequence defaults, :func:`edgesp.presets.sequence_defaults`) and the same epochs for
-sp-online, sp-voltage, e-prop and BPTT, plus the non-spiking GRU ceiling (same hidden size, BPTT); RTRL beside
-BPTT at a small size (1×16, 1,000 samples), where it must give the same numbers. Part 2 (cost): for T = 10 … 1000
+Part 1 (accuracy, ``--seeds`` seeds, default 3): on ``mnist1d-seq+taps8x2`` (MNIST-1D one value per step through
+an 8-tap delay line, :func:`edgesp.encoding.delay_taps`; plain ``mnist1d-seq`` with ``--datasets``) and
+``spike-recall``, the *same* recurrent spiking model (the CLI's sequence defaults,
+:func:`edgesp.presets.sequence_defaults`) and the same epochs for sp-online, sp-voltage, e-prop and BPTT, plus
+``head-only`` (the model's recurrent layer frozen at its initial weights, only the head trained with CE at step T:
+what the learning of the hidden layer adds) and the non-spiking GRU ceiling (same hidden size, BPTT, same input);
+``RULE-slowlif`` runs a rule on the previous defaults' slow neurons (du 0.2, dv 0.02). RTRL beside BPTT at a small
+size (1×16, 1,000 samples), where it must give the same numbers. Part 2 (cost): for T = 10 … 1000
 on rate-coded digits-shaped input (64 features, batch 32, the recurrent default model), peak training memory
 (VmHWM − VmRSS before the step, fresh subprocess per point, after a warm-up step at T=2), CPU time per training
 step and per inference step (``edgesp.snn.run``, no labels) of the same model, and their ratio.
@@ -32,8 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 BPTT_FAST = "bptt-fastlif"
 FAST_LIF = {"du": 0.5, "dv": 0.05}
+SLOW_LIF = {"du": 0.2, "dv": 0.02}
+HEAD_ONLY = "head-only"  # the same model with its recurrent layer frozen at init: only the head learns (CE at T)
 GRU_LR = 1e-2
-ACC_RULES = ("sp-online", "sp-voltage", "eprop", "bptt", "gru", BPTT_FAST)
+ACC_RULES = ("sp-online", "sp-voltage", "eprop", "bptt", "gru", HEAD_ONLY)
+DATASETS = "mnist1d-seq+taps8x2,spike-recall"
+SCHEDULE = "cosine"
 COST_RULES = ("sp-online", "sp-voltage", "eprop", "bptt")
 
 
@@ -42,10 +50,12 @@ def _spec(rule: str, ds_shape, classes: int, sequence: bool, *, width=None, dept
     from edgesp.presets import build_spec, sequence_defaults
     from edgesp.spec import LIF, OptimizerSpec, RuleSpec, TemporalSpec
 
-    name = "bptt" if rule in ("gru", BPTT_FAST) else rule
+    name = "bptt" if rule in ("gru", BPTT_FAST, HEAD_ONLY) else rule.removesuffix("-slowlif")
     d = sequence_defaults(name)
-    if rule == BPTT_FAST:  # BPTT on the faster neurons it does best with (an honest extra reference)
+    if rule == BPTT_FAST:  # BPTT on faster neurons (an extra reference when the defaults are slower)
         d.update(FAST_LIF)
+    if rule.endswith("-slowlif"):  # a rule on the previous defaults' slow neurons (du 0.2, dv 0.02)
+        d.update(SLOW_LIF)
     rule_spec = RuleSpec(
         name=name,
         loss=d["loss"],
@@ -77,16 +87,24 @@ def _trainer(rule: str, spec, seed: int):
     return make_trainer(spec, init_params(spec, seed), seed)
 
 
-def accuracy_run(ds, rule: str, seed: int, epochs: int, limit: int | None, width=None, depth=None) -> dict:
+def accuracy_run(
+    ds, rule: str, seed: int, epochs: int, limit: int | None, width=None, depth=None, schedule: str = "constant"
+) -> dict:
     import torch
 
     from edgesp.data import adapt_inputs
+    from edgesp.train import lr_factor, set_lr_scale
 
     torch.manual_seed(seed)
     spec = _spec(rule, ds.input_shape, ds.num_classes, True, width=width, depth=depth)
     if rule == "gru":  # the GRU's own Adam lr (1e-2: spike-recall solved in 3 epochs, tests/edgesp/rules/test_gru.py)
         spec = spec.replace_rule(optimizer=dataclasses.replace(spec.rule.optimizer, lr=GRU_LR))
     tr = _trainer(rule, spec, seed)
+    if rule == HEAD_ONLY:  # freeze every block (and the unused signal): the untrained recurrent layer's baseline
+        head = spec.param_layer_index("head.weight")
+        for i, opt in tr.opts.items():
+            for g in opt.param_groups:
+                g["lr"] = g["lr"] if i == head else 0.0
     model = "gru" if rule == "gru" else f"{spec.name}(du={spec.blocks[0][1].du:g},dv={spec.blocks[0][1].dv:g})"
     x, y = adapt_inputs(ds.x_train, spec.input_shape), ds.y_train
     if limit:
@@ -94,11 +112,15 @@ def accuracy_run(ds, rule: str, seed: int, epochs: int, limit: int | None, width
     xte = adapt_inputs(ds.x_test, spec.input_shape)
     rng = np.random.default_rng(seed)
     c0 = time.process_time()
+    total, k = epochs * ((len(x) + 31) // 32), 0
     for _ in range(epochs):
         perm = rng.permutation(len(x))
         for b in range(0, len(perm), 32):
             idx = perm[b : b + 32]
+            if schedule != "constant":  # the CLI's host-side schedule (edgesp.train), the same for every rule
+                set_lr_scale(tr, lr_factor(schedule, k, total))
             tr.train_step(x[idx], y[idx])
+            k += 1
     cpu = time.process_time() - c0
     acc = float((tr.predict(xte).argmax(1) == ds.y_test).mean())
     return {
@@ -112,6 +134,7 @@ def accuracy_run(ds, rule: str, seed: int, epochs: int, limit: int | None, width
         "epochs": epochs,
         "train_samples": len(x),
         "lr": spec.rule.optimizer.lr,
+        "schedule": schedule,
         "test_accuracy": acc,
         "train_cpu_s": round(cpu, 1),
     }
@@ -237,8 +260,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the CLI's sequence default)")
-    ap.add_argument("--datasets", default="mnist1d-seq,spike-recall")
+    ap.add_argument("--datasets", default=DATASETS, help="e.g. mnist1d-seq (one value per step) or mnist1d-seq+taps8x2")
     ap.add_argument("--rules", default=",".join(ACC_RULES))
+    ap.add_argument("--schedule", default=SCHEDULE, help="learning-rate schedule of every rule: constant or cosine")
     ap.add_argument("--skip-accuracy", action="store_true", help="cost part only (keeps accuracy rows of --out)")
     ap.add_argument("--skip-cost", action="store_true", help="accuracy part only (keeps cost rows of --out)")
     ap.add_argument("--skip-rtrl", action="store_true")
@@ -273,7 +297,7 @@ def main() -> None:
         results["summary"] = old.get("summary", [])
     runs = {(d, r) for d in a.datasets.split(",") for r in a.rules.split(",")}
     if a.append and not a.skip_rtrl:
-        runs |= {("mnist1d-seq", "rtrl"), ("mnist1d-seq", "bptt")}
+        runs |= {(d, r) for d in a.datasets.split(",") if d.startswith("mnist1d-seq") for r in ("rtrl", "bptt")}
     kept = [r for r in old.get("accuracy", []) if a.skip_accuracy or (r["dataset"], r["rule"]) not in runs]
     results["accuracy"] = kept if a.skip_accuracy or a.append else []
     cost_rules = set(a.cost_rules.split(","))
@@ -286,14 +310,14 @@ def main() -> None:
             ds = load_dataset(name)
             for seed in range(seeds):
                 for rule in a.rules.split(","):
-                    r = accuracy_run(ds, rule, seed, epochs, limit)
+                    r = accuracy_run(ds, rule, seed, epochs, limit, schedule=a.schedule)
                     results["accuracy"].append(r)
                     print(
                         f"{r['dataset']:12s} {rule:10s} {r['model']:9s} seed={seed} ep={epochs} "
                         f"acc={r['test_accuracy']:.3f}  ({r['train_cpu_s']} s CPU)",
                         flush=True,
                     )
-            if name == "mnist1d-seq" and not a.skip_rtrl:  # RTRL = BPTT at a small size
+            if name.startswith("mnist1d-seq") and not a.skip_rtrl:  # RTRL = BPTT at a small size
                 for seed in range(seeds):
                     for rule in ("bptt", "rtrl"):
                         r = accuracy_run(ds, rule, seed, 1, 256 if a.quick else 1000, width=16, depth=1)

@@ -325,6 +325,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         spec, params = to_int8_spec(spec, params)
     trainer = make_trainer(spec, params, args.seed)
+    if args.schedule is None:  # spiking models on sequences: the sequence defaults' schedule (cosine), else constant
+        from edgesp.presets import sequence_defaults
+
+        seq = spec.temporal is not None and spec.temporal.encoding == "sequence"
+        args.schedule = sequence_defaults(args.rule)["schedule"] if seq else "constant"
     t0 = time.perf_counter()
     hist = fit(
         trainer,
@@ -637,16 +642,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model on a dataset and write a checkpoint + metrics")
-    t.add_argument("--data", default="digits", help="digits, mnist1d, mnist1d-seq, spike-recall, idx:DIR or npz:FILE")
+    t.add_argument(
+        "--data",
+        default="digits",
+        help="digits, mnist1d, mnist1d-seq, spike-recall, idx:DIR, npz:FILE; a sequence through a K-tap delay line "
+        "of stride S: NAME+tapsKxS (e.g. mnist1d-seq+taps8x2)",
+    )
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-train", type=int, default=None, help="use only the first N training samples")
     t.add_argument(
         "--schedule",
-        default="constant",
+        default=None,
         choices=("constant", "cosine"),
-        help="learning-rate schedule over the run, any rule (default constant; cosine: lr·½(1+cos(π·step/steps)))",
+        help="learning-rate schedule over the run, any rule (default constant, cosine for a spiking model on "
+        "sequence data; cosine: lr·½(1+cos(π·step/steps)))",
     )
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument(

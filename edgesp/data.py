@@ -9,6 +9,10 @@
 - ``spike-recall``: a seeded, generated delayed-recall task with spikes, where memory over time matters
   (:func:`make_spike_recall`): shape (16, 40), 0/1 spikes, 4 classes, 4,000 train / 1,000 test; a cue (the
   label's channels) at the start, a distractor (another class's channels) in the middle, noise throughout.
+- ``NAME+tapsKxS`` (a sequence dataset NAME, e.g. ``mnist1d-seq+taps8x2``): the same sequences through a tapped
+  delay line (:func:`edgesp.encoding.delay_taps`): channel c·K + j at step t is channel c at step t − j·S (0
+  before the start), shape (C·K, T). Causal (an online device keeps the last (K−1)·S + 1 values per channel); the
+  model then sees a window of the recent input at every step instead of one value.
 - ``idx:DIR``: MNIST-style IDX files in DIR (``train-images-idx3-ubyte[.gz]``,
   ``train-labels-idx1-ubyte[.gz]``, ``t10k-…``), shape (1, 28, 28), pixels /255 standardised.
 - ``npz:FILE``: arrays ``x``, ``y`` (and optionally ``x_test``, ``y_test``; otherwise a seeded 80/20 split).
@@ -31,7 +35,7 @@ import numpy as np
 
 from edgesp.errors import DataError
 
-DATASETS = ("digits", "mnist1d", "mnist1d-seq", "spike-recall", "idx:DIR", "npz:FILE")
+DATASETS = ("digits", "mnist1d", "mnist1d-seq", "spike-recall", "idx:DIR", "npz:FILE", "SEQ+tapsKxS")
 MAX_CLASSES = 1000  # labels must be 0 ... MAX_CLASSES - 1: one stray label must not silently inflate the model
 
 
@@ -290,7 +294,32 @@ def load_npz(file: str | Path, seed: int = 0) -> Dataset:
     return _standardise(_check(Dataset(f"npz:{file}", xtr, ytr, xte, yte, 0)))
 
 
+def _with_taps(name: str, seed: int) -> Dataset:
+    """``NAME+tapsKxS``: the sequence dataset NAME through a K-tap delay line of stride S."""
+    from edgesp.encoding import delay_taps
+
+    base, _, spec = name.rpartition("+taps")
+    k, sep, st = spec.partition("x")
+    if not (k.isdigit() and sep and st.isdigit()):
+        raise DataError(f"bad delay-line suffix in {name!r}: write NAME+tapsKxS, e.g. mnist1d-seq+taps8x2")
+    ds = load_dataset(base, seed)
+    if not ds.sequence:
+        raise DataError(f"{base!r} is not a sequence dataset: delay taps apply to sequences (e.g. mnist1d-seq)")
+    taps, stride = int(k), int(st)
+    return Dataset(
+        name,
+        delay_taps(ds.x_train, taps, stride),
+        ds.y_train,
+        delay_taps(ds.x_test, taps, stride),
+        ds.y_test,
+        ds.num_classes,
+        sequence=True,
+    )
+
+
 def load_dataset(name: str, seed: int = 0) -> Dataset:
+    if "+taps" in name:
+        return _with_taps(name, seed)
     if name == "digits":
         return load_digits(seed)
     if name == "mnist1d":

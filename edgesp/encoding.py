@@ -19,14 +19,18 @@ step 1. Input placement needs at least as many per-step input features as classe
 would be identically zero after the generator's LayerNorm); the SP rules refuse it otherwise (see
 ``edgesp.rules.spiking_rules``).
 
+Input expansion of a sequence before the model (:func:`delay_taps`, the datasets ``NAME+tapsKxS``): a tapped
+delay line, so that block 0's weights see a window of the recent input at every step.
+
 Encoders produce one step at a time (no (T, B, …) tensor is ever built), so memory stays flat in T.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from edgesp.errors import SpecError
+from edgesp.errors import DataError, SpecError
 from edgesp.spec import ModelSpec
 
 
@@ -77,3 +81,21 @@ def target_current(t0: torch.Tensor, t: int) -> torch.Tensor:
     """The target's input at step t: the generator output itself (direct current, every step; block 0's
     input t_0 for input placement, block 0's input current for hidden placement)."""
     return t0
+
+
+def delay_taps(x: np.ndarray, taps: int, stride: int) -> np.ndarray:
+    """Tapped delay line on sequences x (N, C, T) (last axis time): out (N, C·K, T) with
+    out[n, c·K + j, t] = x[n, c, t − j·S] (0 for t < j·S), K = ``taps`` ≥ 1, S = ``stride`` ≥ 1. Causal: step t
+    needs only the last (K−1)·S + 1 values of each channel (a ring buffer on a device), nothing of the future."""
+    if taps < 1 or stride < 1:
+        raise DataError(f"delay taps need taps >= 1 and stride >= 1, got taps={taps}, stride={stride}")
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise DataError(f"delay taps need sequences shaped (N, channels, T), got {x.shape}")
+    n, c, t = x.shape
+    out = np.zeros((n, c, taps, t), dtype=x.dtype)
+    for j in range(taps):
+        sh = j * stride
+        if sh < t:
+            out[:, :, j, sh:] = x[:, :, : t - sh]
+    return out.reshape(n, c * taps, t)

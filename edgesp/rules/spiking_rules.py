@@ -50,8 +50,14 @@ recomputed every step from the current W_S (so sp-online sees its own updates):
   every step (z as block 0's target current); ``step_weight='ramp'`` weights step t's losses by 2(t+1)/(T+1)
   (later steps have seen more of the sequence). No loss reads a later block's output, and nothing of a past
   step is stored beyond the neuron state and these traces (tests/edgesp/rules/test_sp_through_time.py).
+- ``v_floor`` (voltage loss, default none): the loss reads max(v[t], v_floor) instead of v[t]. A constant
+  current drives the pre-reset membrane of a slow CUBA neuron to b/(du·dv) (−250 at b = −1, du 0.2, dv 0.02),
+  so without a floor the similarity ⟨v^h, v^t⟩ is dominated by how far below threshold silent neurons sit; with
+  a floor (e.g. −θ) only the range where spiking is decided counts, and a neuron below it gets no gradient.
 - **Head** (all SP rules): CE on the readout logits (``edgesp.snn``) with the readout trace detached
-  (local); sp-voltage/sp-surrogate use the final readout (step T).
+  (local); sp-voltage/sp-surrogate use the final readout (step T). sp-online: ``head_steps='every'`` (default)
+  the CE of the current readout at every step (ramp-weighted like the blocks), ``'last'`` only at step T — the
+  readout the prediction uses (still online: the readout trace is the only state).
 - **bptt**: CE on the final readout, autograd through all T steps and all layers, spike S with a sigmoid
   surrogate derivative (``spike`` = 'surrogate' (default) or 'smooth' (σ(k(v−θ)) forward too)).
 - **rtrl**: the same gradient as bptt computed forward in time (:mod:`edgesp.rtrl`); memory B·S·P floats
@@ -63,7 +69,7 @@ by the step's backward); nothing grows with T. The per-batch rules (sp-voltage, 
 T steps' gradients in the parameters' .grad and apply them once; sp-online applies them every k steps.
 
 Rule parameters (``spec.rule.params``): surrogate_slope, update_every, online_loss, spike, rtrl_max_mib, trace,
-step_weight. e-prop, the online baseline, is :mod:`edgesp.rules.eprop`.
+step_weight, v_floor, head_steps. e-prop, the online baseline, is :mod:`edgesp.rules.eprop`.
 Optimizers: one per layer from ``spec.rule.optimizer`` (``spec.param_layer_index``: with hidden placement
 the signal shares block 0's).
 """
@@ -86,9 +92,20 @@ from edgesp.snn import BlockState, Readout, block_step, empty_readout, readout_d
 from edgesp.spec import LIF, Linear, ModelSpec, OptimizerSpec
 from edgesp.spiking import SpikeFn, smooth_spike, strict_spike, surrogate_spike
 
-_KNOWN_PARAMS = {"surrogate_slope", "update_every", "online_loss", "spike", "rtrl_max_mib", "trace", "step_weight"}
+_KNOWN_PARAMS = {
+    "surrogate_slope",
+    "update_every",
+    "online_loss",
+    "spike",
+    "rtrl_max_mib",
+    "trace",
+    "step_weight",
+    "v_floor",
+    "head_steps",
+}
 TRACES = ("none", "filter")
 STEP_WEIGHTS = ("uniform", "ramp")
+HEAD_STEPS = ("every", "last")
 
 
 @dataclass
@@ -211,6 +228,14 @@ class SPTrainer(_SpikingTrainer):
         self.step_weight = str(self.rp.get("step_weight", "uniform"))
         if self.step_weight not in STEP_WEIGHTS:
             raise SpecError(f"step_weight must be one of {', '.join(STEP_WEIGHTS)}, got {self.step_weight!r}")
+        floor = self.rp.get("v_floor")
+        try:
+            self.v_floor = None if floor is None or str(floor).lower() == "none" else float(floor)
+        except ValueError:
+            raise SpecError(f"v_floor must be a number or 'none', got {floor!r}") from None
+        self.head_steps = str(self.rp.get("head_steps", "every"))
+        if self.head_steps not in HEAD_STEPS:
+            raise SpecError(f"head_steps must be one of {', '.join(HEAD_STEPS)}, got {self.head_steps!r}")
         self.hidden = spec.signal.hidden
         if self.hidden:
             a_shape = spec.shapes()[0][0]  # block 0's parametric output, which z replaces
@@ -246,8 +271,9 @@ class SPTrainer(_SpikingTrainer):
         return z if self._trains_signal() else z.detach()
 
     def _z(self, v: torch.Tensor, i: int) -> torch.Tensor:
+        """What the loss reads of block i's membrane: v, or max(v, v_floor) (``v_floor``), or σ(k(v − θ))."""
         if self.mode == "voltage":
-            return v
+            return v if self.v_floor is None else v.clamp(min=self.v_floor)
         return torch.sigmoid(self.slope * (v - _threshold(self.spec, i)))
 
     def step_loss(self, x_t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -345,12 +371,18 @@ class SPTrainer(_SpikingTrainer):
         """sp-online, one step: losses of this step, backward, and (every k steps) an update of every layer."""
         w = self.weight(self.t)
         sp = self.step_loss(x_t, y)
-        ce = self.head_loss(y)
-        (w * (sp + ce) / self.every).backward()
+        if self.head_steps == "every":
+            ce = self.head_loss(y)
+            (w * (sp + ce) / self.every).backward()
+        else:  # 'last': the head learns from the readout the prediction uses (step T) only
+            (w * sp / self.every).backward()
+            ce = self.head_loss(y) if self.t == self.T else None
+            if ce is not None:
+                ce.backward()
         if self.t % self.every == 0 or self.t == self.T:
             self._step()
             self._zero()
-        return float(sp.detach()), float(ce.detach())
+        return float(sp.detach()), (float("nan") if ce is None else float(ce.detach()))
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         xt, yt = self._inputs(x, y)
@@ -358,10 +390,13 @@ class SPTrainer(_SpikingTrainer):
         self.begin(xt.shape[0])
         self._zero()
         sp_sum = ce_sum = 0.0
+        n_ce = 0
         for t in range(self.T):
             if self.online:
                 sp, ce = self.online_step(enc.step(t), yt)
-                sp_sum, ce_sum = sp_sum + sp, ce_sum + ce
+                sp_sum += sp
+                if ce == ce:  # not nan: the head's CE was computed at this step
+                    ce_sum, n_ce = ce_sum + ce, n_ce + 1
             else:
                 loss = self.step_loss(enc.step(t), yt)
                 (self.weight(t) * loss / self.T).backward()
@@ -369,10 +404,10 @@ class SPTrainer(_SpikingTrainer):
         if not self.online:
             ce = self.head_loss(yt)
             ce.backward()
-            ce_sum = float(ce.detach()) * self.T
+            ce_sum, n_ce = float(ce.detach()), 1
             self._step()
         self._zero()
-        return {"sp_loss": sp_sum / self.T, "head_ce": ce_sum / self.T}
+        return {"sp_loss": sp_sum / self.T, "head_ce": ce_sum / max(n_ce, 1)}
 
 
 class BPTTTrainer(_SpikingTrainer):

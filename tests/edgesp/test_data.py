@@ -153,3 +153,43 @@ def test_spike_recall_is_seeded_balanced_and_has_cue_then_distractor():
     ds = load_dataset("spike-recall")
     assert ds.sequence and ds.num_classes == 4 and ds.input_shape == (16, 40)
     assert len(ds.x_train) == 4000 and len(ds.x_test) == 1000
+
+
+def test_delay_taps_is_a_causal_tapped_delay_line():
+    """out[n, c·K + j, t] = x[n, c, t − j·S] (0 before the start), checked against a direct loop; changing the
+    input from step 5 on leaves every output before step 5 unchanged (causal); bad arguments are refused."""
+    from edgesp.encoding import delay_taps
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 11)).astype(np.float32)
+    out = delay_taps(x, 4, 3)
+    assert out.shape == (3, 8, 11) and out.dtype == np.float32
+    for c in range(2):
+        for j in range(4):
+            for t in range(11):
+                want = x[:, c, t - 3 * j] if t - 3 * j >= 0 else 0.0
+                np.testing.assert_array_equal(out[:, c * 4 + j, t], want)
+    y = x.copy()
+    y[..., 5:] += 1.0
+    np.testing.assert_array_equal(delay_taps(y, 4, 3)[..., :5], out[..., :5])
+    assert not np.array_equal(delay_taps(y, 4, 3)[..., 5:], out[..., 5:])
+    np.testing.assert_array_equal(delay_taps(x, 1, 1), x)
+    with pytest.raises(DataError, match="taps >= 1"):
+        delay_taps(x, 0, 1)
+    with pytest.raises(DataError, match="channels, T"):
+        delay_taps(x[0], 2, 1)
+
+
+def test_taps_dataset_suffix_and_its_errors():
+    """``spike-recall+taps3x2`` is spike-recall through the delay line (same labels, 16·3 channels); a bad suffix
+    or a non-sequence base is one DataError naming the fix."""
+    from edgesp.encoding import delay_taps
+
+    base, taps = load_dataset("spike-recall"), load_dataset("spike-recall+taps3x2")
+    assert taps.name == "spike-recall+taps3x2" and taps.sequence and taps.input_shape == (48, 40)
+    np.testing.assert_array_equal(taps.x_test, delay_taps(base.x_test, 3, 2))
+    np.testing.assert_array_equal(taps.y_train, base.y_train)
+    with pytest.raises(DataError, match=r"NAME\+tapsKxS"):
+        load_dataset("spike-recall+taps3")
+    with pytest.raises(DataError, match="not a sequence dataset"):
+        load_dataset("digits+taps2x1")

@@ -38,13 +38,15 @@ def _inputs(b: int = 6, seed: int = 0):
     return torch.tensor((rng.random((b, 4, 9)) < 0.5).astype(np.float32)), torch.tensor(rng.integers(0, 3, b))
 
 
-def test_trace_gradient_equals_autograd_through_the_whole_history_with_spikes_held() -> None:
+@pytest.mark.parametrize("v_floor", [None, 0.0])
+def test_trace_gradient_equals_autograd_through_the_whole_history_with_spikes_held(v_floor: float | None) -> None:
     """One recurrent block, reset 'subtract', fixed hidden signal. At step t = 8 the trainer's gradient of that
     step's loss L[t] = v9(v^h[t], v^t[t]) w.r.t. W, b, W_rec must equal autograd through the *entire* history
     of u and v of both streams (nothing detached but the spikes, which SP never differentiates): ∂v[t]/∂θ =
     Σ_t' filters of x[t'], 1, s[t'−1]; W_rec also reaches the target stream through its own previous spikes.
-    Float32 sums in a different order: tolerance 1e-5 relative, 1e-7 absolute."""
-    spec = _spec()
+    With ``v_floor`` the loss reads max(v, v_floor) in both streams (the floor must bind for some entries and
+    change the gradient). Float32 sums in a different order: tolerance 1e-5 relative, 1e-7 absolute."""
+    spec = _spec() if v_floor is None else _spec(v_floor=v_floor)
     params = {k: v * (3 if k.startswith("blocks.") else 1) for k, v in init_params(spec, 2).items()}
     tr = make_trainer(spec, params, 0)
     assert isinstance(tr, SPTrainer)
@@ -75,8 +77,16 @@ def test_trace_gradient_equals_autograd_through_the_whole_history_with_spikes_he
         vt = vvt - lif.threshold * st
         spikes += float(s.mean() + st.mean()) / 2
     classes, inv = torch.unique(y, return_inverse=True)
+    if v_floor is not None:
+        below = float((vv < v_floor).float().mean() + (vvt < v_floor).float().mean()) / 2
+        assert 0.05 < below < 0.95, below  # the floor binds for some entries, not all
+        free = sp_loss("v9", vv, vvt[classes], inv, y, classes, temperature=0.1, t_prev_cls=torch.eye(3)[classes])
+        free_grad = torch.autograd.grad(free, [p["blocks.0.weight"]], retain_graph=True)[0]
+        vv, vvt = vv.clamp(min=v_floor), vvt.clamp(min=v_floor)
     loss = sp_loss("v9", vv, vvt[classes], inv, y, classes, temperature=0.1, t_prev_cls=torch.eye(3)[classes])
     want = torch.autograd.grad(loss, [p[k] for k in names])
+    if v_floor is not None:  # the control: without the floor the gradient differs
+        assert (free_grad - want[0]).abs().max() > 1e-3
     assert 0.05 < spikes / 9 < 0.95  # spikes, resets and recurrent input all happened
     for k, w in zip(names, want, strict=True):
         assert w.abs().max() > 1e-3
@@ -135,3 +145,36 @@ def test_online_recurrent_update_reads_only_current_step_state_and_traces() -> N
     b.online_step(x[..., 5], y)
     for n in a.p:
         torch.testing.assert_close(b.p[n], a.p[n], rtol=0, atol=0, msg=n)
+
+
+def test_head_steps_last_updates_the_head_from_the_final_readout_only() -> None:
+    """sp-online with ``head_steps='last'`` and SGD (lr 0.1, no momentum), updates every 4 steps of 9: the head
+    changes exactly by −lr·∂CE(W_h e[T] + β[T] b_h, y)/∂(W_h, b_h) at the initial head weights (its only
+    update, at step T); with 'every' it also learns at the intermediate updates, so it ends elsewhere. Float32:
+    tolerance 1e-6 absolute. An unknown value is refused."""
+    from edgesp.spec import OptimizerSpec
+
+    x, y = _inputs(6, 3)
+    ends = {}
+    for mode in ("last", "every"):
+        spec = _spec(head_steps=mode, update_every=4).replace_rule(optimizer=OptimizerSpec(name="sgd", lr=0.1))
+        params = init_params(spec, 4)
+        tr = make_trainer(spec, params, 0)
+        tr.train_step(x.numpy(), y.numpy())
+        ends[mode] = tr.p["head.weight"].detach().clone()
+        if mode == "last":
+            feats = tr.readout.features(spec)
+            w = torch.tensor(params["head.weight"], requires_grad=True)
+            b = torch.tensor(params["head.bias"], requires_grad=True)
+            ce = torch.nn.functional.cross_entropy(feats @ w.T + tr.readout.beta * b, y)
+            gw, gb = torch.autograd.grad(ce, [w, b])
+            assert gw.abs().max() > 1e-3
+            torch.testing.assert_close(tr.p["head.weight"].detach(), w.detach() - 0.1 * gw, rtol=0, atol=1e-6)
+            torch.testing.assert_close(tr.p["head.bias"].detach(), b.detach() - 0.1 * gb, rtol=0, atol=1e-6)
+    assert (ends["last"] - ends["every"]).abs().max() > 1e-4
+    from edgesp.errors import SpecError
+
+    with pytest.raises(SpecError, match="head_steps"):
+        make_trainer(_spec(head_steps="sometimes"), init_params(_spec(), 0), 0)
+    with pytest.raises(SpecError, match="v_floor"):
+        make_trainer(_spec(v_floor="low"), init_params(_spec(), 0), 0)
