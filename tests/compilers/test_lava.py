@@ -285,7 +285,12 @@ def test_compile_writes_manifest_npz_and_reports_quantisation(tmp_path):
 
 @pytest.mark.parametrize(
     "name,params,says",
-    [("eprop", {}, "eprop"), ("bptt", {}, "bptt"), ("sp-online", {"trace": "filter"}, "trace=filter")],
+    [
+        ("eprop", {}, "eprop"),
+        ("bptt", {}, "bptt"),
+        ("sp-online", {"trace": "filter"}, "trace=filter"),
+        ("sp-online", {"v_floor": -1.0, "head_steps": "last"}, "head_steps=last"),
+    ],
 )
 def test_a_rule_the_chip_does_not_run_is_noted_in_the_manifest(name, params, says, tmp_path):
     """Lava learns with per-step SP on chip whatever rule trained the weights: a spec naming another rule, or host

@@ -408,3 +408,19 @@ def test_default_cli_run_on_mnist1d_seq_learns_far_above_chance(tmp_path):
     assert metrics["schedule"] == d["schedule"] == "cosine"
     acc = metrics["test_accuracy"]
     assert acc > 0.17, acc
+
+
+def test_train_threads_sets_torch_threads_and_is_range_checked(tmp_path):
+    """--threads (default 1) sets torch's intra-op threads for the run; 0 is refused in one line, nothing written."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        argv = ["train", "--data", "digits", "--epochs", "1", "--max-train", "64", "--quiet", "--threads", "2"]
+        assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    r = run(["train", "--data", "digits", "--threads", "0", "--out", str(tmp_path / "b")])
+    assert r.returncode != 0 and "--threads must be an integer in [1, 1024]" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "b").exists()
