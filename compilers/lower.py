@@ -409,6 +409,7 @@ def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str
         eps_hat = p.scale(k, o.eps)
     else:
         neg_lr = p.scale(lr, -1.0)  # once per layer: scales each gradient's R-row operand
+    largest = max(math.prod(v) for v in spec.param_shapes().values())  # sizes Adam's row blocks (_row_chunks)
     for name, g in grads.items():
         g = _merge_matmul_terms(p, g)
         if o.weight_decay:
@@ -418,13 +419,13 @@ def emit_optimizer(p: Program, spec: ModelSpec, layer: int, grads: dict[str, str
             for term in _sum_terms(p, g):
                 m = p.add(m, term)
             p.update_state(f"opt.{name}.m", m)
-            chunks = _row_chunks(p.shape(name), max(math.prod(v) for v in spec.param_shapes().values()))
+            chunks = _row_chunks(p.shape(name), largest)
             pairs = _square_pairs(p, g)
-            rows = _matmul_rows(p, g) if len(_sum_terms(p, g)) == 1 else None
+            single = len(_sum_terms(p, g)) == 1
             if pairs is not None:  # β2·ṽ + g²: one GEMM accumulating into C = ṽ (beta = β2); may dip below 0
                 v = p.add(p.scale(f"opt.{name}.v", b2), _row_products_squared(p, g, pairs))
                 clip = True
-            elif chunks and rows is not None:  # the same, a block of rows at a time (see _row_chunks)
+            elif chunks and single and (rows := _matmul_rows(p, g)) is not None:  # by blocks of rows (_row_chunks)
                 at_b = (p.transpose(rows[0]), rows[1])
                 v = p.op("concat_rows", *(_squared_rows(p, at_b, f"opt.{name}.v", r0, r1, b2) for r0, r1 in chunks))
                 clip = False
@@ -566,21 +567,28 @@ def _bias(p: Program, i: int) -> str | None:
     return f"blocks.{i}.bias" if f"blocks.{i}.bias" in p.values else None
 
 
-def _replace_row(p: Program, table: str, row: str, onehot: str) -> str:
-    """table ⊙ (1 − oᵀ) + oᵀ·row for a (C, …) table and a (1, …) row: row y replaced (one-hot o of y)."""
-    shape = p.shape(table)
-    ot = p.transpose(onehot)  # C×1
-    keep = p.sub(p.const(np.float32(1.0)), ot)
+def _row_selectors(p: Program, onehot: str) -> tuple[str, str]:
+    """(oᵀ, 1 − oᵀ), both C×1, for the one-hot o (1×C) of a batch-1 step's label: computed once per step and
+    shared by every :func:`_replace_row`."""
+    ot = p.transpose(onehot)
+    return ot, p.sub(p.const(np.float32(1.0)), ot)
+
+
+def _replace_row(p: Program, table: str, row: str, selectors: tuple[str, str]) -> str:
+    """table ⊙ (1 − oᵀ) + oᵀ·row for a (C, …) table and a (1, …) row: row y replaced (``selectors`` from
+    :func:`_row_selectors`)."""
+    ot, keep = selectors
     out = p.add(p.mul(_flat(p, table), keep), p.matmul(ot, _flat(p, row)))
-    return p.reshape(out, shape)
+    return p.reshape(out, p.shape(table))
 
 
 def _cached_block(
-    p: Program, spec: ModelSpec, i: int, stack: str, prev: str, onehot: str, batch: int
+    p: Program, spec: ModelSpec, i: int, stack: str, prev: str, selectors: tuple[str, str], batch: int
 ) -> tuple[str, str]:
     """Block i of a cached step (see :func:`target_stream`): ``stack`` = the B sample rows + the 1 target row
-    of class y, ``prev`` = the previous layer's targets of every class (C rows). Returns (the block's output
-    stack, its targets of every class: C rows, row y fresh and the others from ``tcache.{i+1}``)."""
+    of class y, ``prev`` = the previous layer's targets of every class (C rows), ``selectors`` from
+    :func:`_row_selectors`. Returns (the block's output stack, its targets of every class: C rows, row y fresh
+    and the others from ``tcache.{i+1}``)."""
     k, layers = i + 1, spec.blocks[i]
     if not isinstance(layers[0], (Linear, Conv1d, Conv2d)):
         raise CompileError(f"target_stream 'cached' needs blocks that start with a weight layer (block {i})")
@@ -591,12 +599,12 @@ def _cached_block(
     stale = p.op("after", f"tcache.{k}", stack)
     a_other = p.op("straight_through", stale, emit_layer(p, layers[0], prev, w, b))
     p.update_state(
-        f"tcache.{k}", _replace_row(p, f"tcache.{k}", p.op("slice_rows", a, start=batch, stop=batch + 1), onehot)
+        f"tcache.{k}", _replace_row(p, f"tcache.{k}", p.op("slice_rows", a, start=batch, stop=batch + 1), selectors)
     )
     for layer in layers[1:]:
         a = emit_layer(p, layer, a, None, None)
         a_other = emit_layer(p, layer, a_other, None, None)
-    return a, _replace_row(p, a_other, p.op("slice_rows", a, start=batch, stop=batch + 1), onehot)
+    return a, _replace_row(p, a_other, p.op("slice_rows", a, start=batch, stop=batch + 1), selectors)
 
 
 def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> Program:
@@ -619,6 +627,7 @@ def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> 
     if cached:
         for k, table in class_preactivations(spec, params).items():
             p.state(f"tcache.{k}", table, k)
+        selectors = _row_selectors(p, onehot)
         prev = emit_signal(p, spec)  # every class's signal: C rows, no GEMM (exact)
         t = p.reshape(p.matmul(onehot, _flat(p, prev)), (1, *p.shape(prev)[1:]))  # row y
     else:
@@ -648,7 +657,7 @@ def lower_update(spec: ModelSpec, params: dict[str, np.ndarray], batch: int) -> 
         for name in (n for n in shapes if spec.param_layer_index(n) == i and n in p.state_updates):
             stack = p.op("after", stack, p.state_updates[name])
         if cached:
-            stack, prev = _cached_block(p, spec, i, stack, prev, onehot, batch)
+            stack, prev = _cached_block(p, spec, i, stack, prev, selectors, batch)
         else:
             stack = emit_block(p, spec, i, stack)
         h = p.op("slice_rows", stack, start=0, stop=batch)

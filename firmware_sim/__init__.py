@@ -76,12 +76,11 @@ def refreshed_target_cache(manifest: Manifest, spec: Any, params: dict[str, np.n
     """The ``target_cache`` states (``tcache.k``) of a cached-target-stream build recomputed exactly for the full
     parameter set ``params`` ({} when the build has none): after :meth:`load_parameters` every class row is
     fresh again instead of stale until its class is seen."""
-    names = {p.name for p in manifest.parameters if p.kind == "target_cache"}
-    if not names:
+    if not any(p.kind == "target_cache" for p in manifest.parameters):
         return {}
     from compilers.lower import class_preactivations
 
-    return {f"tcache.{k}": v.astype(np.float32) for k, v in class_preactivations(spec, params).items()}
+    return {f"tcache.{k}": v for k, v in class_preactivations(spec, params).items()}
 
 
 def load_build(build_dir: str | Path, runtime: str) -> tuple[Manifest, Any, dict[str, np.ndarray]]:
