@@ -82,6 +82,14 @@ def test_device_protocol_and_parameter_round_trip(tmp_path, digits):
         dev.close()
 
 
+def _build_firmware(work):
+    """Compile work/main.c with the build's start.c and link.ld into work/fw.elf (Cortex-M7, semihosting)."""
+    cmd = ["arm-none-eabi-gcc", "-mcpu=cortex-m7", "-mthumb", "-O2", "-nostartfiles", "--specs=rdimon.specs"]
+    subprocess.run(
+        [*cmd, "-T", "link.ld", "start.c", "main.c", "-o", "fw.elf"], cwd=work, check=True, capture_output=True
+    )
+
+
 def _tiny_firmware(tmp_path, body: str):
     """fw.elf from a build's start.c/link.ld and a main of our own."""
     build = _build(tmp_path, "mlp", "sigprop", None, width=8)
@@ -90,25 +98,7 @@ def _tiny_firmware(tmp_path, body: str):
     for f in ("start.c", "link.ld"):
         shutil.copyfile(build / f, work / f)
     (work / "main.c").write_text("#include <stdint.h>\n#include <stdio.h>\n" + body)
-    subprocess.run(
-        [
-            "arm-none-eabi-gcc",
-            "-mcpu=cortex-m7",
-            "-mthumb",
-            "-O2",
-            "-nostartfiles",
-            "--specs=rdimon.specs",
-            "-T",
-            "link.ld",
-            "start.c",
-            "main.c",
-            "-o",
-            "fw.elf",
-        ],
-        cwd=work,
-        check=True,
-        capture_output=True,
-    )
+    _build_firmware(work)
     return work
 
 
@@ -135,25 +125,7 @@ def test_crashing_and_hanging_firmware_give_one_line_errors(tmp_path):
         md.run_qemu(work, "mps2-an500", b"", timeout=30)
     assert "\n" not in str(e.value)
     (work / "main.c").write_text('int main(void) { for (;;) { __asm volatile("nop"); } }\n')
-    subprocess.run(
-        [
-            "arm-none-eabi-gcc",
-            "-mcpu=cortex-m7",
-            "-mthumb",
-            "-O2",
-            "-nostartfiles",
-            "--specs=rdimon.specs",
-            "-T",
-            "link.ld",
-            "start.c",
-            "main.c",
-            "-o",
-            "fw.elf",
-        ],
-        cwd=work,
-        check=True,
-        capture_output=True,
-    )
+    _build_firmware(work)
     with pytest.raises(FirmwareError, match="did not finish within 2 s"):
         md.run_qemu(work, "mps2-an500", b"", timeout=2)
 
