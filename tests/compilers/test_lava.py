@@ -21,6 +21,7 @@ from edgesp.spiking import LIFState, lif_step
 from firmware_sim.lava.network import LavaSession, import_lava, prepare_inputs
 from firmware_sim.lava.reference import ReferenceNet, encode
 from targets import load_target
+from tests.compilers.helpers import online_sgd_two_samples
 
 
 def lava_children() -> list[int]:
@@ -508,21 +509,9 @@ def test_float_learning_matches_edgesp_sp_online_trainer():
     float32 precision. The head is excluded: the on-chip readout integrates o ← (1−dv)o + W_t s_t + b_t with the
     weights of each step, the torch readout recomputes W e + β b with the current weights (equal only while the
     head does not learn)."""
-    from edgesp.rules.spiking_rules import make
-
-    spec = small_spec().replace_rule(
-        name="sp-online", loss="v1", optimizer=OptimizerSpec(name="sgd", lr=0.05, momentum=0.0)
-    )
+    spec = small_spec()
     params = boosted_params(spec)
-    desc, _ = lower(spec, params, "floating_pt")
-    x = np.random.default_rng(1).standard_normal((2, 12)).astype(np.float32) + 0.5
-    y = np.array([1, 2])
-    ref = ReferenceNet(desc)
-    ref.run(prepare_inputs(desc, x), y, np.ones(2, bool))
-    trainer = make(spec, params, 0)
-    for n in range(2):
-        trainer.train_step(x[n : n + 1], y[n : n + 1])
-    got = trainer.params()
+    ref, got = online_sgd_two_samples(spec, params)
     for i in range(2):
         moved = np.abs(got[f"blocks.{i}.weight"] - params[f"blocks.{i}.weight"]).max()
         np.testing.assert_allclose(got[f"blocks.{i}.weight"], ref.d.layers[i].weight, atol=1e-5 * moved)

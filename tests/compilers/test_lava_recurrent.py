@@ -22,6 +22,7 @@ from edgesp.spec import LIF, Linear, ModelSpec, OptimizerSpec, RuleSpec, SignalS
 from firmware_sim.lava.network import LavaSession, import_lava, prepare_inputs
 from firmware_sim.lava.reference import ReferenceNet, encode
 from targets import load_target
+from tests.compilers.helpers import online_sgd_two_samples
 
 
 def rec_spec(
@@ -204,21 +205,9 @@ def test_recurrent_float_rule_matches_edgesp_sp_online_trainer():
     sp-online trainer (batch 1, an update every step, SGD without momentum, loss v1, hidden placement): after
     two samples W_0, W_1, both W_rec and W_S agree to float32 precision (1e-5 of the largest change) — i.e.
     ΔW_rec = −lr Σ_r δ[r][t]ᵀ s[r][t−1] is autograd's gradient with the previous state detached."""
-    from edgesp.rules.spiking_rules import make
-
-    spec = rec_spec(T=5).replace_rule(
-        name="sp-online", loss="v1", optimizer=OptimizerSpec(name="sgd", lr=0.05, momentum=0.0)
-    )
+    spec = rec_spec(T=5)
     params = rec_params(spec)
-    desc, _ = lower(spec, params, "floating_pt")
-    x = np.random.default_rng(1).standard_normal((2, 12)).astype(np.float32) + 0.5
-    y = np.array([1, 2])
-    ref = ReferenceNet(desc)
-    ref.run(prepare_inputs(desc, x), y, np.ones(2, bool))
-    trainer = make(spec, params, 0)
-    for n in range(2):
-        trainer.train_step(x[n : n + 1], y[n : n + 1])
-    got = trainer.params()
+    ref, got = online_sgd_two_samples(spec, params)
     for i in range(2):
         for name, mine in (("weight", ref.d.layers[i].weight), ("rec_weight", ref.d.layers[i].rec_weight)):
             key = f"blocks.{i}.{name}"
