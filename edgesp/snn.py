@@ -131,6 +131,17 @@ def run(
 ) -> torch.Tensor:
     """Inference: encode, step every block T times, return the readout logits (B, C). No target needed.
     With ``generator=None`` the rate code is seeded from ``spec.temporal.seed`` (deterministic)."""
+    return run_readout(spec, x, params, spike, generator).logits(spec, params)
+
+
+def run_readout(
+    spec: ModelSpec,
+    x: torch.Tensor,
+    params: Params,
+    spike: SpikeFn | None = None,
+    generator: torch.Generator | None = None,
+) -> Readout:
+    """:func:`run` up to the readout trace at step T (its ``logits`` are run's result)."""
     enc = Encoder(spec, x, generator)
     states = [BlockState() for _ in spec.blocks]
     ro = empty_readout(spec, x.shape[0], x)
@@ -140,4 +151,4 @@ def run(
         for i in range(len(spec.blocks)):
             h, _, states[i] = block_step(spec, i, h, params, states[i], spike)
         ro = ro.step(h, decay)
-    return ro.logits(spec, params)
+    return ro

@@ -199,7 +199,18 @@ def compile_model(
 
 
 # rule parameters of the host trainer that the on-chip rule has no counterpart for
-HOST_ONLY_RULE_PARAMS = ("trace", "step_weight", "update_every", "online_loss", "spike", "v_floor", "head_steps")
+HOST_ONLY_RULE_PARAMS = (
+    "trace",
+    "step_weight",
+    "update_every",
+    "online_loss",
+    "spike",
+    "v_floor",
+    "head_steps",
+    "head_norm",
+    "head_lr",
+    "head_norm_momentum",
+)
 
 
 def on_chip_rule_note(spec: ModelSpec) -> str | None:

@@ -94,6 +94,8 @@ class EpropTrainer(_SpikingTrainer):
                 ro = ro.step(h, self.decay)
                 if self.loss_kind == "every" or t == self.T - 1:
                     feats = ro.features(spec)
+                    if t == self.T - 1:
+                        self._observe_readout(feats)
                     with torch.enable_grad():
                         logits = ro.logits(spec, self.p, feats)
                         ce = F.cross_entropy(logits, yt)

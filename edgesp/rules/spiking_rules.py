@@ -88,7 +88,8 @@ from edgesp.errors import SpecError
 from edgesp.functional import Params, signal_forward
 from edgesp.losses import sp_loss
 from edgesp.rtrl import bptt_loss, rtrl_bytes, rtrl_loss_and_grads
-from edgesp.snn import BlockState, Readout, block_step, empty_readout, readout_decay, run
+from edgesp.rules.head_norm import HEAD_NORMS, HeadNorm
+from edgesp.snn import BlockState, Readout, block_step, empty_readout, readout_decay, run, run_readout
 from edgesp.spec import LIF, Linear, ModelSpec, OptimizerSpec
 from edgesp.spiking import SpikeFn, smooth_spike, strict_spike, surrogate_spike
 
@@ -106,6 +107,9 @@ _KNOWN_PARAMS = {
 TRACES = ("none", "filter")
 STEP_WEIGHTS = ("uniform", "ramp")
 HEAD_STEPS = ("every", "last")
+# head settings every spiking rule accepts (:mod:`edgesp.rules.head_norm`): the head's own Adam/SGD learning rate
+# (default: the rule's) and its standardised coordinates
+HEAD_PARAMS = frozenset({"head_lr", "head_norm", "head_norm_momentum"})
 
 
 @dataclass
@@ -156,11 +160,11 @@ class _SpikingTrainer:
     def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int) -> None:
         if spec.temporal is None:
             raise SpecError(f"rule {spec.rule.name!r} needs a spiking model (--model snn)")
-        unknown = set(spec.rule.params) - self.known_params
+        unknown = set(spec.rule.params) - self.known_params - HEAD_PARAMS
         if unknown:
             raise SpecError(
                 f"unknown rule parameters {sorted(unknown)} for {spec.rule.name}; "
-                f"known: {', '.join(sorted(self.known_params))}"
+                f"known: {', '.join(sorted(self.known_params | HEAD_PARAMS))}"
             )
         self.spec = spec
         self.rp: dict[str, Any] = dict(spec.rule.params)
@@ -175,7 +179,50 @@ class _SpikingTrainer:
                 t.requires_grad_(False)  # frozen (fixed signal) or unused (bptt/rtrl): in no optimizer
                 continue
             groups.setdefault(spec.param_layer_index(name), []).append(t)
+        self.head_index = spec.param_layer_index("head.weight")
+        self.head_norm = self._make_head_norm()
+        if self.head_norm is not None:
+            plain = (self.p["head.weight"], self.p.get("head.bias"))
+            groups[self.head_index] = [
+                t for t in groups[self.head_index] if all(t is not q for q in plain)
+            ] + self.head_norm.leaves()
         self.opts = {i: _make_optimizer(spec.rule.optimizer, ts) for i, ts in sorted(groups.items())}
+        head_lr = self.rp.get("head_lr")
+        if head_lr is not None:
+            try:
+                lr = float(head_lr)
+            except ValueError:
+                raise SpecError(f"head_lr must be a positive number, got {head_lr!r}") from None
+            if not lr > 0:
+                raise SpecError(f"head_lr must be a positive number, got {head_lr!r}")
+            for g in self.opts[self.head_index].param_groups:
+                g["lr"] = lr
+
+    def _make_head_norm(self) -> HeadNorm | None:
+        """The standardised head (rule parameter ``head_norm``, :mod:`edgesp.rules.head_norm`), or None."""
+        kind = str(self.rp.get("head_norm", "none"))
+        if kind not in HEAD_NORMS:
+            raise SpecError(f"head_norm must be one of {', '.join(HEAD_NORMS)}, got {kind!r}")
+        if kind == "none":
+            return None
+        if self.spec.rule.name == "rtrl":
+            raise SpecError("head_norm is not supported by rtrl (an exact-gradient reference): use bptt")
+        try:
+            momentum = float(self.rp.get("head_norm_momentum", 0.05))
+        except ValueError:
+            got = self.rp["head_norm_momentum"]
+            raise SpecError(f"head_norm_momentum must be a number in (0, 1], got {got!r}") from None
+        assert self.spec.temporal is not None
+        if self.spec.temporal.readout == "spike_count":
+            beta_t = 1.0
+        else:  # β[T] = Σ_{τ<T} (1 − dv_o)^τ, the bias factor of the membrane readout at the prediction step
+            beta_t = sum(self.decay**k for k in range(self.T))
+        return HeadNorm(self.p["head.weight"], self.p.get("head.bias"), beta_t, momentum)
+
+    def _observe_readout(self, features: torch.Tensor) -> None:
+        """Step-T readout features of a training batch: feed the standardised head's statistics."""
+        if self.head_norm is not None:
+            self.head_norm.observe(features)
 
     def _trains_signal(self) -> bool:
         return False
@@ -193,10 +240,17 @@ class _SpikingTrainer:
     def _zero(self) -> None:
         for o in self.opts.values():
             o.zero_grad(set_to_none=True)
+        if self.head_norm is not None:  # the plain head is in no optimizer: its gradient is mapped to (A, c)
+            for k in ("head.weight", "head.bias"):
+                if k in self.p:
+                    self.p[k].grad = None
 
     def _step(self) -> None:
-        for o in self.opts.values():
-            o.step()
+        for i, o in self.opts.items():
+            if self.head_norm is not None and i == self.head_index:
+                self.head_norm.step(o)
+            else:
+                o.step()
 
     def _inputs(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.as_tensor(np.asarray(x, np.float32)), torch.as_tensor(np.asarray(y)).long()
@@ -358,6 +412,8 @@ class SPTrainer(_SpikingTrainer):
     def head_loss(self, y: torch.Tensor) -> torch.Tensor:
         """CE of the head on the current readout (its input detached: a local update)."""
         feats = self.readout.features(self.spec).detach()
+        if self.t == self.T:
+            self._observe_readout(feats)
         return F.cross_entropy(self.readout.logits(self.spec, self.p, feats), y)
 
     def weight(self, t: int) -> float:
@@ -449,7 +505,12 @@ class BPTTTrainer(_SpikingTrainer):
             for k, g in grads.items():
                 self.p[k].grad = g.detach().clone()
         else:
-            loss, _ = bptt_loss(self.spec, xt, yt, self.p, self.spike, self.gen)
+            if self.head_norm is None:
+                loss, _ = bptt_loss(self.spec, xt, yt, self.p, self.spike, self.gen)
+            else:  # the same forward (bptt_loss = CE of run's logits), keeping the readout for the head's statistics
+                ro = run_readout(self.spec, xt, self.p, self.spike, self.gen)
+                self._observe_readout(ro.features(self.spec))
+                loss = F.cross_entropy(ro.logits(self.spec, self.p), yt)
             loss.backward()
         self._step()
         self._zero()
