@@ -69,7 +69,10 @@ by the step's backward); nothing grows with T. The per-batch rules (sp-voltage, 
 T steps' gradients in the parameters' .grad and apply them once; sp-online applies them every k steps.
 
 Rule parameters (``spec.rule.params``): surrogate_slope, update_every, online_loss, spike, rtrl_max_mib, trace,
-step_weight, v_floor, head_steps. e-prop, the online baseline, is :mod:`edgesp.rules.eprop`.
+step_weight, v_floor, head_steps; for every spiking rule (e-prop too): ``head_lr`` (the head's own learning rate)
+and ``head_norm`` ('none' | 'ema', with ``head_norm_momentum``): the head learns in standardised coordinates of its
+step-T input, folded back to the plain head after every step (:mod:`edgesp.rules.head_norm`; the model is
+unchanged). e-prop, the online baseline, is :mod:`edgesp.rules.eprop`.
 Optimizers: one per layer from ``spec.rule.optimizer`` (``spec.param_layer_index``: with hidden placement
 the signal shares block 0's).
 """
