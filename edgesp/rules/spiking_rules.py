@@ -88,6 +88,7 @@ from edgesp.errors import SpecError
 from edgesp.functional import Params, signal_forward
 from edgesp.losses import sp_loss
 from edgesp.rtrl import bptt_loss, rtrl_bytes, rtrl_loss_and_grads
+from edgesp.rules.sp_fused import FusedBlock, FusedSPOnline, fused_unsupported, make_labels
 from edgesp.snn import BlockState, Readout, block_step, empty_readout, readout_decay, run
 from edgesp.spec import LIF, Linear, ModelSpec, OptimizerSpec
 from edgesp.spiking import SpikeFn, smooth_spike, strict_spike, surrogate_spike
@@ -102,6 +103,7 @@ _KNOWN_PARAMS = {
     "step_weight",
     "v_floor",
     "head_steps",
+    "loss_every",
 }
 TRACES = ("none", "filter")
 STEP_WEIGHTS = ("uniform", "ramp")
@@ -236,6 +238,9 @@ class SPTrainer(_SpikingTrainer):
         self.head_steps = str(self.rp.get("head_steps", "every"))
         if self.head_steps not in HEAD_STEPS:
             raise SpecError(f"head_steps must be one of {', '.join(HEAD_STEPS)}, got {self.head_steps!r}")
+        self.loss_every = int(self.rp.get("loss_every", 1))
+        if self.loss_every < 1:
+            raise SpecError(f"loss_every must be >= 1, got {self.loss_every}")
         self.hidden = spec.signal.hidden
         if self.hidden:
             a_shape = spec.shapes()[0][0]  # block 0's parametric output, which z replaces
@@ -251,6 +256,22 @@ class SPTrainer(_SpikingTrainer):
                 f"than the {spec.num_classes} classes, so the target t_0 = LayerNorm(W_S onehot) cannot "
                 "tell classes apart: use placement hidden (--signal-placement hidden)"
             )
+        # the fused, autograd-free sp-online step when it applies (edgesp.rules.sp_fused); set to None to force
+        # the autograd path (the general fallback and the fused step's test oracle)
+        self.fused: FusedSPOnline | None = None
+        if fused_unsupported(spec, self.rp, self.mode, self.trace) is None:
+            self.fused = FusedSPOnline(
+                spec,
+                self.p,
+                every=self.every,
+                loss_every=self.loss_every,
+                v_floor=self.v_floor,
+                weight=self.weight,
+                decay=self.decay,
+                head_every=self.head_steps == "every",
+                train_signal=self._trains_signal(),
+                loss_gen=self.loss_gen,
+            )
 
     # -- the per-step pieces (public so tests can drive a step by itself)
     def begin(self, batch: int) -> None:
@@ -260,10 +281,16 @@ class SPTrainer(_SpikingTrainer):
         self.h_trace: list[PresynTrace | None] = [None] * len(self.spec.blocks)
         self.t_trace: list[PresynTrace | None] = [None] * len(self.spec.blocks)
         self.readout: Readout = empty_readout(self.spec, batch, torch.zeros(()))
+        self.f_state = [FusedBlock() for _ in self.spec.blocks]  # the fused step's state (both streams stacked)
         self.t = 0
 
     def _trains_signal(self) -> bool:
         return self.spec.signal.kind == "learned"
+
+    def _zero(self) -> None:
+        super()._zero()
+        if self.fused is not None:
+            self.fused.zero()
 
     def signal(self) -> torch.Tensor:
         """z for all C classes (row c = class c), from the current W_S, b_S (detached if the signal is fixed)."""
@@ -291,6 +318,7 @@ class SPTrainer(_SpikingTrainer):
         # hidden: z is block 0's input current (a^t_0 = z); input: z = t_0 is block 0's input
         t_in, cur = (None, z) if self.hidden else (z, None)
         total = x_t.new_zeros(())
+        with_loss = (self.t + 1) % self.loss_every == 0  # loss_every: the traces still advance at every step
         for i in range(len(spec.blocks)):
             s_h, v_h, st_h = block_step(spec, i, h_in, self.p, self.h_state[i].detached(), self.spike)
             s_t, v_t, st_t = block_step(
@@ -303,18 +331,19 @@ class SPTrainer(_SpikingTrainer):
                 t_prev = F.one_hot(classes, spec.num_classes).float()
             else:
                 t_prev = t_in.detach()[classes]
-            total = total + sp_loss(
-                r.loss,
-                self._z(v_h, i),
-                self._z(v_t, i)[classes],
-                inv,
-                y,
-                classes,
-                temperature=r.temperature,
-                topk=r.topk,
-                t_prev_cls=t_prev,
-                generator=self.loss_gen,
-            )
+            if with_loss:
+                total = total + sp_loss(
+                    r.loss,
+                    self._z(v_h, i),
+                    self._z(v_t, i)[classes],
+                    inv,
+                    y,
+                    classes,
+                    temperature=r.temperature,
+                    topk=r.topk,
+                    t_prev_cls=t_prev,
+                    generator=self.loss_gen,
+                )
             self.h_state[i], self.t_state[i] = st_h.detached(), st_t.detached()
             h_in, t_in = s_h.detach(), s_t.detach()
         self.readout = self.readout.step(h_in, self.decay)
@@ -368,14 +397,19 @@ class SPTrainer(_SpikingTrainer):
         return 1.0
 
     def online_step(self, x_t: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """sp-online, one step: losses of this step, backward, and (every k steps) an update of every layer."""
+        """sp-online, one step: losses of this step, backward, and (every k steps) an update of every layer.
+        Runs the fused step (:mod:`edgesp.rules.sp_fused`) when it applies, else autograd."""
+        if self.fused is not None:
+            sp, ce = self._fused_step(x_t, make_labels(self.spec.rule.loss, y, self.spec.num_classes))
+            return float(sp), (float("nan") if ce is None else float(ce))
         w = self.weight(self.t)
         sp = self.step_loss(x_t, y)
         if self.head_steps == "every":
             ce = self.head_loss(y)
             (w * (sp + ce) / self.every).backward()
         else:  # 'last': the head learns from the readout the prediction uses (step T) only
-            (w * sp / self.every).backward()
+            if sp.requires_grad:  # (no SP loss at this step with loss_every > 1)
+                (w * sp / self.every).backward()
             ce = self.head_loss(y) if self.t == self.T else None
             if ce is not None:
                 ce.backward()
@@ -384,6 +418,18 @@ class SPTrainer(_SpikingTrainer):
             self._zero()
         return float(sp.detach()), (float("nan") if ce is None else float(ce.detach()))
 
+    def _fused_step(self, x_t: torch.Tensor, lab: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fused online step; at an update the interval's gradient sums become .grad and the optimizers step."""
+        assert self.fused is not None
+        last = self.t + 1 == self.T
+        self.f_state, self.readout, sp, ce = self.fused.step(self.f_state, self.readout, x_t, lab, self.t, last)
+        self.t += 1
+        if self.t % self.every == 0 or self.t == self.T:
+            self.fused.set_grads()
+            self._step()
+            self._zero()
+        return sp, ce
+
     def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         xt, yt = self._inputs(x, y)
         enc = Encoder(self.spec, xt, self.gen)
@@ -391,6 +437,15 @@ class SPTrainer(_SpikingTrainer):
         self._zero()
         sp_sum = ce_sum = 0.0
         n_ce = 0
+        if self.online and self.fused is not None:
+            lab = make_labels(self.spec.rule.loss, yt, self.spec.num_classes)
+            sp_t, ce_t = xt.new_zeros(()), xt.new_zeros(())
+            for t in range(self.T):
+                sp, ce = self._fused_step(enc.step(t), lab)
+                sp_t += sp
+                if ce is not None:
+                    ce_t, n_ce = ce_t + ce, n_ce + 1
+            return {"sp_loss": float(sp_t) / self.T, "head_ce": float(ce_t) / max(n_ce, 1)}
         for t in range(self.T):
             if self.online:
                 sp, ce = self.online_step(enc.step(t), yt)
