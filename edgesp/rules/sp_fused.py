@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from edgesp.functional import Params, signal_forward
 from edgesp.snn import Readout
 from edgesp.spec import LIF, Linear, ModelSpec
-from edgesp.spiking import LIFState, lif_step
+from edgesp.spiking import LIFState
 
 FUSED_LOSSES = ("v9", "v1", "v14", "l2")
 
@@ -90,11 +90,13 @@ class FusedBlock:
 
 @dataclass
 class FusedLabels:
-    """Constants of one label vector y (B,): the closed-form losses' weights (see module docstring)."""
+    """Constants of one label vector y (B,) for the closed-form losses (see module docstring)."""
 
     y: torch.Tensor
     onehot: torch.Tensor  # B×C
     w: torch.Tensor  # B×1: n_i/B (v9) or 1/B
+    w_onehot: torch.Tensor  # B×C: w_i·onehot(y_i) (a term's loss value is const − ⟨w_onehot, log P⟩)
+    neg_w_onehot: torch.Tensor  # −w_onehot
     logm: torch.Tensor | None  # 1×C: log m_c (−inf for absent classes), None for v1
     const: float  # v9: Σ_i (n_i/B) log n_i
     same: torch.Tensor | None  # B×B: 1[y_i = y_j] (v14's positives)
@@ -104,12 +106,16 @@ def make_labels(kind: str, y: torch.Tensor, num_classes: int) -> FusedLabels:
     b = y.shape[0]
     onehot = F.one_hot(y, num_classes).float()
     counts = onehot.sum(0)
+    const, logm, same = 0.0, None, None
     if kind == "v9":
         n = counts[y]
-        return FusedLabels(y, onehot, (n / b)[:, None], counts.log()[None, :], float((n * n.log()).sum() / b), None)
-    logm = counts.log()[None, :] if kind == "v14" else None
-    same = (y[:, None] == y[None, :]).float() if kind == "v14" else None
-    return FusedLabels(y, onehot, torch.full((b, 1), 1.0 / b), logm, 0.0, same)
+        w = (n / b)[:, None]
+        logm, const = counts.log()[None, :], float((n * n.log()).sum() / b)
+    else:
+        w = torch.full((b, 1), 1.0 / b)
+        if kind == "v14":
+            logm, same = counts.log()[None, :], (y[:, None] == y[None, :]).float()
+    return FusedLabels(y, onehot, w, w * onehot, -w * onehot, logm, const, same)
 
 
 class FusedSPOnline:
@@ -131,33 +137,35 @@ class FusedSPOnline:
     ) -> None:
         self.spec, self.p = spec, p
         self.kind = spec.rule.loss
-        self.tau = float(spec.rule.temperature or 0.1)
+        self.tau = float(spec.rule.temperature)  # type: ignore[arg-type]  # resolved for the SP rules
         self.every, self.loss_every, self.v_floor, self.weight = every, loss_every, v_floor, weight
         self.head_every, self.decay = head_every, decay
         self.hidden = spec.signal.hidden
         self.train_signal = train_signal and self.hidden  # input placement: the trace detaches z (no gradient)
         self.loss_gen = loss_gen
         self.C = spec.num_classes
-        self.blocks = []
+        self.spike_count = spec.temporal is not None and spec.temporal.readout == "spike_count"
+        self.names: list[tuple[str, str | None, str | None]] = []
+        self.lifs: list[LIF] = []
         for i, (_, lif) in enumerate(spec.blocks):
             pre = f"blocks.{i}."
-            self.blocks.append(
-                (
-                    lif,
-                    pre + "weight",
-                    pre + "bias" if pre + "bias" in p else None,
-                    pre + "rec_weight" if spec.recurrent_layer(i) is not None else None,
-                )
-            )
+            rec = pre + "rec_weight" if spec.recurrent_layer(i) is not None else None
+            self.names.append((pre + "weight", pre + "bias" if pre + "bias" in p else None, rec))
+            self.lifs.append(lif)
         self.sums: dict[str, torch.Tensor] = {}
         self.touched: set[str] = set()
-        self.z: torch.Tensor | None = None  # the signal of the current update interval (detached)
+        self.z: torch.Tensor | None = None  # the signal of the current update interval (detached), C×D
+        self.batch = -1
+        # the loss value, summed lazily over the terms (block, step) since the last take_loss: v9/v1 keep Σ log P
+        self.n_terms = 0
+        self.logp_sum = torch.zeros(0)
+        self.loss_sum = torch.zeros(())  # v14, l2: Σ of the terms' values
 
     # -- gradient sums
     def _acc(self, name: str) -> torch.Tensor:
         s = self.sums.get(name)
         if s is None:
-            shape = (self.C, *self.spec.signal_shape()) if name == "z" else self.p[name].shape
+            shape = (self.C, self.spec.signal_dim) if name == "z" else self.p[name].shape
             s = self.sums[name] = torch.zeros(shape)
         self.touched.add(name)
         return s
@@ -168,8 +176,9 @@ class FusedSPOnline:
             if name != "z":
                 self.p[name].grad = self.sums[name].clone()
         if "z" in self.touched:
-            z = signal_forward(self.spec, torch.arange(self.C), self.p)
-            torch.autograd.backward(z, self.sums["z"])
+            with torch.enable_grad():
+                z = signal_forward(self.spec, torch.arange(self.C), self.p)
+            torch.autograd.backward(z, self.sums["z"].reshape(z.shape))
 
     def zero(self) -> None:
         """After an update: empty sums; z is recomputed from the new W_S at the next step."""
@@ -179,38 +188,90 @@ class FusedSPOnline:
         self.z = None
 
     # -- the step
+    def begin(self, batch: int) -> None:
+        """Scratch buffers for a batch of B sequences: block 0's stacked current (hidden placement: rows B.. hold
+        z), each block's (B+C)-row gradient g, and the parameters' transposed views (the optimizers update the
+        parameters in place, so the views stay current)."""
+        rows = batch + self.C
+        self.batch = batch
+        with torch.no_grad():
+            self.wt = [(self.p[w].t(), None if r is None else self.p[r].t()) for w, _, r in self.names]
+        hdims = [self.p[w].shape[0] for w, _, _ in self.names]
+        self.g = [torch.zeros(rows, h) for h in hdims]
+        self.g_halves = [(g[:batch], g[batch:]) for g in self.g]
+        self.a0 = torch.zeros(rows, hdims[0])
+        self.a0_top = self.a0[:batch]
+        self.ones = torch.ones(rows)
+        self.ones_top = self.ones[:batch]
+        self.logp_sum = torch.zeros(batch, self.C)
+        self.n_terms = 0
+        self.z = None
+
+    def take_loss(self, lab: FusedLabels) -> float:
+        """Σ of the SP loss terms L_i[t] since the last call (v9/v1: n·const − ⟨w_onehot, Σ log P⟩), then reset."""
+        value = float(self.loss_sum)
+        if self.n_terms and self.kind in ("v9", "v1"):
+            value += self.n_terms * lab.const - float(torch.dot(lab.w_onehot.view(-1), self.logp_sum.view(-1)))
+            self.logp_sum.zero_()
+        self.loss_sum.zero_()
+        self.n_terms = 0
+        return value
+
     def signal(self) -> torch.Tensor:
         if self.z is None:
             with torch.no_grad():
                 self.z = signal_forward(self.spec, torch.arange(self.C), self.p).reshape(self.C, -1)
+                if self.hidden:
+                    self.a0[self.batch :] = self.z
         return self.z
 
     @torch.no_grad()
     def step(
         self, state: list[FusedBlock], readout: Readout, x_t: torch.Tensor, lab: FusedLabels, t: int, last: bool
-    ) -> tuple[list[FusedBlock], Readout, torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[list[FusedBlock], Readout, torch.Tensor | None]:
         """Step t of both streams through every block, the loss gradients added to the sums. Returns the new state,
-        the new readout, Σ_i L_i[t] (0 at a step without loss) and the head's CE (None when not formed)."""
-        p, b = self.p, x_t.shape[0]
+        the new readout and the head's CE (None when not formed); the SP loss value is read by :meth:`take_loss`."""
+        b = x_t.shape[0]
+        if b != self.batch:
+            self.begin(b)
+        p = self.p
         scale = self.weight(t) / self.every
         with_loss = (t + 1) % self.loss_every == 0
         z = self.signal()
-        x = x_t.reshape(b, -1)
+        x = x_t if x_t.dim() == 2 else x_t.reshape(b, -1)
         if not self.hidden:
             x = torch.cat((x, z))
-        total = x.new_zeros(())
         new_state = []
-        for i, (lif, wn, bn, rn) in enumerate(self.blocks):
+        for i, lif in enumerate(self.lifs):
+            wn, bn, rn = self.names[i]
+            wt, rt = self.wt[i]
             st = state[i]
-            bias = p[bn] if bn is not None else None
-            a = torch.addmm(bias, x, p[wn].t()) if bias is not None else torch.mm(x, p[wn].t())
-            if i == 0 and self.hidden:
-                a = torch.cat((a, z))
+            first_hidden = i == 0 and self.hidden
+            out = self.a0_top if first_hidden else None
+            if bn is not None:
+                a = torch.addmm(p[bn], x, wt, out=out)
+            else:
+                a = torch.mm(x, wt, out=out)
+            if first_hidden:
+                a = self.a0
             if st.s_prev is not None:
-                a = torch.addmm(a, st.s_prev, p[rn].t())
-            lst = st.lif or LIFState(torch.zeros_like(a), torch.zeros_like(a))
-            s, v, lst = lif_step(lif, a, lst)
+                a = torch.addmm(a, st.s_prev, rt)
+            # LIF (edgesp.spiking.lif_step): u ← (1−du) u + a, v ← (1−dv) v + u + bias, s = 1[v > θ], reset
             ku, kv = 1.0 - lif.du, 1.0 - lif.dv
+            if st.lif is None:  # zero state
+                u = a.clone() if first_hidden else a  # (a is then the reused buffer)
+                v = u if lif.bias == 0.0 else u + lif.bias
+            else:
+                u = torch.add(a, st.lif.u, alpha=ku)
+                v = torch.add(u, st.lif.v, alpha=kv)
+                if lif.bias != 0.0:
+                    v = v + lif.bias
+            if not lif.spiking:
+                s = v_next = v
+            else:
+                s = (v > lif.threshold).float()
+                v_next = torch.add(v, s, alpha=-lif.threshold) if lif.reset == "subtract" else v * (1.0 - s)
+            # eligibility traces (PresynTrace): ε_u ← (1−du) ε_u + p, ε_v ← (1−dv) ε_v + ε_u
             eu_x = x if st.eu_x is None else torch.add(x, st.eu_x, alpha=ku)
             ev_x = eu_x if st.ev_x is None else torch.add(eu_x, st.ev_x, alpha=kv)
             eu_1 = ku * st.eu_1 + 1.0
@@ -219,60 +280,64 @@ class FusedSPOnline:
             if st.s_prev is not None:
                 eu_s = st.s_prev if st.eu_s is None else torch.add(st.s_prev, st.eu_s, alpha=ku)
                 ev_s = eu_s if st.ev_s is None else torch.add(eu_s, st.ev_s, alpha=kv)
-            new_state.append(FusedBlock(lst, s if rn is not None else None, eu_x, ev_x, eu_1, ev_1, eu_s, ev_s))
+            new_state.append(
+                FusedBlock(LIFState(u, v_next), s if rn is not None else None, eu_x, ev_x, eu_1, ev_1, eu_s, ev_s)
+            )
             if with_loss:
-                loss, g = self._loss_grad(v, b, lab, scale)
-                total = total + loss
-                gw = g[:b] if i == 0 and self.hidden else g
+                self._loss_grad(i, v, b, lab, scale)
+                g = self.g[i]
+                g_top, g_bot = self.g_halves[i]
+                gw, ones = (g_top, self.ones_top) if first_hidden else (g, self.ones)
                 self._acc(wn).addmm_(gw.t(), ev_x)
                 if bn is not None:
-                    self._acc(bn).add_(gw.sum(0), alpha=ev_1)
+                    self._acc(bn).addmv_(gw.t(), ones, alpha=ev_1)
                 if ev_s is not None:
+                    assert rn is not None
                     self._acc(rn).addmm_(g.t(), ev_s)
-                if i == 0 and self.train_signal:
-                    self._acc("z").add_(g[b:].reshape(self.sums["z"].shape), alpha=ev_1)
+                if first_hidden and self.train_signal:
+                    self._acc("z").add_(g_bot, alpha=ev_1)
             x = s
         readout = readout.step(x[:b], self.decay)
         ce = None
         if self.head_every or last:
             ce = self._head(readout, lab, scale if self.head_every else 1.0)
-        return new_state, readout, total, ce
+        return new_state, readout, ce
 
-    def _loss_grad(self, v: torch.Tensor, b: int, lab: FusedLabels, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss L_i[t] of one block and g = scale · ∂L/∂v for all B+C rows (module docstring)."""
+    def _loss_grad(self, i: int, v: torch.Tensor, b: int, lab: FusedLabels, scale: float) -> None:
+        """Loss L_i[t] of block i (added to the lazy sums) and g = scale · ∂L/∂v (all B+C rows) written into
+        ``self.g[i]`` (module docstring)."""
+        self.n_terms += 1
         q = v if self.v_floor is None else v.clamp(min=self.v_floor)
         qh, qt = q[:b], q[b:]
+        g_top, g_bot = self.g_halves[i]
         hdim = q.shape[1]
         if self.kind == "l2":
             diff = qh - qt[lab.y]
-            loss = diff.square().sum() / (b * hdim)
-            dh = diff.mul_(2.0 * scale / (b * hdim))
-            dt = torch.zeros_like(qt).index_add_(0, lab.y, dh, alpha=-1.0)
-            g = torch.cat((dh, dt))
+            self.loss_sum.add_(diff.square().sum(), alpha=1.0 / (b * hdim))
+            g_top.copy_(diff).mul_(2.0 * scale / (b * hdim))
+            g_bot.zero_().index_add_(0, lab.y, g_top, alpha=-1.0)
         else:
             c = 1.0 / (self.tau * hdim)
-            if self.kind == "v14":
-                noise = torch.rand((b, b), generator=self.loss_gen)
-                assert lab.same is not None
-                tgt = lab.y[torch.argmax(lab.same * (noise + 1.0), dim=1)]
-                onehot = lab.onehot.new_zeros(lab.onehot.shape).scatter_(1, tgt[:, None], 1.0)
-            else:
-                tgt, onehot = lab.y, lab.onehot
             if lab.logm is None:
                 logits = torch.mm(qh, qt.t()).mul_(c)
             else:
                 logits = torch.addmm(lab.logm, qh, qt.t(), alpha=c)
             logp = torch.log_softmax(logits, dim=1)
-            picked = logp.gather(1, tgt[:, None])
             if self.kind == "v14":
-                assert lab.logm is not None
-                picked = picked - lab.logm[0, tgt][:, None]
-            loss = lab.const - (lab.w * picked).sum()
-            dy = logp.exp_().sub_(onehot).mul_(lab.w)
-            g = torch.cat((torch.mm(dy, qt), torch.mm(dy.t(), qh))).mul_(c * scale)
+                assert lab.same is not None and lab.logm is not None
+                noise = torch.rand((b, b), generator=self.loss_gen)
+                tgt = lab.y[torch.argmax(lab.same * (noise + 1.0), dim=1)]
+                neg = torch.zeros_like(lab.onehot).scatter_(1, tgt[:, None], -1.0 / b)
+                self.loss_sum.add_((lab.logm[0, tgt] - logp.gather(1, tgt[:, None])[:, 0]).mean())
+            else:
+                neg = lab.neg_w_onehot
+                self.logp_sum.add_(logp)
+            dy = torch.addcmul(neg, logp.exp(), lab.w)  # w ⊙ (P − onehot)
+            k = c * scale
+            torch.addmm(g_top, dy, qt, beta=0.0, alpha=k, out=g_top)
+            torch.addmm(g_bot, dy.t(), qh, beta=0.0, alpha=k, out=g_bot)
         if self.v_floor is not None:
-            g.mul_(v >= self.v_floor)
-        return loss, g
+            self.g[i].mul_(v >= self.v_floor)
 
     def _head(self, readout: Readout, lab: FusedLabels, scale: float) -> torch.Tensor:
         feats = readout.features(self.spec)
@@ -283,6 +348,5 @@ class FusedSPOnline:
         dl = logp.exp_().sub_(lab.onehot).mul_(scale / b)
         self._acc("head.weight").addmm_(dl.t(), feats)
         if "head.bias" in self.p:
-            spike_count = self.spec.temporal is not None and self.spec.temporal.readout == "spike_count"
-            self._acc("head.bias").add_(dl.sum(0), alpha=1.0 if spike_count else readout.beta)
+            self._acc("head.bias").add_(dl.sum(0), alpha=1.0 if self.spike_count else readout.beta)
         return ce

@@ -282,6 +282,8 @@ class SPTrainer(_SpikingTrainer):
         self.t_trace: list[PresynTrace | None] = [None] * len(self.spec.blocks)
         self.readout: Readout = empty_readout(self.spec, batch, torch.zeros(()))
         self.f_state = [FusedBlock() for _ in self.spec.blocks]  # the fused step's state (both streams stacked)
+        if self.fused is not None:
+            self.fused.begin(batch)
         self.t = 0
 
     def _trains_signal(self) -> bool:
@@ -400,8 +402,10 @@ class SPTrainer(_SpikingTrainer):
         """sp-online, one step: losses of this step, backward, and (every k steps) an update of every layer.
         Runs the fused step (:mod:`edgesp.rules.sp_fused`) when it applies, else autograd."""
         if self.fused is not None:
-            sp, ce = self._fused_step(x_t, make_labels(self.spec.rule.loss, y, self.spec.num_classes))
-            return float(sp), (float("nan") if ce is None else float(ce))
+            lab = make_labels(self.spec.rule.loss, y, self.spec.num_classes)
+            self.fused.take_loss(lab)
+            ce = self._fused_step(x_t, lab)
+            return self.fused.take_loss(lab), (float("nan") if ce is None else float(ce))
         w = self.weight(self.t)
         sp = self.step_loss(x_t, y)
         if self.head_steps == "every":
@@ -418,17 +422,18 @@ class SPTrainer(_SpikingTrainer):
             self._zero()
         return float(sp.detach()), (float("nan") if ce is None else float(ce.detach()))
 
-    def _fused_step(self, x_t: torch.Tensor, lab: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The fused online step; at an update the interval's gradient sums become .grad and the optimizers step."""
+    def _fused_step(self, x_t: torch.Tensor, lab: Any) -> torch.Tensor | None:
+        """The fused online step (returns the head's CE if formed; the SP loss is summed in ``self.fused``); at an
+        update the interval's gradient sums become .grad and the optimizers step."""
         assert self.fused is not None
         last = self.t + 1 == self.T
-        self.f_state, self.readout, sp, ce = self.fused.step(self.f_state, self.readout, x_t, lab, self.t, last)
+        self.f_state, self.readout, ce = self.fused.step(self.f_state, self.readout, x_t, lab, self.t, last)
         self.t += 1
         if self.t % self.every == 0 or self.t == self.T:
             self.fused.set_grads()
             self._step()
             self._zero()
-        return sp, ce
+        return ce
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         xt, yt = self._inputs(x, y)
@@ -439,13 +444,12 @@ class SPTrainer(_SpikingTrainer):
         n_ce = 0
         if self.online and self.fused is not None:
             lab = make_labels(self.spec.rule.loss, yt, self.spec.num_classes)
-            sp_t, ce_t = xt.new_zeros(()), xt.new_zeros(())
+            ce_t = xt.new_zeros(())
             for t in range(self.T):
-                sp, ce = self._fused_step(enc.step(t), lab)
-                sp_t += sp
+                ce = self._fused_step(enc.step(t), lab)
                 if ce is not None:
                     ce_t, n_ce = ce_t + ce, n_ce + 1
-            return {"sp_loss": float(sp_t) / self.T, "head_ce": float(ce_t) / max(n_ce, 1)}
+            return {"sp_loss": self.fused.take_loss(lab) / self.T, "head_ce": float(ce_t) / max(n_ce, 1)}
         for t in range(self.T):
             if self.online:
                 sp, ce = self.online_step(enc.step(t), yt)
