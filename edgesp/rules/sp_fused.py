@@ -26,8 +26,10 @@ Parameter gradients, with g = (w_t/k) ∂L/∂v ((B+C)×H; w_t the step weight, 
 of an update interval: ∂W += gᵀ ε_v,x, ∂b += ε_v,1 Σ_rows g, ∂W_rec += gᵀ ε_v,s over the rows of both streams —
 except block 0 with hidden placement, where W and b see only the B sample rows and the C target rows give
 ∂z += ε_v,1 g_t. z depends on W_S, b_S only, which change only at an update: z is computed once per interval and at
-the update one autograd backward through :func:`edgesp.functional.signal_forward` turns the summed ∂z into ∂W_S,
-∂b_S (input placement: the trace detaches the target's input, so — as on the autograd path — no loss reaches W_S).
+the update the summed ∂z goes through :func:`edgesp.functional.signal_forward` in closed form: z = act(n),
+n = (a − μ)/σ over the D features of a_c = W_S[:, c] + b_S, ∂n = ∂z·1[n > 0] (ReLU), ∂a = (∂n − mean(∂n) −
+n·mean(∂n·n))/σ, ∂W_S[:, c] = ∂a_c, ∂b_S = Σ_c ∂a_c (input placement: the trace detaches the target's input, so —
+as on the autograd path — no loss reaches W_S).
 Head: CE of the readout logits ℓ = W_h f + β b_h (f the readout features, β the bias factor; 1 for a spike-count
 readout): ∂ℓ = (softmax(ℓ) − onehot(y))/B, ∂W_h += ∂ℓᵀ f, ∂b_h += β Σ_i ∂ℓ_i; weighted w_t/k with
 ``head_steps='every'``, 1 at step T with 'last'. At an update the sums become the ``.grad`` of exactly the parameters
@@ -72,20 +74,20 @@ def fused_unsupported(spec: ModelSpec, rule_params: dict, mode: str, trace: str)
     return None
 
 
-@dataclass
+@dataclass(slots=True)
 class FusedBlock:
     """Carried state of one block, both streams stacked (rows 0..B−1 the sample, B..B+C−1 the target of class c):
-    the LIF state, the previous spikes (recurrent blocks) and the eligibility traces (ε_x over the rows that pass
-    W: B for block 0 with hidden placement, else B+C; ε_1 a scalar shared by all rows)."""
+    the LIF state; for a recurrent block the next step's input buffer ``xs`` = [x | s] whose s part holds this
+    step's spikes (its x part is written at the next step); the eligibility traces ε_u, ε_v of the block's whole
+    input [x | s[t−1]] (one column per presynaptic value; the target rows of block 0's x part are 0 with hidden
+    placement, where the target has no x) and ε_1 (a scalar shared by all rows)."""
 
     lif: LIFState | None = None
-    s_prev: torch.Tensor | None = None
-    eu_x: torch.Tensor | None = None
-    ev_x: torch.Tensor | None = None
+    xs: torch.Tensor | None = None
+    eu: torch.Tensor | None = None
+    ev: torch.Tensor | None = None
     eu_1: float = 0.0
     ev_1: float = 0.0
-    eu_s: torch.Tensor | None = None
-    ev_s: torch.Tensor | None = None
 
 
 @dataclass
@@ -142,19 +144,29 @@ class FusedSPOnline:
         self.head_every, self.decay = head_every, decay
         self.hidden = spec.signal.hidden
         self.train_signal = train_signal and self.hidden  # input placement: the trace detaches z (no gradient)
+        self.relu = spec.signal.activation == "relu"
         self.loss_gen = loss_gen
         self.C = spec.num_classes
         self.spike_count = spec.temporal is not None and spec.temporal.readout == "spike_count"
-        self.names: list[tuple[str, str | None, str | None]] = []
-        self.lifs: list[LIF] = []
-        for i, (_, lif) in enumerate(spec.blocks):
+        # per block: parameter names (W, b, W_rec), LIF, input features I, neurons H
+        self.blocks: list[tuple[str, str | None, str | None, LIF, int, int]] = []
+        for i, (lin, lif) in enumerate(spec.blocks):
             pre = f"blocks.{i}."
             rec = pre + "rec_weight" if spec.recurrent_layer(i) is not None else None
-            self.names.append((pre + "weight", pre + "bias" if pre + "bias" in p else None, rec))
-            self.lifs.append(lif)
+            bias = pre + "bias" if pre + "bias" in p else None
+            self.blocks.append((pre + "weight", bias, rec, lif, lin.in_features, lin.out_features))
+        # gradient sums of one update interval: "in{i}" = ∂[W | W_rec] of block i, "z" = ∂z, then b and the head
         self.sums: dict[str, torch.Tensor] = {}
+        for i, (_, bn, rn, _, fi, h) in enumerate(self.blocks):
+            self.sums[f"in{i}"] = torch.zeros(h, fi + (h if rn else 0))
+            if bn is not None:
+                self.sums[bn] = torch.zeros(h)
+        self.sums["z"] = torch.zeros(self.C, spec.signal_dim)
+        for name in ("head.weight", "head.bias"):
+            if name in p:
+                self.sums[name] = torch.zeros(p[name].shape)
         self.touched: set[str] = set()
-        self.z: torch.Tensor | None = None  # the signal of the current update interval (detached), C×D
+        self.fresh = False  # the per-interval constants (z, [W | W_rec]ᵀ, the current offsets) are current
         self.batch = -1
         # the loss value, summed lazily over the terms (block, step) since the last take_loss: v9/v1 keep Σ log P
         self.n_terms = 0
@@ -162,68 +174,70 @@ class FusedSPOnline:
         self.loss_sum = torch.zeros(())  # v14, l2: Σ of the terms' values
 
     # -- gradient sums
-    def _acc(self, name: str) -> torch.Tensor:
-        s = self.sums.get(name)
-        if s is None:
-            shape = (self.C, self.spec.signal_dim) if name == "z" else self.p[name].shape
-            s = self.sums[name] = torch.zeros(shape)
-        self.touched.add(name)
-        return s
-
     def set_grads(self) -> None:
-        """Write the interval's sums as ``.grad`` of the parameters they reached (∂W_S, ∂b_S by autograd from ∂z)."""
-        for name in self.touched:
-            if name != "z":
+        """Write the interval's sums as ``.grad`` of the parameters they reached (as autograd would leave the others
+        at None: W_rec only from a step with previous spikes); ∂W_S, ∂b_S from ∂z in closed form (module docstring)."""
+        t = self.touched
+        for i, (wn, bn, rn, _, fi, _) in enumerate(self.blocks):
+            key = f"in{i}"
+            if key in t:
+                self.p[wn].grad = self.sums[key][:, :fi].clone()
+                if rn is not None and rn in t:
+                    self.p[rn].grad = self.sums[key][:, fi:].clone()
+            if bn is not None and bn in t:
+                self.p[bn].grad = self.sums[bn].clone()
+        for name in ("head.weight", "head.bias"):
+            if name in t:
                 self.p[name].grad = self.sums[name].clone()
-        if "z" in self.touched:
-            with torch.enable_grad():
-                z = signal_forward(self.spec, torch.arange(self.C), self.p)
-            torch.autograd.backward(z, self.sums["z"].reshape(z.shape))
+        if "z" in t:  # z = act(n), n = LayerNorm(a) = (a − μ)/σ, a_c = W_S[:, c] + b_S (edgesp.functional)
+            dn = self.sums["z"] * (self.z_n > 0) if self.relu else self.sums["z"]
+            n = self.z_n
+            da = (dn - dn.mean(1, keepdim=True) - n * (dn * n).mean(1, keepdim=True)) / self.z_sigma
+            self.p["signal.weight"].grad = da.t().contiguous()
+            self.p["signal.bias"].grad = da.sum(0)
 
     def zero(self) -> None:
-        """After an update: empty sums; z is recomputed from the new W_S at the next step."""
-        for name in self.touched:
-            self.sums[name].zero_()
+        """After an update: empty sums; the per-interval constants are recomputed from the new weights."""
+        for s in self.sums.values():
+            s.zero_()
         self.touched.clear()
-        self.z = None
+        self.fresh = False
 
     # -- the step
     def begin(self, batch: int) -> None:
-        """Scratch buffers for a batch of B sequences: block 0's stacked current (hidden placement: rows B.. hold
-        z), each block's (B+C)-row gradient g, and the parameters' transposed views (the optimizers update the
-        parameters in place, so the views stay current)."""
+        """Scratch buffers for a batch of B sequences (each block's (B+C)-row gradient g; block 0's input with zero
+        target rows for a non-recurrent block 0); the per-interval constants are recomputed at the next step."""
         rows = batch + self.C
         self.batch = batch
-        with torch.no_grad():
-            self.wt = [(self.p[w].t(), None if r is None else self.p[r].t()) for w, _, r in self.names]
-        hdims = [self.p[w].shape[0] for w, _, _ in self.names]
-        self.g = [torch.zeros(rows, h) for h in hdims]
+        self.g = [torch.zeros(rows, h) for *_, h in self.blocks]
         self.g_halves = [(g[:batch], g[batch:]) for g in self.g]
-        self.a0 = torch.zeros(rows, hdims[0])
-        self.a0_top = self.a0[:batch]
+        self.x0 = torch.zeros(rows, self.blocks[0][4])
         self.ones = torch.ones(rows)
-        self.ones_top = self.ones[:batch]
         self.logp_sum = torch.zeros(batch, self.C)
         self.n_terms = 0
-        self.z = None
+        self.fresh = False
 
-    def take_loss(self, lab: FusedLabels) -> float:
-        """Σ of the SP loss terms L_i[t] since the last call (v9/v1: n·const − ⟨w_onehot, Σ log P⟩), then reset."""
-        value = float(self.loss_sum)
-        if self.n_terms and self.kind in ("v9", "v1"):
-            value += self.n_terms * lab.const - float(torch.dot(lab.w_onehot.view(-1), self.logp_sum.view(-1)))
-            self.logp_sum.zero_()
-        self.loss_sum.zero_()
-        self.n_terms = 0
-        return value
-
-    def signal(self) -> torch.Tensor:
-        if self.z is None:
-            with torch.no_grad():
-                self.z = signal_forward(self.spec, torch.arange(self.C), self.p).reshape(self.C, -1)
-                if self.hidden:
-                    self.a0[self.batch :] = self.z
-        return self.z
+    def refresh(self) -> None:
+        """Constants of an update interval (the weights change only at updates): z (and its n, σ when the signal
+        learns), each block's [W | W_rec]ᵀ and current offset: [b ; z] (block 0, hidden placement), b, or 0."""
+        p, b = self.p, self.batch
+        with torch.no_grad():
+            if self.train_signal:  # signal_forward written out, keeping n and σ for the closed-form gradient
+                a = p["signal.weight"].t() + p["signal.bias"]  # onehot(c) W_Sᵀ + b_S for c = 0..C−1
+                d = a - a.mean(dim=1, keepdim=True)
+                self.z_sigma = torch.sqrt((d**2).mean(dim=1, keepdim=True) + 1e-5)
+                self.z_n = d / self.z_sigma
+                z = torch.relu(self.z_n) if self.relu else self.z_n
+            else:
+                z = signal_forward(self.spec, torch.arange(self.C), p).reshape(self.C, -1)
+            self.z = z
+            self.wt, self.offset = [], []
+            for i, (wn, bn, rn, _, _, h) in enumerate(self.blocks):
+                w = p[wn] if rn is None else torch.cat((p[wn], p[rn]), 1)
+                self.wt.append(w.t())
+                bias = p[bn] if bn is not None else torch.zeros(h)
+                self.offset.append(torch.cat((bias.expand(b, h), z)) if i == 0 and self.hidden else bias)
+        self.fresh = True
 
     @torch.no_grad()
     def step(
@@ -234,74 +248,97 @@ class FusedSPOnline:
         b = x_t.shape[0]
         if b != self.batch:
             self.begin(b)
-        p = self.p
+        if not self.fresh:
+            self.refresh()
         scale = self.weight(t) / self.every
         with_loss = (t + 1) % self.loss_every == 0
-        z = self.signal()
         x = x_t if x_t.dim() == 2 else x_t.reshape(b, -1)
-        if not self.hidden:
-            x = torch.cat((x, z))
+        touched = self.touched
         new_state = []
-        for i, lif in enumerate(self.lifs):
-            wn, bn, rn = self.names[i]
-            wt, rt = self.wt[i]
+        for i, (_, bn, rn, lif, fi, h) in enumerate(self.blocks):
             st = state[i]
-            first_hidden = i == 0 and self.hidden
-            out = self.a0_top if first_hidden else None
-            if bn is not None:
-                a = torch.addmm(p[bn], x, wt, out=out)
+            # the block's input X = [x | s[t−1]] over all B + C rows
+            if rn is not None:
+                xs = st.xs if st.xs is not None else torch.zeros(b + self.C, fi + h)
+                if i == 0:
+                    xs[:b, :fi] = x
+                    if not self.hidden:
+                        xs[b:, :fi] = self.z
+                else:
+                    xs[:, :fi] = x
+            elif i == 0:
+                xs = self.x0  # reused: target rows hold z (input placement) or 0 (hidden placement)
+                xs[:b] = x
+                if not self.hidden:
+                    xs[b:] = self.z
             else:
-                a = torch.mm(x, wt, out=out)
-            if first_hidden:
-                a = self.a0
-            if st.s_prev is not None:
-                a = torch.addmm(a, st.s_prev, rt)
+                xs = x
+            a = torch.addmm(self.offset[i], xs, self.wt[i])
             # LIF (edgesp.spiking.lif_step): u ← (1−du) u + a, v ← (1−dv) v + u + bias, s = 1[v > θ], reset
             ku, kv = 1.0 - lif.du, 1.0 - lif.dv
             if st.lif is None:  # zero state
-                u = a.clone() if first_hidden else a  # (a is then the reused buffer)
-                v = u if lif.bias == 0.0 else u + lif.bias
+                u = a
+                v = a if lif.bias == 0.0 else a + lif.bias
             else:
                 u = torch.add(a, st.lif.u, alpha=ku)
                 v = torch.add(u, st.lif.v, alpha=kv)
                 if lif.bias != 0.0:
                     v = v + lif.bias
+            xs_next = None
             if not lif.spiking:
                 s = v_next = v
+                if rn is not None:
+                    xs_next = torch.zeros(b + self.C, fi + h)
+                    xs_next[:, fi:] = s
             else:
-                s = (v > lif.threshold).float()
+                if rn is not None:  # the spikes go straight into the next step's input buffer
+                    xs_next = torch.zeros(b + self.C, fi + h)
+                    s = torch.gt(v, lif.threshold, out=xs_next[:, fi:])
+                else:
+                    s = (v > lif.threshold).float()
                 v_next = torch.add(v, s, alpha=-lif.threshold) if lif.reset == "subtract" else v * (1.0 - s)
-            # eligibility traces (PresynTrace): ε_u ← (1−du) ε_u + p, ε_v ← (1−dv) ε_v + ε_u
-            eu_x = x if st.eu_x is None else torch.add(x, st.eu_x, alpha=ku)
-            ev_x = eu_x if st.ev_x is None else torch.add(eu_x, st.ev_x, alpha=kv)
+            # eligibility traces (PresynTrace) of every input column: ε_u ← (1−du) ε_u + X, ε_v ← (1−dv) ε_v + ε_u
+            if st.eu is None:
+                eu = xs.clone() if xs is self.x0 else xs
+                ev = eu
+            else:
+                eu = torch.add(xs, st.eu, alpha=ku)
+                ev = torch.add(eu, st.ev, alpha=kv)
             eu_1 = ku * st.eu_1 + 1.0
             ev_1 = kv * st.ev_1 + eu_1
-            eu_s = ev_s = None
-            if st.s_prev is not None:
-                eu_s = st.s_prev if st.eu_s is None else torch.add(st.s_prev, st.eu_s, alpha=ku)
-                ev_s = eu_s if st.ev_s is None else torch.add(eu_s, st.ev_s, alpha=kv)
-            new_state.append(
-                FusedBlock(LIFState(u, v_next), s if rn is not None else None, eu_x, ev_x, eu_1, ev_1, eu_s, ev_s)
-            )
+            new_state.append(FusedBlock(LIFState(u, v_next), xs_next, eu, ev, eu_1, ev_1))
             if with_loss:
                 self._loss_grad(i, v, b, lab, scale)
                 g = self.g[i]
-                g_top, g_bot = self.g_halves[i]
-                gw, ones = (g_top, self.ones_top) if first_hidden else (g, self.ones)
-                self._acc(wn).addmm_(gw.t(), ev_x)
+                key = f"in{i}"
+                self.sums[key].addmm_(g.t(), ev)  # target rows' x part of ε is 0 where W is not on their path
+                touched.add(key)
+                if rn is not None and st.xs is not None:  # s[t−1] exists: W_rec is on the path
+                    touched.add(rn)
+                first_hidden = i == 0 and self.hidden
                 if bn is not None:
-                    self._acc(bn).addmv_(gw.t(), ones, alpha=ev_1)
-                if ev_s is not None:
-                    assert rn is not None
-                    self._acc(rn).addmm_(g.t(), ev_s)
+                    gb = self.g_halves[i][0] if first_hidden else g
+                    self.sums[bn].addmv_(gb.t(), self.ones[: gb.shape[0]], alpha=ev_1)
+                    touched.add(bn)
                 if first_hidden and self.train_signal:
-                    self._acc("z").add_(g_bot, alpha=ev_1)
+                    self.sums["z"].add_(self.g_halves[i][1], alpha=ev_1)
+                    touched.add("z")
             x = s
         readout = readout.step(x[:b], self.decay)
         ce = None
         if self.head_every or last:
             ce = self._head(readout, lab, scale if self.head_every else 1.0)
         return new_state, readout, ce
+
+    def take_loss(self, lab: FusedLabels) -> float:
+        """Σ of the SP loss terms L_i[t] since the last call (v9/v1: n·const − ⟨w_onehot, Σ log P⟩), then reset."""
+        value = float(self.loss_sum)
+        if self.n_terms and self.kind in ("v9", "v1"):
+            value += self.n_terms * lab.const - float(torch.dot(lab.w_onehot.view(-1), self.logp_sum.view(-1)))
+            self.logp_sum.zero_()
+        self.loss_sum.zero_()
+        self.n_terms = 0
+        return value
 
     def _loss_grad(self, i: int, v: torch.Tensor, b: int, lab: FusedLabels, scale: float) -> None:
         """Loss L_i[t] of block i (added to the lazy sums) and g = scale · ∂L/∂v (all B+C rows) written into
@@ -346,7 +383,9 @@ class FusedSPOnline:
         b = logits.shape[0]
         ce = -logp.gather(1, lab.y[:, None]).sum() / b
         dl = logp.exp_().sub_(lab.onehot).mul_(scale / b)
-        self._acc("head.weight").addmm_(dl.t(), feats)
+        self.sums["head.weight"].addmm_(dl.t(), feats)
+        self.touched.add("head.weight")
         if "head.bias" in self.p:
-            self._acc("head.bias").add_(dl.sum(0), alpha=1.0 if self.spike_count else readout.beta)
+            self.sums["head.bias"].add_(dl.sum(0), alpha=1.0 if self.spike_count else readout.beta)
+            self.touched.add("head.bias")
         return ce
