@@ -103,11 +103,11 @@ def _trainer(rule: str, spec, seed: int):
 def step_macs(spec, batch: int) -> dict:
     """Analytic multiply-adds per time step of sp-online's fused step (edgesp.rules.sp_fused) and of inference
     (edgesp.snn.run) for Linear → LIF blocks; a matrix product m×k·k×n counts m·k·n, an elementwise a·x + y one per
-    element. Per block (I inputs, H neurons, B samples, C classes, recurrent R = 1 or 0, rows_w = B for block 0 with
-    hidden placement else B + C, rows = B + C):
+    element. Per block (I inputs, H neurons, B samples, C classes, recurrent R = 1 or 0, rows = B + C: the fused
+    step stacks both streams and, for block 0 with hidden placement, gives the target rows a zero input x):
     inference  B·(I·H + R·H²) + 2·B·H (LIF u, v) + B·H (readout trace) + B·H·C/T (head, once per sequence);
-    training   rows_w·I·H + R·rows·H² + 2·rows·H (forward, both streams) + 2·(rows_w·I + R·rows·H) (traces)
-               + [3·B·C·H + rows·H (Y, ∂q_h, ∂q_t, floor mask)] / n + [H·rows_w·I + R·H·rows·H + rows·H] / n
+    training   rows·(I + R·H)·H + 2·rows·H (forward [x | s] [W | W_rec]ᵀ, LIF) + 2·rows·(I + R·H) (traces)
+               + [3·B·C·H + rows·H (Y, ∂q_h, ∂q_t, floor mask)] / n + [H·rows·(I + R·H) + rows·H] / n
                (gradient products, n = loss_every) + B·H + 2·B·H·C/T (head CE and its gradient at T)
                + 6·P/k (Adam, P parameters, every k steps)."""
     from edgesp.spec import Linear
@@ -121,16 +121,19 @@ def step_macs(spec, batch: int) -> dict:
         assert isinstance(lin, Linear)
         fi, h = lin.in_features, lin.out_features
         r = 1 if spec.recurrent_layer(i) is not None else 0
-        rows = b + c
-        rows_w = b if i == 0 and spec.signal.hidden else rows
+        rows, cols = b + c, fi + r * h
         infer += b * (fi * h + r * h * h) + 2 * b * h
-        train += rows_w * fi * h + r * rows * h * h + 2 * rows * h + 2 * (rows_w * fi + r * rows * h)
-        train += (3 * b * c * h + rows * h) / n + (h * rows_w * fi + r * h * rows * h + rows * h) / n
+        train += rows * cols * h + 2 * rows * h + 2 * rows * cols
+        train += (3 * b * c * h + rows * h) / n + (h * rows * cols + rows * h) / n
     hf = spec.head.in_features
     infer += b * hf + b * hf * c / t
     n_params = sum(int(np.prod(s)) for s in spec.param_shapes().values())
     train += b * hf + 2 * b * hf * c / t + 6 * n_params / k
-    return {"train_macs_per_step": round(train), "infer_macs_per_step": round(infer), "mac_ratio": round(train / infer, 2)}
+    return {
+        "train_macs_per_step": round(train),
+        "infer_macs_per_step": round(infer),
+        "mac_ratio": round(train / infer, 2),
+    }
 
 
 def accuracy_run(
