@@ -50,7 +50,6 @@ import torch.nn.functional as F
 from edgesp.functional import Params, signal_forward
 from edgesp.snn import Readout
 from edgesp.spec import LIF, Linear, ModelSpec
-from edgesp.spiking import LIFState
 
 FUSED_LOSSES = ("v9", "v1", "v14", "l2")
 
@@ -77,12 +76,13 @@ def fused_unsupported(spec: ModelSpec, rule_params: dict, mode: str, trace: str)
 @dataclass(slots=True)
 class FusedBlock:
     """Carried state of one block, both streams stacked (rows 0..B−1 the sample, B..B+C−1 the target of class c):
-    the LIF state; for a recurrent block the next step's input buffer ``xs`` = [x | s] whose s part holds this
-    step's spikes (its x part is written at the next step); the eligibility traces ε_u, ε_v of the block's whole
-    input [x | s[t−1]] (one column per presynaptic value; the target rows of block 0's x part are 0 with hidden
-    placement, where the target has no x) and ε_1 (a scalar shared by all rows)."""
+    the LIF state (u, v after reset); for a recurrent block the next step's input buffer ``xs`` = [x | s] whose
+    s part holds this step's spikes (its x part is written at the next step); the eligibility traces ε_u, ε_v of
+    the block's whole input [x | s[t−1]] (one column per presynaptic value; the target rows of block 0's x part
+    are 0 with hidden placement, where the target has no x) and ε_1 (a scalar shared by all rows)."""
 
-    lif: LIFState | None = None
+    u: torch.Tensor | None = None
+    v: torch.Tensor | None = None
     xs: torch.Tensor | None = None
     eu: torch.Tensor | None = None
     ev: torch.Tensor | None = None
@@ -239,33 +239,35 @@ class FusedSPOnline:
                 self.offset.append(torch.cat((bias.expand(b, h), z)) if i == 0 and self.hidden else bias)
         self.fresh = True
 
-    @torch.no_grad()
     def step(
         self, state: list[FusedBlock], readout: Readout, x_t: torch.Tensor, lab: FusedLabels, t: int, last: bool
     ) -> tuple[list[FusedBlock], Readout, torch.Tensor | None]:
-        """Step t of both streams through every block, the loss gradients added to the sums. Returns the new state,
-        the new readout and the head's CE (None when not formed); the SP loss value is read by :meth:`take_loss`."""
+        """Step t of both streams through every block, the loss gradients added to the sums (call under
+        ``torch.no_grad()``). Returns the new state, the new readout and the head's CE (None when not formed); the SP
+        loss value is read by :meth:`take_loss`."""
         b = x_t.shape[0]
         if b != self.batch:
             self.begin(b)
         if not self.fresh:
             self.refresh()
-        scale = self.weight(t) / self.every
         with_loss = (t + 1) % self.loss_every == 0
+        scale = self.weight(t) / self.every if with_loss or self.head_every else 1.0
         x = x_t if x_t.dim() == 2 else x_t.reshape(b, -1)
-        touched = self.touched
+        rows = b + self.C
         new_state = []
-        for i, (_, bn, rn, lif, fi, h) in enumerate(self.blocks):
+        for i, (_, _, rn, lif, fi, h) in enumerate(self.blocks):
             st = state[i]
+            ku, kv, theta = 1.0 - lif.du, 1.0 - lif.dv, lif.threshold
             # the block's input X = [x | s[t−1]] over all B + C rows
             if rn is not None:
-                xs = st.xs if st.xs is not None else torch.zeros(b + self.C, fi + h)
-                if i == 0:
-                    xs[:b, :fi] = x
-                    if not self.hidden:
-                        xs[b:, :fi] = self.z
-                else:
+                xs = st.xs if st.xs is not None else torch.zeros(rows, fi + h)
+                if i != 0:
                     xs[:, :fi] = x
+                elif self.hidden:
+                    xs[:b, :fi] = x
+                else:
+                    xs[:b, :fi] = x
+                    xs[b:, :fi] = self.z
             elif i == 0:
                 xs = self.x0  # reused: target rows hold z (input placement) or 0 (hidden placement)
                 xs[:b] = x
@@ -275,60 +277,66 @@ class FusedSPOnline:
                 xs = x
             a = torch.addmm(self.offset[i], xs, self.wt[i])
             # LIF (edgesp.spiking.lif_step): u ← (1−du) u + a, v ← (1−dv) v + u + bias, s = 1[v > θ], reset
-            ku, kv = 1.0 - lif.du, 1.0 - lif.dv
-            if st.lif is None:  # zero state
+            if st.u is None:  # zero state
                 u = a
                 v = a if lif.bias == 0.0 else a + lif.bias
             else:
-                u = torch.add(a, st.lif.u, alpha=ku)
-                v = torch.add(u, st.lif.v, alpha=kv)
+                u = torch.add(a, st.u, alpha=ku)
+                v = torch.add(u, st.v, alpha=kv)
                 if lif.bias != 0.0:
                     v = v + lif.bias
             xs_next = None
-            if not lif.spiking:
-                s = v_next = v
-                if rn is not None:
-                    xs_next = torch.zeros(b + self.C, fi + h)
-                    xs_next[:, fi:] = s
-            else:
-                if rn is not None:  # the spikes go straight into the next step's input buffer
-                    xs_next = torch.zeros(b + self.C, fi + h)
-                    s = torch.gt(v, lif.threshold, out=xs_next[:, fi:])
+            if rn is not None:  # the spikes go straight into the next step's input buffer
+                xs_next = torch.zeros(rows, fi + h)
+                if lif.spiking:
+                    s = torch.gt(v, theta, out=xs_next[:, fi:])
                 else:
-                    s = (v > lif.threshold).float()
-                v_next = torch.add(v, s, alpha=-lif.threshold) if lif.reset == "subtract" else v * (1.0 - s)
+                    s = xs_next[:, fi:]
+                    s.copy_(v)
+            else:
+                s = (v > theta).float() if lif.spiking else v
+            if not lif.spiking:
+                v_next = v
+            elif lif.reset == "subtract":
+                v_next = torch.add(v, s, alpha=-theta)
+            else:
+                v_next = v * (1.0 - s)
             # eligibility traces (PresynTrace) of every input column: ε_u ← (1−du) ε_u + X, ε_v ← (1−dv) ε_v + ε_u
             if st.eu is None:
-                eu = xs.clone() if xs is self.x0 else xs
-                ev = eu
+                eu = ev = xs.clone() if xs is self.x0 else xs
             else:
                 eu = torch.add(xs, st.eu, alpha=ku)
                 ev = torch.add(eu, st.ev, alpha=kv)
             eu_1 = ku * st.eu_1 + 1.0
             ev_1 = kv * st.ev_1 + eu_1
-            new_state.append(FusedBlock(LIFState(u, v_next), xs_next, eu, ev, eu_1, ev_1))
+            new_state.append(FusedBlock(u, v_next, xs_next, eu, ev, eu_1, ev_1))
             if with_loss:
                 self._loss_grad(i, v, b, lab, scale)
-                g = self.g[i]
-                key = f"in{i}"
-                self.sums[key].addmm_(g.t(), ev)  # target rows' x part of ε is 0 where W is not on their path
-                touched.add(key)
-                if rn is not None and st.xs is not None:  # s[t−1] exists: W_rec is on the path
-                    touched.add(rn)
-                first_hidden = i == 0 and self.hidden
-                if bn is not None:
-                    gb = self.g_halves[i][0] if first_hidden else g
-                    self.sums[bn].addmv_(gb.t(), self.ones[: gb.shape[0]], alpha=ev_1)
-                    touched.add(bn)
-                if first_hidden and self.train_signal:
-                    self.sums["z"].add_(self.g_halves[i][1], alpha=ev_1)
-                    touched.add("z")
+                self._grads(i, st.xs is not None, ev, ev_1)
             x = s
         readout = readout.step(x[:b], self.decay)
         ce = None
         if self.head_every or last:
             ce = self._head(readout, lab, scale if self.head_every else 1.0)
         return new_state, readout, ce
+
+    def _grads(self, i: int, had_spikes: bool, ev: torch.Tensor, ev_1: float) -> None:
+        """Add block i's gradient products (module docstring) to the sums, g = ``self.g[i]``."""
+        _, bn, rn, *_ = self.blocks[i]
+        g, touched = self.g[i], self.touched
+        key = f"in{i}"
+        self.sums[key].addmm_(g.t(), ev)  # target rows' x part of ε is 0 where W is not on their path
+        touched.add(key)
+        if rn is not None and had_spikes:  # s[t−1] exists: W_rec is on the path
+            touched.add(rn)
+        first_hidden = i == 0 and self.hidden
+        if bn is not None:
+            gb = self.g_halves[i][0] if first_hidden else g
+            self.sums[bn].addmv_(gb.t(), self.ones[: gb.shape[0]], alpha=ev_1)
+            touched.add(bn)
+        if first_hidden and self.train_signal:
+            self.sums["z"].add_(self.g_halves[i][1], alpha=ev_1)
+            touched.add("z")
 
     def take_loss(self, lab: FusedLabels) -> float:
         """Σ of the SP loss terms L_i[t] since the last call (v9/v1: n·const − ⟨w_onehot, Σ log P⟩), then reset."""

@@ -404,7 +404,8 @@ class SPTrainer(_SpikingTrainer):
         if self.fused is not None:
             lab = make_labels(self.spec.rule.loss, y, self.spec.num_classes)
             self.fused.take_loss(lab)
-            ce = self._fused_step(x_t, lab)
+            with torch.no_grad():
+                ce = self._fused_step(x_t, lab)
             return self.fused.take_loss(lab), (float("nan") if ce is None else float(ce))
         w = self.weight(self.t)
         sp = self.step_loss(x_t, y)
@@ -445,10 +446,11 @@ class SPTrainer(_SpikingTrainer):
         if self.online and self.fused is not None:
             lab = make_labels(self.spec.rule.loss, yt, self.spec.num_classes)
             ce_t = xt.new_zeros(())
-            for t in range(self.T):
-                ce = self._fused_step(enc.step(t), lab)
-                if ce is not None:
-                    ce_t, n_ce = ce_t + ce, n_ce + 1
+            with torch.no_grad():
+                for t in range(self.T):
+                    ce = self._fused_step(enc.step(t), lab)
+                    if ce is not None:
+                        ce_t, n_ce = ce_t + ce, n_ce + 1
             return {"sp_loss": self.fused.take_loss(lab) / self.T, "head_ce": float(ce_t) / max(n_ce, 1)}
         for t in range(self.T):
             if self.online:
