@@ -299,8 +299,8 @@ class FusedSPOnline:
                 v_next = v
             elif lif.reset == "subtract":
                 v_next = torch.add(v, s, alpha=-theta)
-            else:
-                v_next = v * (1.0 - s)
+            else:  # reset to zero: v (1 − s) = v − v·s, exactly (s is 0 or 1)
+                v_next = torch.addcmul(v, v, s, value=-1.0)
             # eligibility traces (PresynTrace) of every input column: ε_u ← (1−du) ε_u + X, ε_v ← (1−dv) ε_v + ε_u
             if st.eu is None:
                 eu = ev = xs.clone() if xs is self.x0 else xs

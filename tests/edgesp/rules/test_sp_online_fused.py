@@ -38,6 +38,8 @@ BASE = {
     "optimizer": "sgd",
     "step_weight": "ramp",
     "loss_every": 1,
+    "reset": "zero",
+    "lif_bias": 0.0,
 }
 
 
@@ -59,7 +61,7 @@ def _spec(**kw):
         4,
         width=16,
         depth=c["depth"],
-        lif=LIF(du=0.5, dv=0.2, threshold=0.5),
+        lif=LIF(du=0.5, dv=0.2, threshold=0.5, reset=c["reset"], bias=c["lif_bias"]),
         recurrent=c["recurrent"],
         signal=SignalSpec(kind=c["signal"], placement=c["placement"]),
         temporal=TemporalSpec(encoding="sequence"),
@@ -112,6 +114,7 @@ CASES = [
     {"depth": 2},
     {"optimizer": "adam"},
     {"loss_every": 3},
+    {"reset": "subtract", "lif_bias": 0.1},
     {"depth": 2, "placement": "input", "recurrent": False, "update_every": 1, "head_steps": "every", "loss": "v1"},
     {"depth": 2, "signal": "fixed", "v_floor": None, "loss": "l2", "update_every": 1},
 ]
