@@ -97,7 +97,7 @@ class FusedLabels:
     y: torch.Tensor
     onehot: torch.Tensor  # B×C
     w: torch.Tensor  # B×1: n_i/B (v9) or 1/B
-    w_onehot: torch.Tensor  # B×C: w_i·onehot(y_i) (a term's loss value is const − ⟨w_onehot, log P⟩)
+    w_onehot: torch.Tensor  # B×C: w_i·onehot(y_i) (a term's loss value is const − Σ_i w_i log P_{i,y_i})
     neg_w_onehot: torch.Tensor  # −w_onehot
     logm: torch.Tensor | None  # 1×C: log m_c (−inf for absent classes), None for v1
     const: float  # v9: Σ_i (n_i/B) log n_i
@@ -339,10 +339,10 @@ class FusedSPOnline:
             touched.add("z")
 
     def take_loss(self, lab: FusedLabels) -> float:
-        """Σ of the SP loss terms L_i[t] since the last call (v9/v1: n·const − ⟨w_onehot, Σ log P⟩), then reset."""
+        """Σ of the SP loss terms L_i[t] since the last call (v9/v1: n·const − Σ_i w_i Σ log P_{i,y_i}), then reset."""
         value = float(self.loss_sum)
-        if self.n_terms and self.kind in ("v9", "v1"):
-            value += self.n_terms * lab.const - float(torch.dot(lab.w_onehot.view(-1), self.logp_sum.view(-1)))
+        if self.n_terms and self.kind in ("v9", "v1"):  # (log P of absent classes is −inf: read the targets only)
+            value += self.n_terms * lab.const - float((lab.w * self.logp_sum.gather(1, lab.y[:, None])).sum())
             self.logp_sum.zero_()
         self.loss_sum.zero_()
         self.n_terms = 0

@@ -76,6 +76,7 @@ the signal shares block 0's).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +144,15 @@ def _make_optimizer(opt: OptimizerSpec, tensors: list[torch.Tensor]) -> torch.op
     if opt.name == "sgd":
         return torch.optim.SGD(tensors, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     return torch.optim.Adam(tensors, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+
+
+def _count(rp: dict[str, Any], key: str) -> int:
+    """A rule parameter that counts steps (default 1): an integer >= 1, else a SpecError naming it."""
+    value = rp.get(key, 1)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value != int(value) or value < 1:
+        raise SpecError(f"{key} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 def _threshold(spec: ModelSpec, i: int) -> float:
@@ -216,9 +226,7 @@ class SPTrainer(_SpikingTrainer):
             raise SpecError(f"online_loss must be 'voltage' or 'surrogate', got {mode!r}")
         self.mode = mode
         self.slope = float(self.rp.get("surrogate_slope", 5.0))
-        self.every = int(self.rp.get("update_every", 1))
-        if self.every < 1:
-            raise SpecError(f"update_every must be >= 1, got {self.every}")
+        self.every = _count(self.rp, "update_every")
         self.spike: SpikeFn = strict_spike
         self.trace = str(self.rp.get("trace", "none"))
         if self.trace not in TRACES:
@@ -238,9 +246,7 @@ class SPTrainer(_SpikingTrainer):
         self.head_steps = str(self.rp.get("head_steps", "every"))
         if self.head_steps not in HEAD_STEPS:
             raise SpecError(f"head_steps must be one of {', '.join(HEAD_STEPS)}, got {self.head_steps!r}")
-        self.loss_every = int(self.rp.get("loss_every", 1))
-        if self.loss_every < 1:
-            raise SpecError(f"loss_every must be >= 1, got {self.loss_every}")
+        self.loss_every = _count(self.rp, "loss_every")
         self.hidden = spec.signal.hidden
         if self.hidden:
             a_shape = spec.shapes()[0][0]  # block 0's parametric output, which z replaces

@@ -40,6 +40,7 @@ BASE = {
     "loss_every": 1,
     "reset": "zero",
     "lif_bias": 0.0,
+    "labels": 4,  # labels drawn from the first `labels` of the 4 classes (3: a class absent from every batch)
 }
 
 
@@ -69,9 +70,9 @@ def _spec(**kw):
     )
 
 
-def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _data(seed: int = 0, labels: int = 4) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return (rng.random((8, 6, T)) < 0.5).astype(np.float32), rng.integers(0, 4, 8)
+    return (rng.random((8, 6, T)) < 0.5).astype(np.float32), rng.integers(0, labels, 8)
 
 
 def _params(spec) -> dict[str, np.ndarray]:
@@ -79,7 +80,9 @@ def _params(spec) -> dict[str, np.ndarray]:
     return {k: v * (3 if k.startswith("blocks.") else 1) for k, v in init_params(spec, 1).items()}
 
 
-def _train(spec, params, fused: bool, patch=None) -> dict[str, np.ndarray]:
+def _train(
+    spec, params, fused: bool, patch=None, labels: int = 4, metrics: list | None = None
+) -> dict[str, np.ndarray]:
     tr = make_trainer(spec, params, 0)
     assert isinstance(tr, SPTrainer)
     assert tr.fused is not None  # every configuration here is one the fused step covers
@@ -88,7 +91,9 @@ def _train(spec, params, fused: bool, patch=None) -> dict[str, np.ndarray]:
     elif patch is not None:
         patch(tr.fused)
     for seed in (0, 1):
-        tr.train_step(*_data(seed))
+        m = tr.train_step(*_data(seed, labels))
+        if metrics is not None:
+            metrics.append(m)
     return tr.params()
 
 
@@ -115,6 +120,8 @@ CASES = [
     {"optimizer": "adam"},
     {"loss_every": 3},
     {"reset": "subtract", "lif_bias": 0.1},
+    {"labels": 3},
+    {"labels": 3, "loss": "v14"},
     {"depth": 2, "placement": "input", "recurrent": False, "update_every": 1, "head_steps": "every", "loss": "v1"},
     {"depth": 2, "signal": "fixed", "v_floor": None, "loss": "l2", "update_every": 1},
 ]
@@ -126,8 +133,13 @@ def test_fused_step_matches_autograd(case: dict) -> None:
     1e-5 relative to how far they moved (Adam: 1e-3 of lr per update; module docstring); every parameter moved."""
     spec = _spec(**case)
     params = _params(spec)
-    want = _train(spec, params, fused=False)
-    got = _train(spec, params, fused=True)
+    m_want: list[dict] = []
+    m_got: list[dict] = []
+    want = _train(spec, params, fused=False, labels=case.get("labels", 4), metrics=m_want)
+    got = _train(spec, params, fused=True, labels=case.get("labels", 4), metrics=m_got)
+    for a, b in zip(m_got, m_want, strict=True):  # the reported losses agree too (float32 sums: 1e-5 relative)
+        for k in ("sp_loss", "head_ce"):
+            assert np.isfinite(a[k]) and a[k] == pytest.approx(b[k], rel=1e-5), (k, a[k], b[k])
     adam = case.get("optimizer") == "adam"
     tol = _tol(params, want, 2 * 3 if adam else 0, spec.rule.optimizer.lr)  # updates at steps 5, 10, 12
     assert _gap(params, want) > 100 * tol
@@ -273,8 +285,33 @@ def test_other_settings_fall_back_to_autograd(change: dict) -> None:
     assert _gap(before, tr.params()) > 0
 
 
-def test_loss_every_is_validated() -> None:
+@pytest.mark.parametrize("bad", [0, 2.5, "often", True])
+def test_loss_every_is_validated(bad) -> None:
     from edgesp.errors import SpecError
 
-    with pytest.raises(SpecError, match="loss_every"):
-        make_trainer(_spec(loss_every=0), _params(_spec()), 0)
+    with pytest.raises(SpecError, match="loss_every must be an integer >= 1"):
+        make_trainer(_spec(loss_every=bad), _params(_spec()), 0)
+
+
+def test_loss_every_from_the_cli(tmp_path) -> None:
+    """CLI: a bad loss_every is one error line (exit 2, nothing written); a good one trains (sp-online, fused)."""
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "edgesp", "train", "--data", "mnist1d-seq", "--model", "snn", "--rule", "sp-online"]
+    bad = subprocess.run(
+        [*base, "--rule-param", "loss_every=2.5", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "loss_every must be an integer >= 1" in lines[0]
+    assert not (tmp_path / "x").exists()
+    from edgesp.cli import main
+
+    out = tmp_path / "ok"
+    argv = ["train", "--data", "mnist1d-seq", "--model", "snn", "--rule", "sp-online", "--epochs", "1"]
+    assert main([*argv, "--max-train", "256", "--rule-param", "loss_every=10", "--out", str(out)]) == 0
+    assert (out / "model.safetensors").exists()
