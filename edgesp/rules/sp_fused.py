@@ -54,7 +54,7 @@ from edgesp.spec import LIF, Linear, ModelSpec
 FUSED_LOSSES = ("v9", "v1", "v14", "l2")
 
 
-def fused_unsupported(spec: ModelSpec, rule_params: dict, mode: str, trace: str) -> str | None:
+def fused_unsupported(spec: ModelSpec, mode: str, trace: str) -> str | None:
     """Why the fused step cannot run this configuration (None: it can)."""
     if spec.rule.name != "sp-online":
         return f"rule {spec.rule.name}"
@@ -286,13 +286,9 @@ class FusedSPOnline:
                 if lif.bias != 0.0:
                     v = v + lif.bias
             xs_next = None
-            if rn is not None:  # the spikes go straight into the next step's input buffer
+            if rn is not None:  # (recurrent ⇒ spiking) the spikes go straight into the next step's input buffer
                 xs_next = torch.zeros(rows, fi + h)
-                if lif.spiking:
-                    s = torch.gt(v, theta, out=xs_next[:, fi:])
-                else:
-                    s = xs_next[:, fi:]
-                    s.copy_(v)
+                s = torch.gt(v, theta, out=xs_next[:, fi:])
             else:
                 s = (v > theta).float() if lif.spiking else v
             if not lif.spiking:

@@ -68,8 +68,15 @@ for the sample, C rows for the target) and the readout trace, plus one step's au
 by the step's backward); nothing grows with T. The per-batch rules (sp-voltage, sp-surrogate) accumulate the
 T steps' gradients in the parameters' .grad and apply them once; sp-online applies them every k steps.
 
+- ``loss_every`` = n (default 1): the SP losses are formed only at steps with (t+1) % n == 0 (the neuron state and
+  the traces still advance every step), so the gradient products cost 1/n per step.
+- **Fused step**: sp-online with ``trace='filter'`` and ``online_loss='voltage'`` (the CLI's sequence defaults),
+  loss v9, v1, v14 or l2, runs :mod:`edgesp.rules.sp_fused` — the same arithmetic with both streams stacked,
+  closed-form ∂L/∂v and no autograd — and the same optimizers; every other setting runs the autograd path below
+  (the fused step's test oracle; ``trainer.fused = None`` forces it).
+
 Rule parameters (``spec.rule.params``): surrogate_slope, update_every, online_loss, spike, rtrl_max_mib, trace,
-step_weight, v_floor, head_steps. e-prop, the online baseline, is :mod:`edgesp.rules.eprop`.
+step_weight, v_floor, head_steps, loss_every. e-prop, the online baseline, is :mod:`edgesp.rules.eprop`.
 Optimizers: one per layer from ``spec.rule.optimizer`` (``spec.param_layer_index``: with hidden placement
 the signal shares block 0's).
 """
@@ -265,7 +272,7 @@ class SPTrainer(_SpikingTrainer):
         # the fused, autograd-free sp-online step when it applies (edgesp.rules.sp_fused); set to None to force
         # the autograd path (the general fallback and the fused step's test oracle)
         self.fused: FusedSPOnline | None = None
-        if fused_unsupported(spec, self.rp, self.mode, self.trace) is None:
+        if fused_unsupported(spec, self.mode, self.trace) is None:
             self.fused = FusedSPOnline(
                 spec,
                 self.p,

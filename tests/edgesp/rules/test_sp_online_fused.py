@@ -7,11 +7,12 @@ Tolerance (SGD): |θ_fused − θ_autograd| ≤ 1e-5 · (1 + max|θ_autograd −
 training moved the parameters. Both paths compute the same float32 sums in a different order (the trace recursion
 with fused multiply-adds, the loss against all C target rows instead of the B×B gathered logits, a closed-form
 softmax gradient, W_rec's two streams in one product), so each gradient differs by a few float32 ulps (relative
-≈ 1e-6, measured ≤ 3e-6 of the movement over these cases); SGD is linear in the gradient, so the differences just
-add up over the updates. Adam normalises each entry's step to ≈ lr whatever |g|, so an entry whose gradient is a
-near-cancellation keeps its rounding noise at relative size: there the bound is 1e-3 of the largest possible move,
-lr per update (measured ≈ 1.1e-4 of it). A dropped term changes the parameters by ≥ 100× the tolerance (the controls
-assert it). A spike flipped by rounding would exceed the tolerance: none does here (the runs are deterministic)."""
+≈ 1e-6; measured ≤ 7e-6 of the movement over these cases, the most with non-spiking integrators, whose membranes
+are largest); SGD is linear in the gradient, so the differences just add up over the updates. Adam normalises each
+entry's step to ≈ lr whatever |g|, so an entry whose gradient is a near-cancellation keeps its rounding noise at
+relative size: there the bound is 1e-3 of the largest possible move, lr per update (measured ≈ 1.1e-4 of it). A
+dropped term changes the parameters by ≥ 100× the tolerance (the controls assert it). A spike flipped by rounding
+would exceed the tolerance: none does here (the runs are deterministic)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ BASE = {
     "loss_every": 1,
     "reset": "zero",
     "lif_bias": 0.0,
+    "spiking": True,
+    "activation": "relu",
+    "readout": "membrane",
     "labels": 4,  # labels drawn from the first `labels` of the 4 classes (3: a class absent from every batch)
 }
 
@@ -62,10 +66,10 @@ def _spec(**kw):
         4,
         width=16,
         depth=c["depth"],
-        lif=LIF(du=0.5, dv=0.2, threshold=0.5, reset=c["reset"], bias=c["lif_bias"]),
+        lif=LIF(du=0.5, dv=0.2, threshold=0.5, reset=c["reset"], bias=c["lif_bias"], spiking=c["spiking"]),
         recurrent=c["recurrent"],
-        signal=SignalSpec(kind=c["signal"], placement=c["placement"]),
-        temporal=TemporalSpec(encoding="sequence"),
+        signal=SignalSpec(kind=c["signal"], placement=c["placement"], activation=c["activation"]),
+        temporal=TemporalSpec(encoding="sequence", readout=c["readout"]),
         rule=RuleSpec(name="sp-online", loss=c["loss"], temperature=0.1, params=rp, optimizer=opt),
     )
 
@@ -121,6 +125,8 @@ CASES = [
     {"loss_every": 3},
     {"reset": "subtract", "lif_bias": 0.1},
     {"labels": 3},
+    {"activation": "none", "readout": "spike_count"},
+    {"spiking": False, "recurrent": False},
     {"labels": 3, "loss": "v14"},
     {"depth": 2, "placement": "input", "recurrent": False, "update_every": 1, "head_steps": "every", "loss": "v1"},
     {"depth": 2, "signal": "fixed", "v_floor": None, "loss": "l2", "update_every": 1},
@@ -137,9 +143,11 @@ def test_fused_step_matches_autograd(case: dict) -> None:
     m_got: list[dict] = []
     want = _train(spec, params, fused=False, labels=case.get("labels", 4), metrics=m_want)
     got = _train(spec, params, fused=True, labels=case.get("labels", 4), metrics=m_got)
-    for a, b in zip(m_got, m_want, strict=True):  # the reported losses agree too (float32 sums: 1e-5 relative)
+    # the reported losses agree too: 1e-4 relative, as the log-softmax of logits Y of up to ~1e3 (|Y|·6e-8 float32
+    # rounding, absolute) is a difference of large numbers; measured ≤ 5e-5
+    for a, b in zip(m_got, m_want, strict=True):
         for k in ("sp_loss", "head_ce"):
-            assert np.isfinite(a[k]) and a[k] == pytest.approx(b[k], rel=1e-5), (k, a[k], b[k])
+            assert np.isfinite(a[k]) and a[k] == pytest.approx(b[k], rel=1e-4), (k, a[k], b[k])
     adam = case.get("optimizer") == "adam"
     tol = _tol(params, want, 2 * 3 if adam else 0, spec.rule.optimizer.lr)  # updates at steps 5, 10, 12
     assert _gap(params, want) > 100 * tol
