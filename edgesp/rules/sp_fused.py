@@ -41,6 +41,7 @@ state and traces still advance every step).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -141,6 +142,9 @@ class FusedSPOnline:
         self.kind = spec.rule.loss
         self.tau = float(spec.rule.temperature)  # type: ignore[arg-type]  # resolved for the SP rules
         self.every, self.loss_every, self.v_floor, self.weight = every, loss_every, v_floor, weight
+        if v_floor is not None:  # the largest float32 below v_floor: v > it ⇔ v ≥ v_floor for float32 v
+            f32 = torch.tensor(v_floor, dtype=torch.float32)
+            self.below_floor = float(torch.nextafter(f32, torch.tensor(-math.inf)))
         self.head_every, self.decay = head_every, decay
         self.hidden = spec.signal.hidden
         self.train_signal = train_signal and self.hidden  # input placement: the trace detaches z (no gradient)
@@ -377,8 +381,8 @@ class FusedSPOnline:
             k = c * scale
             torch.addmm(g_top, dy, qt, beta=0.0, alpha=k, out=g_top)
             torch.addmm(g_bot, dy.t(), qh, beta=0.0, alpha=k, out=g_bot)
-        if self.v_floor is not None:
-            self.g[i].mul_(v >= self.v_floor)
+        if self.v_floor is not None:  # g ← g · 1[v ≥ v_floor] (as v > the next float32 below v_floor), in place
+            torch.ops.aten.threshold_backward.grad_input(self.g[i], v, self.below_floor, grad_input=self.g[i])
 
     def _head(self, readout: Readout, lab: FusedLabels, scale: float) -> torch.Tensor:
         feats = readout.features(self.spec)
