@@ -4,10 +4,13 @@ path of :class:`edgesp.rules.spiking_rules.SPTrainer` (the general fallback and 
 written out so that a step is a few dense ops instead of a graph (tests/edgesp/rules/test_sp_online_fused.py).
 
 Rows: the sample stream's B rows and the target stream's C rows (one per class, by class id) are stacked into one
-(B+C)-row batch per block: a = [W x_h + b ; z] (block 0 with hidden placement: z is the target's input current) or
-a = W [x_h ; x_t] + b, plus W_rec s[t−1] (each stream's own previous spikes) for a recurrent block; one LIF step
-(:func:`edgesp.spiking.lif_step`) and one trace update for all rows (:class:`~edgesp.rules.spiking_rules.PresynTrace`:
-ε_u ← (1−du) ε_u + p, ε_v ← (1−dv) ε_v + ε_u for p = x[t], 1 and s[t−1]).
+(B+C)-row batch per block, and a recurrent block's input is the stacked matrix X = [x | s[t−1]] (each stream's own
+previous spikes) against one weight [W | W_rec]: a = X [W | W_rec]ᵀ + o with the offset o = [b ; z] for block 0 with
+hidden placement (z is the target's input current there, and the target's x rows are 0: W x + b is the sample
+stream's only) and o = b otherwise; x_t = z for block 0 with input placement. Then the LIF update of
+:func:`edgesp.spiking.lif_step` written out and one eligibility-trace update over all columns of X
+(:class:`~edgesp.rules.spiking_rules.PresynTrace`: ε_u ← (1−du) ε_u + X, ε_v ← (1−dv) ε_v + ε_u; ε_1 for the bias,
+a scalar). The spikes of step t are written straight into step t+1's X.
 
 Loss gradient in closed form, per block; q = max(v, v_floor) (or v), Y = q_h q_tᵀ/(τ H) (B×C, against all C
 target rows), m_c the number of samples of class c in the batch, P = softmax of the row logits:
@@ -23,13 +26,13 @@ target rows), m_c the number of samples of class c in the batch, P = softmax of 
 - ∂L/∂v = ∂L/∂q · 1[v ≥ v_floor] (torch's clamp passes the gradient where v ≥ v_floor)
 
 Parameter gradients, with g = (w_t/k) ∂L/∂v ((B+C)×H; w_t the step weight, k = update_every), summed over the steps
-of an update interval: ∂W += gᵀ ε_v,x, ∂b += ε_v,1 Σ_rows g, ∂W_rec += gᵀ ε_v,s over the rows of both streams —
-except block 0 with hidden placement, where W and b see only the B sample rows and the C target rows give
-∂z += ε_v,1 g_t. z depends on W_S, b_S only, which change only at an update: z is computed once per interval and at
-the update the summed ∂z goes through :func:`edgesp.functional.signal_forward` in closed form: z = act(n),
-n = (a − μ)/σ over the D features of a_c = W_S[:, c] + b_S, ∂n = ∂z·1[n > 0] (ReLU), ∂a = (∂n − mean(∂n) −
-n·mean(∂n·n))/σ, ∂W_S[:, c] = ∂a_c, ∂b_S = Σ_c ∂a_c (input placement: the trace detaches the target's input, so —
-as on the autograd path — no loss reaches W_S).
+of an update interval: ∂[W | W_rec] += gᵀ ε_v (both streams; with hidden placement the target rows' x part of ε_v is
+0, so W sees the sample rows only, W_rec both), ∂b += ε_v,1 Σ_rows g (block 0 with hidden placement: the B sample
+rows; the C target rows give ∂z += ε_v,1 g_t instead). z depends on W_S, b_S only, which change only at an update: z
+is computed once per interval and at the update the summed ∂z goes through :func:`edgesp.functional.signal_forward`
+in closed form: z = act(n), n = (a − μ)/σ over the D features of a_c = W_S[:, c] + b_S, ∂n = ∂z·1[n > 0] (ReLU), ∂a
+= (∂n − mean(∂n) − n·mean(∂n·n))/σ, ∂W_S[:, c] = ∂a_c, ∂b_S = Σ_c ∂a_c (input placement: the trace detaches the
+target's input, so — as on the autograd path — no loss reaches W_S).
 Head: CE of the readout logits ℓ = W_h f + β b_h (f the readout features, β the bias factor; 1 for a spike-count
 readout): ∂ℓ = (softmax(ℓ) − onehot(y))/B, ∂W_h += ∂ℓᵀ f, ∂b_h += β Σ_i ∂ℓ_i; weighted w_t/k with
 ``head_steps='every'``, 1 at step T with 'last'. At an update the sums become the ``.grad`` of exactly the parameters
