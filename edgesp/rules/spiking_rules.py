@@ -473,7 +473,8 @@ class SPTrainer(_SpikingTrainer):
                     ce_sum, n_ce = ce_sum + ce, n_ce + 1
             else:
                 loss = self.step_loss(enc.step(t), yt)
-                (self.weight(t) * loss / self.T).backward()
+                if loss.requires_grad:  # (no SP loss at this step with loss_every > 1)
+                    (self.weight(t) * loss / self.T).backward()
                 sp_sum += float(loss.detach())
         if not self.online:
             ce = self.head_loss(yt)

@@ -293,6 +293,21 @@ def test_other_settings_fall_back_to_autograd(change: dict) -> None:
     assert _gap(before, tr.params()) > 0
 
 
+@pytest.mark.parametrize("rule", ["sp-voltage", "sp-surrogate"])
+def test_loss_every_on_the_per_batch_rules(rule: str) -> None:
+    """loss_every also thins the per-batch SP rules' losses (autograd path): they train, and differently."""
+    ends = []
+    for n in (1, 3):
+        spec = _spec(loss_every=n).replace_rule(name=rule)
+        params = _params(spec)
+        tr = make_trainer(spec, params, 0)
+        assert isinstance(tr, SPTrainer) and tr.fused is None
+        m = tr.train_step(*_data())
+        assert np.isfinite(m["sp_loss"]) and _gap(params, tr.params()) > 0
+        ends.append(tr.params())
+    assert _gap(*ends) > 1e-4
+
+
 @pytest.mark.parametrize("bad", [0, 2.5, "often", True])
 def test_loss_every_is_validated(bad) -> None:
     from edgesp.errors import SpecError
