@@ -43,6 +43,15 @@ ACC_RULES = ("sp-online", "sp-voltage", "eprop", "bptt", "gru", HEAD_ONLY)
 DATASETS = "mnist1d-seq+taps8x2,spike-recall"
 SCHEDULE = "cosine"
 COST_RULES = ("sp-online", "sp-voltage", "eprop", "bptt")
+SP_AUTOGRAD = "sp-online-autograd"  # sp-online on its autograd path (the fused step switched off): the pre-fused cost
+LOSS_EVERY = "sp-online-le"  # sp-online-leN: rule parameter loss_every = N (the SP loss formed every N steps)
+
+
+def _online_variant(rule: str) -> tuple[str, dict]:
+    """sp-online-autograd / sp-online-leN → ("sp-online", extra rule parameters); any other rule unchanged."""
+    if rule.startswith(LOSS_EVERY):
+        return "sp-online", {"loss_every": int(rule.removeprefix(LOSS_EVERY))}
+    return ("sp-online", {}) if rule == SP_AUTOGRAD else (rule, {})
 
 
 def _spec(rule: str, ds_shape, classes: int, sequence: bool, *, width=None, depth=None, t: int = 10, lr=None):
@@ -51,6 +60,7 @@ def _spec(rule: str, ds_shape, classes: int, sequence: bool, *, width=None, dept
     from edgesp.spec import LIF, OptimizerSpec, RuleSpec, TemporalSpec
 
     name = "bptt" if rule in ("gru", BPTT_FAST, HEAD_ONLY) else rule.removesuffix("-slowlif")
+    name, extra = _online_variant(name)
     d = sequence_defaults(name)
     if rule == BPTT_FAST:  # BPTT on faster neurons (an extra reference when the defaults are slower)
         d.update(FAST_LIF)
@@ -61,7 +71,7 @@ def _spec(rule: str, ds_shape, classes: int, sequence: bool, *, width=None, dept
         loss=d["loss"],
         temperature=d["temperature"] if name.startswith("sp-") else None,
         optimizer=OptimizerSpec(lr=lr or d["lr"]),
-        params=d["rule_params"],
+        params={**d["rule_params"], **extra},
     )
     temporal = TemporalSpec(time_steps=t, encoding="sequence" if sequence else "rate")
     return build_spec(
@@ -84,7 +94,46 @@ def _trainer(rule: str, spec, seed: int):
 
     if rule == "gru":
         return GRUBaseline(spec, seed)
-    return make_trainer(spec, init_params(spec, seed), seed)
+    tr = make_trainer(spec, init_params(spec, seed), seed)
+    if rule == SP_AUTOGRAD:
+        tr.fused = None
+    return tr
+
+
+def step_macs(spec, batch: int) -> dict:
+    """Analytic multiply-adds per time step of sp-online's fused step (edgesp.rules.sp_fused) and of inference
+    (edgesp.snn.run) for Linear → LIF blocks; a matrix product m×k·k×n counts m·k·n, an elementwise a·x + y one per
+    element. Per block (I inputs, H neurons, B samples, C classes, recurrent R = 1 or 0, rows = B + C: the fused
+    step stacks both streams and, for block 0 with hidden placement, gives the target rows a zero input x):
+    inference  B·(I·H + R·H²) + 2·B·H (LIF u, v) + B·H (readout trace) + B·H·C/T (head, once per sequence);
+    training   rows·(I + R·H)·H + 2·rows·H (forward [x | s] [W | W_rec]ᵀ, LIF) + 2·rows·(I + R·H) (traces)
+               + [3·B·C·H + rows·H (Y, ∂q_h, ∂q_t, floor mask)] / n + [H·rows·(I + R·H) + rows·H] / n
+               (gradient products, n = loss_every) + B·H + 2·B·H·C/T (head CE and its gradient at T)
+               + 6·P/k (Adam, P parameters, every k steps)."""
+    from edgesp.spec import Linear
+
+    b, c, t = batch, spec.num_classes, spec.temporal.time_steps
+    rp = spec.rule.params
+    n, k = int(rp.get("loss_every", 1)), int(rp.get("update_every", 1))
+    infer = train = 0.0
+    for i, block in enumerate(spec.blocks):
+        lin = block[0]
+        assert isinstance(lin, Linear)
+        fi, h = lin.in_features, lin.out_features
+        r = 1 if spec.recurrent_layer(i) is not None else 0
+        rows, cols = b + c, fi + r * h
+        infer += b * (fi * h + r * h * h) + 2 * b * h
+        train += rows * cols * h + 2 * rows * h + 2 * rows * cols
+        train += (3 * b * c * h + rows * h) / n + (h * rows * cols + rows * h) / n
+    hf = spec.head.in_features
+    infer += b * hf + b * hf * c / t
+    n_params = sum(int(np.prod(s)) for s in spec.param_shapes().values())
+    train += b * hf + 2 * b * hf * c / t + 6 * n_params / k
+    return {
+        "train_macs_per_step": round(train),
+        "infer_macs_per_step": round(infer),
+        "mac_ratio": round(train / infer, 2),
+    }
 
 
 def accuracy_run(
@@ -190,6 +239,8 @@ def cost_point(rule: str, t: int, batch: int) -> dict:
         "infer_cpu_ms_per_step": round(1e3 * inf / t, 3),
         "train_over_infer": round(dc / inf, 2),
     }
+    if _online_variant(rule)[0] == "sp-online" and rule != SP_AUTOGRAD:
+        out.update(step_macs(spec, batch))
     return out
 
 
@@ -335,10 +386,11 @@ def main() -> None:
             for t in ts:
                 r = run_cost(rule, t, 32)
                 results["cost"].append(r)
+                macs = f"  MACs {r['mac_ratio']:.2f}x" if "mac_ratio" in r else ""
                 print(
                     f"cost {rule:10s} {r['model']:9s} T={t:<5d} peak={r['peak_train_mib']:8.2f} MiB  "
                     f"train {r['train_cpu_ms_per_step']:8.3f} ms/step  inference {r['infer_cpu_ms_per_step']:7.3f} "
-                    f"ms/step  ratio {r['train_over_infer']:.2f}",
+                    f"ms/step  ratio {r['train_over_infer']:.2f}{macs}",
                     flush=True,
                 )
     write_text(out, json.dumps(results, indent=2))

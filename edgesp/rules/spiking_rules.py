@@ -68,17 +68,25 @@ for the sample, C rows for the target) and the readout trace, plus one step's au
 by the step's backward); nothing grows with T. The per-batch rules (sp-voltage, sp-surrogate) accumulate the
 T steps' gradients in the parameters' .grad and apply them once; sp-online applies them every k steps.
 
+- ``loss_every`` = n (default 1): the SP losses are formed only at steps with (t+1) % n == 0 (the neuron state and
+  the traces still advance every step), so the gradient products cost 1/n per step.
+- **Fused step**: sp-online with ``trace='filter'`` and ``online_loss='voltage'`` (the CLI's sequence defaults),
+  loss v9, v1, v14 or l2, runs :mod:`edgesp.rules.sp_fused` — the same arithmetic with both streams stacked,
+  closed-form ∂L/∂v and no autograd — and the same optimizers; every other setting runs the autograd path below
+  (the fused step's test oracle; ``trainer.fused = None`` forces it).
+
 Rule parameters (``spec.rule.params``): surrogate_slope, update_every, online_loss, spike, rtrl_max_mib, trace,
-step_weight, v_floor, head_steps; for every spiking rule (e-prop too): ``head_lr`` (the head's own learning rate)
-and ``head_norm`` ('none' | 'ema', with ``head_norm_momentum``): the head learns in standardised coordinates of its
-step-T input, folded back to the plain head after every step (:mod:`edgesp.rules.head_norm`; the model is
-unchanged). e-prop, the online baseline, is :mod:`edgesp.rules.eprop`.
+step_weight, v_floor, head_steps, loss_every; for every spiking rule (e-prop too): ``head_lr`` (the head's own
+learning rate) and ``head_norm`` ('none' | 'ema', with ``head_norm_momentum``): the head learns in standardised
+coordinates of its step-T input, folded back to the plain head after every step (:mod:`edgesp.rules.head_norm`; the
+model is unchanged). e-prop, the online baseline, is :mod:`edgesp.rules.eprop`.
 Optimizers: one per layer from ``spec.rule.optimizer`` (``spec.param_layer_index``: with hidden placement
 the signal shares block 0's).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +100,7 @@ from edgesp.functional import Params, signal_forward
 from edgesp.losses import sp_loss
 from edgesp.rtrl import bptt_loss, rtrl_bytes, rtrl_loss_and_grads
 from edgesp.rules.head_norm import HEAD_NORMS, HeadNorm
+from edgesp.rules.sp_fused import FusedBlock, FusedSPOnline, fused_unsupported, make_labels
 from edgesp.snn import BlockState, Readout, block_step, empty_readout, readout_decay, run, run_readout
 from edgesp.spec import LIF, Linear, ModelSpec, OptimizerSpec
 from edgesp.spiking import SpikeFn, smooth_spike, strict_spike, surrogate_spike
@@ -106,6 +115,7 @@ _KNOWN_PARAMS = {
     "step_weight",
     "v_floor",
     "head_steps",
+    "loss_every",
 }
 TRACES = ("none", "filter")
 STEP_WEIGHTS = ("uniform", "ramp")
@@ -148,6 +158,15 @@ def _make_optimizer(opt: OptimizerSpec, tensors: list[torch.Tensor]) -> torch.op
     if opt.name == "sgd":
         return torch.optim.SGD(tensors, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     return torch.optim.Adam(tensors, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+
+
+def _count(rp: dict[str, Any], key: str) -> int:
+    """A rule parameter that counts steps (default 1): an integer >= 1, else a SpecError naming it."""
+    value = rp.get(key, 1)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value != int(value) or value < 1:
+        raise SpecError(f"{key} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 def _threshold(spec: ModelSpec, i: int) -> float:
@@ -271,9 +290,7 @@ class SPTrainer(_SpikingTrainer):
             raise SpecError(f"online_loss must be 'voltage' or 'surrogate', got {mode!r}")
         self.mode = mode
         self.slope = float(self.rp.get("surrogate_slope", 5.0))
-        self.every = int(self.rp.get("update_every", 1))
-        if self.every < 1:
-            raise SpecError(f"update_every must be >= 1, got {self.every}")
+        self.every = _count(self.rp, "update_every")
         self.spike: SpikeFn = strict_spike
         self.trace = str(self.rp.get("trace", "none"))
         if self.trace not in TRACES:
@@ -293,6 +310,7 @@ class SPTrainer(_SpikingTrainer):
         self.head_steps = str(self.rp.get("head_steps", "every"))
         if self.head_steps not in HEAD_STEPS:
             raise SpecError(f"head_steps must be one of {', '.join(HEAD_STEPS)}, got {self.head_steps!r}")
+        self.loss_every = _count(self.rp, "loss_every")
         self.hidden = spec.signal.hidden
         if self.hidden:
             a_shape = spec.shapes()[0][0]  # block 0's parametric output, which z replaces
@@ -308,6 +326,22 @@ class SPTrainer(_SpikingTrainer):
                 f"than the {spec.num_classes} classes, so the target t_0 = LayerNorm(W_S onehot) cannot "
                 "tell classes apart: use placement hidden (--signal-placement hidden)"
             )
+        # the fused, autograd-free sp-online step when it applies (edgesp.rules.sp_fused); set to None to force
+        # the autograd path (the general fallback and the fused step's test oracle)
+        self.fused: FusedSPOnline | None = None
+        if fused_unsupported(spec, self.mode, self.trace) is None:
+            self.fused = FusedSPOnline(
+                spec,
+                self.p,
+                every=self.every,
+                loss_every=self.loss_every,
+                v_floor=self.v_floor,
+                weight=self.weight,
+                decay=self.decay,
+                head_every=self.head_steps == "every",
+                train_signal=self._trains_signal(),
+                loss_gen=self.loss_gen,
+            )
 
     # -- the per-step pieces (public so tests can drive a step by itself)
     def begin(self, batch: int) -> None:
@@ -317,10 +351,18 @@ class SPTrainer(_SpikingTrainer):
         self.h_trace: list[PresynTrace | None] = [None] * len(self.spec.blocks)
         self.t_trace: list[PresynTrace | None] = [None] * len(self.spec.blocks)
         self.readout: Readout = empty_readout(self.spec, batch, torch.zeros(()))
+        self.f_state = [FusedBlock() for _ in self.spec.blocks]  # the fused step's state (both streams stacked)
+        if self.fused is not None:
+            self.fused.begin(batch)
         self.t = 0
 
     def _trains_signal(self) -> bool:
         return self.spec.signal.kind == "learned"
+
+    def _zero(self) -> None:
+        super()._zero()
+        if self.fused is not None:
+            self.fused.zero()
 
     def signal(self) -> torch.Tensor:
         """z for all C classes (row c = class c), from the current W_S, b_S (detached if the signal is fixed)."""
@@ -348,6 +390,7 @@ class SPTrainer(_SpikingTrainer):
         # hidden: z is block 0's input current (a^t_0 = z); input: z = t_0 is block 0's input
         t_in, cur = (None, z) if self.hidden else (z, None)
         total = x_t.new_zeros(())
+        with_loss = (self.t + 1) % self.loss_every == 0  # loss_every: the traces still advance at every step
         for i in range(len(spec.blocks)):
             s_h, v_h, st_h = block_step(spec, i, h_in, self.p, self.h_state[i].detached(), self.spike)
             s_t, v_t, st_t = block_step(
@@ -360,18 +403,19 @@ class SPTrainer(_SpikingTrainer):
                 t_prev = F.one_hot(classes, spec.num_classes).float()
             else:
                 t_prev = t_in.detach()[classes]
-            total = total + sp_loss(
-                r.loss,
-                self._z(v_h, i),
-                self._z(v_t, i)[classes],
-                inv,
-                y,
-                classes,
-                temperature=r.temperature,
-                topk=r.topk,
-                t_prev_cls=t_prev,
-                generator=self.loss_gen,
-            )
+            if with_loss:
+                total = total + sp_loss(
+                    r.loss,
+                    self._z(v_h, i),
+                    self._z(v_t, i)[classes],
+                    inv,
+                    y,
+                    classes,
+                    temperature=r.temperature,
+                    topk=r.topk,
+                    t_prev_cls=t_prev,
+                    generator=self.loss_gen,
+                )
             self.h_state[i], self.t_state[i] = st_h.detached(), st_t.detached()
             h_in, t_in = s_h.detach(), s_t.detach()
         self.readout = self.readout.step(h_in, self.decay)
@@ -427,14 +471,22 @@ class SPTrainer(_SpikingTrainer):
         return 1.0
 
     def online_step(self, x_t: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """sp-online, one step: losses of this step, backward, and (every k steps) an update of every layer."""
+        """sp-online, one step: losses of this step, backward, and (every k steps) an update of every layer.
+        Runs the fused step (:mod:`edgesp.rules.sp_fused`) when it applies, else autograd."""
+        if self.fused is not None:
+            lab = make_labels(self.spec.rule.loss, y, self.spec.num_classes)
+            self.fused.take_loss(lab)
+            with torch.no_grad():
+                ce = self._fused_step(x_t, lab)
+            return self.fused.take_loss(lab), (float("nan") if ce is None else float(ce))
         w = self.weight(self.t)
         sp = self.step_loss(x_t, y)
         if self.head_steps == "every":
             ce = self.head_loss(y)
             (w * (sp + ce) / self.every).backward()
         else:  # 'last': the head learns from the readout the prediction uses (step T) only
-            (w * sp / self.every).backward()
+            if sp.requires_grad:  # (no SP loss at this step with loss_every > 1)
+                (w * sp / self.every).backward()
             ce = self.head_loss(y) if self.t == self.T else None
             if ce is not None:
                 ce.backward()
@@ -443,6 +495,21 @@ class SPTrainer(_SpikingTrainer):
             self._zero()
         return float(sp.detach()), (float("nan") if ce is None else float(ce.detach()))
 
+    def _fused_step(self, x_t: torch.Tensor, lab: Any) -> torch.Tensor | None:
+        """The fused online step (returns the head's CE if formed; the SP loss is summed in ``self.fused``); at an
+        update the interval's gradient sums become .grad and the optimizers step."""
+        assert self.fused is not None
+        last = self.t + 1 == self.T
+        self.f_state, self.readout, ce = self.fused.step(self.f_state, self.readout, x_t, lab, self.t, last)
+        self.t += 1
+        if last:
+            self._observe_readout(self.readout.features(self.spec))
+        if self.t % self.every == 0 or self.t == self.T:
+            self.fused.set_grads()
+            self._step()
+            self._zero()
+        return ce
+
     def train_step(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         xt, yt = self._inputs(x, y)
         enc = Encoder(self.spec, xt, self.gen)
@@ -450,6 +517,15 @@ class SPTrainer(_SpikingTrainer):
         self._zero()
         sp_sum = ce_sum = 0.0
         n_ce = 0
+        if self.online and self.fused is not None:
+            lab = make_labels(self.spec.rule.loss, yt, self.spec.num_classes)
+            ce_t = xt.new_zeros(())
+            with torch.no_grad():
+                for t in range(self.T):
+                    ce = self._fused_step(enc.step(t), lab)
+                    if ce is not None:
+                        ce_t, n_ce = ce_t + ce, n_ce + 1
+            return {"sp_loss": self.fused.take_loss(lab) / self.T, "head_ce": float(ce_t) / max(n_ce, 1)}
         for t in range(self.T):
             if self.online:
                 sp, ce = self.online_step(enc.step(t), yt)
@@ -458,7 +534,8 @@ class SPTrainer(_SpikingTrainer):
                     ce_sum, n_ce = ce_sum + ce, n_ce + 1
             else:
                 loss = self.step_loss(enc.step(t), yt)
-                (self.weight(t) * loss / self.T).backward()
+                if loss.requires_grad:  # (no SP loss at this step with loss_every > 1)
+                    (self.weight(t) * loss / self.T).backward()
                 sp_sum += float(loss.detach())
         if not self.online:
             ce = self.head_loss(yt)

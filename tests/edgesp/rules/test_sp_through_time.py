@@ -119,14 +119,19 @@ def test_no_block_update_reads_a_later_layer(rule: str) -> None:
     assert not torch.equal(a["blocks.1.weight"], b["blocks.1.weight"])  # the control: later layers did differ
 
 
-def test_online_recurrent_update_reads_only_current_step_state_and_traces() -> None:
+@pytest.mark.parametrize("fused", [True, False])
+def test_online_recurrent_update_reads_only_current_step_state_and_traces(fused: bool) -> None:
     """sp-online with traces on a 2-block recurrent model: trainer B runs 5 steps on other inputs and labels,
     then receives A's weights, optimizer state, neuron state (u, v, previous spikes), eligibility traces and
-    readout trace — nothing else; step 6 on the same input and labels gives bit-identical updates."""
+    readout trace — nothing else; step 6 on the same input and labels gives bit-identical updates. Both for the
+    fused step (its state: both streams stacked, ``f_state``) and the autograd path."""
     spec = _spec(depth=2, signal="learned")
     a = make_trainer(spec, init_params(spec, 0), 0)
     b = make_trainer(spec, init_params(spec, 0), 0)
     assert isinstance(a, SPTrainer) and isinstance(b, SPTrainer)
+    assert a.fused is not None
+    if not fused:
+        a.fused = b.fused = None
     x, y = _inputs(6, 2)
     xo, yo = _inputs(6, 3)
     a.begin(6)
@@ -141,6 +146,7 @@ def test_online_recurrent_update_reads_only_current_step_state_and_traces() -> N
         b.opts[i].load_state_dict(copy.deepcopy(a.opts[i].state_dict()))
     b.h_state, b.t_state, b.readout = list(a.h_state), list(a.t_state), a.readout
     b.h_trace, b.t_trace = list(a.h_trace), list(a.t_trace)
+    b.f_state = list(a.f_state)
     a.online_step(x[..., 5], y)
     b.online_step(x[..., 5], y)
     for n in a.p:
