@@ -148,3 +148,18 @@ def test_rtrl_refuses_head_norm() -> None:
     spec = _seq_spec("rtrl", {"head_norm": "ema"})
     with pytest.raises(SpecError, match="rtrl"):
         make_trainer(spec, init_params(spec, 0), 0)
+
+
+def test_a_step_without_head_gradient_leaves_the_head_alone() -> None:
+    """sp-online updates every k steps but its head loss comes at step T only: the steps in between must not move
+    the head (Adam would coast on its momentum; torch skips a parameter whose .grad is None)."""
+    w, b, f, y = _head()
+    hn = HeadNorm(w, b, BETA, momentum=0.05)
+    hn.observe(f)
+    opt = torch.optim.Adam(hn.leaves(), lr=0.05)
+    _plain_grad(w, b, f, y)
+    hn.step(opt)
+    w1, b1 = w.detach().clone(), b.detach().clone()
+    w.grad = b.grad = None
+    hn.step(opt)
+    assert torch.equal(w.detach(), w1) and torch.equal(b.detach(), b1)
