@@ -54,14 +54,40 @@ def _online_variant(rule: str) -> tuple[str, dict]:
     return ("sp-online", {}) if rule == SP_AUTOGRAD else (rule, {})
 
 
+RULE_FIELDS = {"lr": float, "loss": str, "temperature": float}
+
+
+def _overrides(rule: str) -> tuple[str, dict, dict]:
+    """``RULE@key=value+key=value`` → (RULE, rule-spec fields (lr, loss, temperature), extra rule parameters): one
+    setting changed against the sequence defaults, e.g. ``sp-online@lr=3e-4`` or ``sp-online@update_every=1``."""
+    base, _, rest = rule.partition("@")
+    fields: dict = {}
+    params: dict = {}
+    for item in filter(None, rest.split("+")):
+        key, _, value = item.partition("=")
+        if key in RULE_FIELDS:
+            fields[key] = RULE_FIELDS[key](value)
+        else:
+            try:
+                params[key] = json.loads(value)
+            except ValueError:
+                params[key] = value
+    return base, fields, params
+
+
 def _spec(rule: str, ds_shape, classes: int, sequence: bool, *, width=None, depth=None, t: int = 10, lr=None):
-    """The CLI's model for this data (sequence defaults when ``sequence``), with the rule's default lr."""
+    """The CLI's model for this data (sequence defaults when ``sequence``), with the rule's default lr; a rule
+    written ``RULE@key=value+…`` changes those settings (:func:`_overrides`)."""
     from edgesp.presets import build_spec, sequence_defaults
     from edgesp.spec import LIF, OptimizerSpec, RuleSpec, TemporalSpec
 
+    rule, fields, over = _overrides(rule)
     name = "bptt" if rule in ("gru", BPTT_FAST, HEAD_ONLY) else rule.removesuffix("-slowlif")
     name, extra = _online_variant(name)
+    extra = {**extra, **over}
     d = sequence_defaults(name)
+    d.update({k: v for k, v in fields.items() if k != "lr"})
+    lr = lr or fields.get("lr")
     if rule == BPTT_FAST:  # BPTT on faster neurons (an extra reference when the defaults are slower)
         d.update(FAST_LIF)
     if rule.endswith("-slowlif"):  # a rule on the previous defaults' slow neurons (du 0.2, dv 0.02)
