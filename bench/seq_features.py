@@ -97,8 +97,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['model']} | {r['mean_rate']:.3f} | {100 * r['never_fire']:.0f} % | {100 * r['fire_over_half']:.0f} % "
-            f"| {r['participation_ratio']:.1f} | {100 * r['probe_train']:.1f} % | {100 * r['probe_test']:.1f} % |"
+            f"| {r['model']} | {r['mean_rate']:.3f} | {100 * r['never_fire']:.0f} % "
+            f"| {100 * r['fire_over_half']:.0f} % | {r['participation_ratio']:.1f} "
+            f"| {100 * r['probe_train']:.1f} % | {100 * r['probe_test']:.1f} % |"
         )
     command = " ".join(["python", "bench/seq_features.py", *sys.argv[1:]])
     write_text(a.out, json.dumps({"command": command, "data": a.data, "rows": rows}, indent=1))

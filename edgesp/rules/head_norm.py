@@ -18,8 +18,9 @@ so that at the prediction step T, logits = A (f[T] − μ)/σ + β_T c: a linear
 μ and σ are exponential moving averages (momentum m, default 0.05) of the batch mean and standard deviation of
 f[T] over training batches (the first batch initialises them), plus ε = 0.3 (one spike adds ≈ 1 to a trace): a
 neuron that rarely fires has σ ≪ 1, and dividing by it (ε = 0.01) let Adam grow such columns of W_h to 40 and
-collapsed spike-recall from 99 % to 53 % in 3 epochs; ε = 0.3 gave 98 % there and no loss on MNIST-1D. β_T = β[T] (membrane readout) or 1 (spike count). Without a head bias only the scale
-is used (μ = 0): the centring could not be folded.
+collapsed spike-recall from 99 % to 53 % in 3 epochs; ε = 0.3 gave 98 % there and no loss on MNIST-1D.
+β_T = β[T] (membrane readout) or 1 (spike count). Without a head bias only the scale is used (μ = 0): the centring
+could not be folded.
 
 Per optimizer step of the head: (A, c) ← inverse fold of the current (W_h, b_h) (the function is unchanged),
 the gradient of the plain head is mapped by the chain rule,
@@ -28,7 +29,8 @@ the gradient of the plain head is mapped by the chain rule,
 
 the head's optimizer (its state lives in (A, c) coordinates) steps, and (W_h, b_h) ← fold(A, c). A step without a
 head gradient (an sp-online update between head losses) is skipped, as torch skips a parameter whose .grad is None
-(Adam would otherwise coast on its momentum). Before the first statistics are known μ = 0, σ = 1 (the plain head). Memory: 2·F floats (μ, σ) and one copy of the head.
+(Adam would otherwise coast on its momentum). Before the first statistics are known μ = 0, σ = 1 (the plain head).
+Memory: 2·F floats (μ, σ) and one copy of the head.
 """
 
 from __future__ import annotations
