@@ -172,6 +172,7 @@ def accuracy_run(
 
     torch.manual_seed(seed)
     spec = _spec(rule, ds.input_shape, ds.num_classes, True, width=width, depth=depth)
+    full, rule = rule, rule.partition("@")[0]  # RULE@settings: the base rule decides gru / head-only below
     if rule == "gru":  # the GRU's own Adam lr (1e-2: spike-recall solved in 3 epochs, tests/edgesp/rules/test_gru.py)
         spec = spec.replace_rule(optimizer=dataclasses.replace(spec.rule.optimizer, lr=GRU_LR))
     tr = _trainer(rule, spec, seed)
@@ -200,7 +201,7 @@ def accuracy_run(
     acc = float((tr.predict(xte).argmax(1) == ds.y_test).mean())
     return {
         "dataset": ds.name,
-        "rule": rule,
+        "rule": full,
         "seed": seed,
         "model": model,
         "width": spec.block_output_shape(0)[0],
