@@ -21,8 +21,10 @@ recomputed every step from the current W_S (so sp-online sees its own updates):
   previous target (v15): onehot(c).
 - **input placement**: z is shaped like one step of block-0 input (t_0) and enters as a direct current
   every step (:mod:`edgesp.encoding`), a^t_0[t] = W_0 t_0 + b_0; a learned W_S (layer 0, its own optimizer)
-  is trained by block 0's loss through W_0. An input with fewer features than classes (a 1-channel sequence:
-  t_0 would be identically zero after LayerNorm) is refused: use placement 'hidden'.
+  is trained by block 0's loss through W_0 — without eligibility traces only: with ``trace='filter'`` t_0 enters
+  the traces as a constant and no loss reaches W_S, so a learned signal is refused there (use a fixed one). An
+  input with fewer features than classes (a 1-channel sequence: t_0 would be identically zero after LayerNorm) is
+  refused: use placement 'hidden'.
 
 ``signal.kind='fixed'``: W_S, b_S are frozen (detached, in no optimizer). bptt and rtrl never read the signal.
 
@@ -299,6 +301,13 @@ class SPTrainer(_SpikingTrainer):
             for i, block in enumerate(spec.blocks):
                 if len(block) != 2 or not isinstance(block[0], Linear) or not isinstance(block[1], LIF):
                     raise SpecError(f"trace 'filter' needs Linear → LIF blocks (--model snn); block {i} is not")
+            if not spec.signal.hidden and spec.signal.kind == "learned":
+                # the traces carry the target's input t_0 as a constant, so no loss would reach W_S: refuse rather
+                # than keep a "learned" signal that silently never learns
+                raise SpecError(
+                    "trace 'filter' with input signal placement leaves the learned signal W_S untrained: use "
+                    "--signal-placement hidden, a fixed signal, or --rule-param trace=none"
+                )
         self.step_weight = str(self.rp.get("step_weight", "uniform"))
         if self.step_weight not in STEP_WEIGHTS:
             raise SpecError(f"step_weight must be one of {', '.join(STEP_WEIGHTS)}, got {self.step_weight!r}")

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgesp.errors import SpecError
 from edgesp.functional import init_params
 from edgesp.presets import build_spec
 from edgesp.rules import make_trainer
@@ -117,7 +118,7 @@ CASES = [
     {"loss": "l2"},
     {"loss": "v14"},
     {"recurrent": False},
-    {"placement": "input"},
+    {"placement": "input", "signal": "fixed"},  # a learned signal with input placement is refused (trace filter)
     {"signal": "fixed"},
     {"update_every": 1},
     {"head_steps": "every"},
@@ -130,7 +131,15 @@ CASES = [
     {"activation": "none", "readout": "spike_count"},
     {"spiking": False, "recurrent": False},
     {"labels": 3, "loss": "v14"},
-    {"depth": 2, "placement": "input", "recurrent": False, "update_every": 1, "head_steps": "every", "loss": "v1"},
+    {
+        "depth": 2,
+        "placement": "input",
+        "signal": "fixed",
+        "recurrent": False,
+        "update_every": 1,
+        "head_steps": "every",
+        "loss": "v1",
+    },
     {"depth": 2, "signal": "fixed", "v_floor": None, "loss": "l2", "update_every": 1},
     {"head_norm": "ema"},  # the standardised head (edgesp.rules.head_norm): statistics observed at T on both paths
     {"head_norm": "ema", "optimizer": "adam", "head_steps": "every", "readout": "spike_count"},
@@ -156,8 +165,7 @@ def test_fused_step_matches_autograd(case: dict) -> None:
     tol = _tol(params, want, 2 * 3 if adam else 0, spec.rule.optimizer.lr)  # updates at steps 5, 10, 12
     assert _gap(params, want) > 100 * tol
     for k in params:
-        if k.startswith("signal.") and (case.get("signal") == "fixed" or case.get("placement") == "input"):
-            # frozen, or (input placement with the trace) reached by no loss: unchanged on both paths
+        if k.startswith("signal.") and case.get("signal") == "fixed":  # frozen: unchanged on both paths
             np.testing.assert_array_equal(got[k], params[k], err_msg=k)
             np.testing.assert_array_equal(want[k], params[k], err_msg=k)
             continue
@@ -342,3 +350,13 @@ def test_loss_every_from_the_cli(tmp_path) -> None:
     argv = ["train", "--data", "mnist1d-seq", "--model", "snn", "--rule", "sp-online", "--epochs", "1"]
     assert main([*argv, "--max-train", "256", "--rule-param", "loss_every=10", "--out", str(out)]) == 0
     assert (out / "model.safetensors").exists()
+
+
+def test_a_learned_signal_with_input_placement_and_traces_is_refused() -> None:
+    """With trace 'filter' the target's input t_0 enters the traces as a constant, so no loss reaches W_S: a
+    'learned' signal would silently stay at its init. Refused with the fix; a fixed signal is accepted."""
+    spec = _spec(placement="input")
+    with pytest.raises(SpecError, match="leaves the learned signal W_S untrained"):
+        make_trainer(spec, _params(spec), 0)
+    fixed = _spec(placement="input", signal="fixed")
+    assert make_trainer(fixed, _params(fixed), 0).fused is not None
