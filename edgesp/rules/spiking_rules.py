@@ -558,6 +558,9 @@ class SPTrainer(_SpikingTrainer):
 class BPTTTrainer(_SpikingTrainer):
     """Surrogate-gradient BPTT (autograd over all T steps) or RTRL (forward-mode, same gradient)."""
 
+    # the SP rules' settings (traces, floors, update intervals …) mean nothing here: refused, not ignored
+    known_params = frozenset({"surrogate_slope", "spike", "rtrl_max_mib"})
+
     def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int) -> None:
         super().__init__(spec, params, seed)
         kind = self.rp.get("spike", "surrogate")

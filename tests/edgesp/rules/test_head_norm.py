@@ -163,3 +163,12 @@ def test_a_step_without_head_gradient_leaves_the_head_alone() -> None:
     w.grad = b.grad = None
     hn.step(opt)
     assert torch.equal(w.detach(), w1) and torch.equal(b.detach(), b1)
+
+
+def test_bptt_refuses_the_sp_rules_settings() -> None:
+    """bptt/rtrl used to accept (and ignore) the SP rules' parameters; now one line names the known ones."""
+    spec = _seq_spec("bptt", {"trace": "filter"})
+    with pytest.raises(SpecError, match=r"unknown rule parameters \['trace'\] for bptt"):
+        make_trainer(spec, init_params(spec, 0), 0)
+    ok = _seq_spec("bptt", {"spike": "smooth", "head_lr": 0.01})
+    make_trainer(ok, init_params(ok, 0), 0)
