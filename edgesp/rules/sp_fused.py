@@ -1,7 +1,9 @@
 """Fused, autograd-free sp-online step: rule ``sp-online`` with ``trace='filter'`` and ``online_loss='voltage'``
-(the CLI's sequence defaults), loss v9, v1, v14 or l2, Linear → LIF blocks. The same arithmetic as the autograd
-path of :class:`edgesp.rules.spiking_rules.SPTrainer` (the general fallback and this module's test oracle),
-written out so that a step is a few dense ops instead of a graph (tests/edgesp/rules/test_sp_online_fused.py).
+(the CLI's sequence defaults), loss v9, v1, v14 or l2, Linear → LIF blocks; also rule ``sp-voltage`` with
+``trace='filter'``, which is the same step with one update per sequence (every = T) and the head's CE at step T.
+The same arithmetic as the autograd path of :class:`edgesp.rules.spiking_rules.SPTrainer` (the general fallback and
+this module's test oracle), written out so that a step is a few dense ops instead of a graph
+(tests/edgesp/rules/test_sp_online_fused.py).
 
 Rows: the sample stream's B rows and the target stream's C rows (one per class, by class id) are stacked into one
 (B+C)-row batch per block, and a recurrent block's input is the stacked matrix X = [x | s[t−1]] (each stream's own
@@ -60,7 +62,7 @@ FUSED_LOSSES = ("v9", "v1", "v14", "l2")
 
 def fused_unsupported(spec: ModelSpec, mode: str, trace: str) -> str | None:
     """Why the fused step cannot run this configuration (None: it can)."""
-    if spec.rule.name != "sp-online":
+    if spec.rule.name not in ("sp-online", "sp-voltage"):
         return f"rule {spec.rule.name}"
     if mode != "voltage" or trace != "filter":
         return "online_loss must be 'voltage' and trace 'filter'"

@@ -73,7 +73,8 @@ T steps' gradients in the parameters' .grad and apply them once; sp-online appli
 - ``loss_every`` = n (default 1): the SP losses are formed only at steps with (t+1) % n == 0 (the neuron state and
   the traces still advance every step), so the gradient products cost 1/n per step.
 - **Fused step**: sp-online with ``trace='filter'`` and ``online_loss='voltage'`` (the CLI's sequence defaults),
-  loss v9, v1, v14 or l2, runs :mod:`edgesp.rules.sp_fused` — the same arithmetic with both streams stacked,
+  loss v9, v1, v14 or l2 — and sp-voltage with ``trace='filter'`` (one update per sequence) — runs
+  :mod:`edgesp.rules.sp_fused` — the same arithmetic with both streams stacked,
   closed-form ∂L/∂v and no autograd — and the same optimizers; every other setting runs the autograd path below
   (the fused step's test oracle; ``trainer.fused = None`` forces it).
 
@@ -337,17 +338,19 @@ class SPTrainer(_SpikingTrainer):
             )
         # the fused, autograd-free sp-online step when it applies (edgesp.rules.sp_fused); set to None to force
         # the autograd path (the general fallback and the fused step's test oracle)
+        # sp-voltage is the same arithmetic with one update per sequence (every = T) and the head's CE at step T only
         self.fused: FusedSPOnline | None = None
+        self.fused_every = self.every if self.online else self.T
         if fused_unsupported(spec, self.mode, self.trace) is None:
             self.fused = FusedSPOnline(
                 spec,
                 self.p,
-                every=self.every,
+                every=self.fused_every,
                 loss_every=self.loss_every,
                 v_floor=self.v_floor,
                 weight=self.weight,
                 decay=self.decay,
-                head_every=self.head_steps == "every",
+                head_every=self.online and self.head_steps == "every",
                 train_signal=self._trains_signal(),
                 loss_gen=self.loss_gen,
             )
@@ -513,7 +516,7 @@ class SPTrainer(_SpikingTrainer):
         self.t += 1
         if last:
             self._observe_readout(self.readout.features(self.spec))
-        if self.t % self.every == 0 or self.t == self.T:
+        if self.t % self.fused_every == 0 or self.t == self.T:
             self.fused.set_grads()
             self._step()
             self._zero()
@@ -526,7 +529,7 @@ class SPTrainer(_SpikingTrainer):
         self._zero()
         sp_sum = ce_sum = 0.0
         n_ce = 0
-        if self.online and self.fused is not None:
+        if self.fused is not None:
             lab = make_labels(self.spec.rule.loss, yt, self.spec.num_classes)
             ce_t = xt.new_zeros(())
             with torch.no_grad():

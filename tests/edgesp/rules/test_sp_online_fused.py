@@ -47,6 +47,7 @@ BASE = {
     "readout": "membrane",
     "labels": 4,  # labels drawn from the first `labels` of the 4 classes (3: a class absent from every batch)
     "head_norm": "none",
+    "rule": "sp-online",
 }
 
 
@@ -73,7 +74,7 @@ def _spec(**kw):
         recurrent=c["recurrent"],
         signal=SignalSpec(kind=c["signal"], placement=c["placement"], activation=c["activation"]),
         temporal=TemporalSpec(encoding="sequence", readout=c["readout"]),
-        rule=RuleSpec(name="sp-online", loss=c["loss"], temperature=0.1, params=rp, optimizer=opt),
+        rule=RuleSpec(name=c["rule"], loss=c["loss"], temperature=0.1, params=rp, optimizer=opt),
     )
 
 
@@ -143,6 +144,9 @@ CASES = [
     {"depth": 2, "signal": "fixed", "v_floor": None, "loss": "l2", "update_every": 1},
     {"head_norm": "ema"},  # the standardised head (edgesp.rules.head_norm): statistics observed at T on both paths
     {"head_norm": "ema", "optimizer": "adam", "head_steps": "every", "readout": "spike_count"},
+    # sp-voltage = the same step with one update per sequence and the head at step T (update_every/head_steps unused)
+    {"rule": "sp-voltage"},
+    {"rule": "sp-voltage", "optimizer": "adam", "v_floor": None, "head_steps": "every", "loss": "v1"},
 ]
 
 
@@ -307,13 +311,14 @@ def test_other_settings_fall_back_to_autograd(change: dict) -> None:
 
 @pytest.mark.parametrize("rule", ["sp-voltage", "sp-surrogate"])
 def test_loss_every_on_the_per_batch_rules(rule: str) -> None:
-    """loss_every also thins the per-batch SP rules' losses (autograd path): they train, and differently."""
+    """loss_every also thins the per-batch SP rules' losses (sp-voltage: fused step; sp-surrogate: autograd path):
+    they train, and differently."""
     ends = []
     for n in (1, 3):
         spec = _spec(loss_every=n).replace_rule(name=rule)
         params = _params(spec)
         tr = make_trainer(spec, params, 0)
-        assert isinstance(tr, SPTrainer) and tr.fused is None
+        assert isinstance(tr, SPTrainer) and (tr.fused is None) == (rule == "sp-surrogate")
         m = tr.train_step(*_data())
         assert np.isfinite(m["sp_loss"]) and _gap(params, tr.params()) > 0
         ends.append(tr.params())
