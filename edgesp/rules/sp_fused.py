@@ -152,7 +152,8 @@ class FusedSPOnline:
             self.below_floor = float(torch.nextafter(f32, torch.tensor(-math.inf)))
         self.head_every, self.decay = head_every, decay
         self.hidden = spec.signal.hidden
-        self.train_signal = train_signal and self.hidden  # input placement: the trace detaches z (no gradient)
+        # input placement: the trace detaches z (no gradient); SPTrainer refuses a learned signal there
+        self.train_signal = train_signal and self.hidden
         self.relu = spec.signal.activation == "relu"
         self.loss_gen = loss_gen
         self.C = spec.num_classes

@@ -101,7 +101,7 @@ from edgesp.encoding import Encoder, num_steps, target_current
 from edgesp.errors import SpecError
 from edgesp.functional import Params, signal_forward
 from edgesp.losses import sp_loss
-from edgesp.rtrl import bptt_loss, rtrl_bytes, rtrl_loss_and_grads
+from edgesp.rtrl import rtrl_bytes, rtrl_loss_and_grads
 from edgesp.rules.head_norm import HEAD_NORMS, HeadNorm
 from edgesp.rules.sp_fused import FusedBlock, FusedSPOnline, fused_unsupported, make_labels
 from edgesp.snn import BlockState, Readout, block_step, empty_readout, readout_decay, run, run_readout
@@ -600,12 +600,10 @@ class BPTTTrainer(_SpikingTrainer):
             for k, g in grads.items():
                 self.p[k].grad = g.detach().clone()
         else:
-            if self.head_norm is None:
-                loss, _ = bptt_loss(self.spec, xt, yt, self.p, self.spike, self.gen)
-            else:  # the same forward (bptt_loss = CE of run's logits), keeping the readout for the head's statistics
-                ro = run_readout(self.spec, xt, self.p, self.spike, self.gen)
-                self._observe_readout(ro.features(self.spec))
-                loss = F.cross_entropy(ro.logits(self.spec, self.p), yt)
+            # edgesp.rtrl.bptt_loss's forward (CE of run's logits), keeping the readout for the head's statistics
+            ro = run_readout(self.spec, xt, self.p, self.spike, self.gen)
+            self._observe_readout(ro.features(self.spec))
+            loss = F.cross_entropy(ro.logits(self.spec, self.p), yt)
             loss.backward()
         self._step()
         self._zero()
