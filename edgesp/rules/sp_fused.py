@@ -40,6 +40,9 @@ readout): ∂ℓ = (softmax(ℓ) − onehot(y))/B, ∂W_h += ∂ℓᵀ f, ∂b_h
 ``head_steps='every'``, 1 at step T with 'last'. At an update the sums become the ``.grad`` of exactly the parameters
 a term reached (as autograd would leave the others at None) and the trainer's torch optimizers step.
 
+Cost: the state and traces are updated in place (no allocation per step), and :class:`SPTrainer` runs Adam on
+torch's fused kernel whenever this step applies (docs/benchmarks/sp_online_fused.md).
+
 ``loss_every`` = n ≥ 1: the SP loss and its gradient products are formed only at steps with (t+1) % n == 0 (the
 state and traces still advance every step).
 """
@@ -83,9 +86,10 @@ def fused_unsupported(spec: ModelSpec, mode: str, trace: str) -> str | None:
 class FusedBlock:
     """Carried state of one block, both streams stacked (rows 0..B−1 the sample, B..B+C−1 the target of class c):
     the LIF state (u, v after reset); for a recurrent block the next step's input buffer ``xs`` = [x | s] whose
-    s part holds this step's spikes (its x part is written at the next step); the eligibility traces ε_u, ε_v of
-    the block's whole input [x | s[t−1]] (one column per presynaptic value; the target rows of block 0's x part
-    are 0 with hidden placement, where the target has no x) and ε_1 (a scalar shared by all rows)."""
+    s part holds this step's spikes (its x part is written at the next step; one of the block's two buffers, used
+    in turn); the eligibility traces ε_u, ε_v of the block's whole input [x | s[t−1]] (one column per presynaptic
+    value; the target rows of block 0's x part are 0 with hidden placement, where the target has no x) and ε_1 (a
+    scalar shared by all rows). The step updates u, v, ε_u and ε_v in place: copy a state to keep it."""
 
     u: torch.Tensor | None = None
     v: torch.Tensor | None = None
@@ -222,6 +226,11 @@ class FusedSPOnline:
         self.g = [torch.zeros(rows, h) for *_, h in self.blocks]
         self.g_halves = [(g[:batch], g[batch:]) for g in self.g]
         self.x0 = torch.zeros(rows, self.blocks[0][4])
+        # a recurrent block's two input buffers [x | s], used in turn (step t reads one, writes s[t] into the other)
+        self.xbuf = [
+            (torch.zeros(rows, fi + h), torch.zeros(rows, fi + h)) if rn is not None else None
+            for _, _, rn, _, fi, h in self.blocks
+        ]
         self.ones = torch.ones(rows)
         self.logp_sum = torch.zeros(batch, self.C)
         self.n_terms = 0
@@ -263,21 +272,24 @@ class FusedSPOnline:
         with_loss = (t + 1) % self.loss_every == 0
         scale = self.weight(t) / self.every if with_loss or self.head_every else 1.0
         x = x_t if x_t.dim() == 2 else x_t.reshape(b, -1)
-        rows = b + self.C
         new_state = []
-        for i, (_, _, rn, lif, fi, h) in enumerate(self.blocks):
+        for i, (*_, lif, fi, _h) in enumerate(self.blocks):
             st = state[i]
             ku, kv, theta = 1.0 - lif.du, 1.0 - lif.dv, lif.threshold
             # the block's input X = [x | s[t−1]] over all B + C rows
-            if rn is not None:
-                xs = st.xs if st.xs is not None else torch.zeros(rows, fi + h)
+            buf = self.xbuf[i]
+            if buf is not None:
+                if st.xs is None:  # first step: no previous spikes
+                    xs = buf[0]
+                    xs[:, fi:] = 0.0
+                else:
+                    xs = st.xs
                 if i != 0:
                     xs[:, :fi] = x
-                elif self.hidden:
-                    xs[:b, :fi] = x
                 else:
                     xs[:b, :fi] = x
-                    xs[b:, :fi] = self.z
+                    if not self.hidden:
+                        xs[b:, :fi] = self.z
             elif i == 0:
                 xs = self.x0  # reused: target rows hold z (input placement) or 0 (hidden placement)
                 xs[:b] = x
@@ -286,39 +298,38 @@ class FusedSPOnline:
             else:
                 xs = x
             a = torch.addmm(self.offset[i], xs, self.wt[i])
-            # LIF (edgesp.spiking.lif_step): u ← (1−du) u + a, v ← (1−dv) v + u + bias, s = 1[v > θ], reset
+            # LIF (edgesp.spiking.lif_step): u ← (1−du) u + a, v ← (1−dv) v + u + bias, s = 1[v > θ], reset.
+            # The state's u, v and traces are updated in place (a state handed to another trainer must be copied).
             if st.u is None:  # zero state
-                u = a
-                v = a if lif.bias == 0.0 else a + lif.bias
+                u, v = a, a.clone()
             else:
-                u = torch.add(a, st.u, alpha=ku)
-                v = torch.add(u, st.v, alpha=kv)
-                if lif.bias != 0.0:
-                    v = v + lif.bias
+                u = torch.add(a, st.u, alpha=ku, out=st.u)
+                v = torch.add(u, st.v, alpha=kv, out=st.v)
+            if lif.bias != 0.0:
+                v.add_(lif.bias)
             xs_next = None
-            if rn is not None:  # (recurrent ⇒ spiking) the spikes go straight into the next step's input buffer
-                xs_next = torch.zeros(rows, fi + h)
+            if buf is not None:  # (recurrent ⇒ spiking) the spikes go straight into the next step's input buffer
+                xs_next = buf[1] if xs is buf[0] else buf[0]
                 s = torch.gt(v, theta, out=xs_next[:, fi:])
             else:
-                s = (v > theta).float() if lif.spiking else v
-            if not lif.spiking:
-                v_next = v
-            elif lif.reset == "subtract":
-                v_next = torch.add(v, s, alpha=-theta)
-            else:  # reset to zero: v (1 − s) = v − v·s, exactly (s is 0 or 1)
-                v_next = torch.addcmul(v, v, s, value=-1.0)
+                s = (v > theta).float() if lif.spiking else v.clone()
             # eligibility traces (PresynTrace) of every input column: ε_u ← (1−du) ε_u + X, ε_v ← (1−dv) ε_v + ε_u
             if st.eu is None:
-                eu = ev = xs.clone() if xs is self.x0 else xs
+                eu, ev = xs.clone(), xs.clone()
             else:
-                eu = torch.add(xs, st.eu, alpha=ku)
-                ev = torch.add(eu, st.ev, alpha=kv)
+                eu = torch.add(xs, st.eu, alpha=ku, out=st.eu)
+                ev = torch.add(eu, st.ev, alpha=kv, out=st.ev)
             eu_1 = ku * st.eu_1 + 1.0
             ev_1 = kv * st.ev_1 + eu_1
-            new_state.append(FusedBlock(u, v_next, xs_next, eu, ev, eu_1, ev_1))
-            if with_loss:
+            if with_loss:  # (on the pre-reset v)
                 self._loss_grad(i, v, b, lab, scale)
                 self._grads(i, st.xs is not None, ev, ev_1)
+            if lif.spiking:
+                if lif.reset == "subtract":
+                    v.sub_(s, alpha=theta)
+                else:  # reset to zero: v (1 − s) = v − v·s, exactly (s is 0 or 1)
+                    v.addcmul_(v, s, value=-1.0)
+            new_state.append(FusedBlock(u, v, xs_next, eu, ev, eu_1, ev_1))
             x = s
         readout = readout.step(x[:b], self.decay)
         ce = None

@@ -365,3 +365,18 @@ def test_a_learned_signal_with_input_placement_and_traces_is_refused() -> None:
         make_trainer(spec, _params(spec), 0)
     fixed = _spec(placement="input", signal="fixed")
     assert make_trainer(fixed, _params(fixed), 0).fused is not None
+
+
+def test_adam_runs_the_fused_kernel_exactly_where_the_fused_step_does() -> None:
+    """Adam's per-update cost is what an update interval amortises (docs/benchmarks/sp_online_fused.md): a trainer
+    on the fused step runs torch's fused Adam kernel in every layer's optimizer; the autograd fallback (here: loss
+    v15) keeps the default kernel, and so does ``trainer.fused = None`` on a covered spec (its optimizer is chosen
+    from the spec, so the parity cases above compare the same optimizer)."""
+    covered = _spec(optimizer="adam")
+    tr = make_trainer(covered, _params(covered), 0)
+    assert isinstance(tr, SPTrainer) and tr.fused is not None
+    assert all(g["fused"] for o in tr.opts.values() for g in o.param_groups)
+    fallback = covered.replace_rule(loss="v15")
+    tr = make_trainer(fallback, _params(fallback), 0)
+    assert isinstance(tr, SPTrainer) and tr.fused is None
+    assert not any(g["fused"] for o in tr.opts.values() for g in o.param_groups)

@@ -146,7 +146,7 @@ def test_online_recurrent_update_reads_only_current_step_state_and_traces(fused:
         b.opts[i].load_state_dict(copy.deepcopy(a.opts[i].state_dict()))
     b.h_state, b.t_state, b.readout = list(a.h_state), list(a.t_state), a.readout
     b.h_trace, b.t_trace = list(a.h_trace), list(a.t_trace)
-    b.f_state = list(a.f_state)
+    b.f_state = copy.deepcopy(a.f_state)  # the fused step updates its state in place: hand over a copy
     a.online_step(x[..., 5], y)
     b.online_step(x[..., 5], y)
     for n in a.p:
