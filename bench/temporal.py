@@ -43,7 +43,7 @@ ACC_RULES = ("sp-online", "sp-voltage", "eprop", "bptt", "gru", HEAD_ONLY)
 DATASETS = "mnist1d-seq+taps8x2,spike-recall"
 SCHEDULE = "cosine"
 COST_RULES = ("sp-online", "sp-voltage", "eprop", "bptt")
-SP_AUTOGRAD = "sp-online-autograd"  # sp-online on its autograd path (the fused step switched off): the pre-fused cost
+SP_AUTOGRAD = "sp-online-autograd"  # sp-online (its defaults) on the autograd path: the fused step switched off
 LOSS_EVERY = "sp-online-le"  # sp-online-leN: rule parameter loss_every = N (the SP loss formed every N steps)
 
 

@@ -70,12 +70,14 @@ for the sample, C rows for the target) and the readout trace, plus one step's au
 by the step's backward); nothing grows with T. The per-batch rules (sp-voltage, sp-surrogate) accumulate the
 T steps' gradients in the parameters' .grad and apply them once; sp-online applies them every k steps.
 
-- ``loss_every`` = n (default 1): the SP losses are formed only at steps with (t+1) % n == 0 (the neuron state and
-  the traces still advance every step), so the gradient products cost 1/n per step.
+- ``loss_every`` = n (default 1; the CLI's sequence defaults set 5 for sp-online, :mod:`edgesp.presets`): the SP
+  losses are formed only at steps with (t+1) % n == 0 (the neuron state and the traces still advance every step),
+  so the gradient products cost 1/n per step.
 - **Fused step**: sp-online with ``trace='filter'`` and ``online_loss='voltage'`` (the CLI's sequence defaults),
   loss v9, v1, v14 or l2 — and sp-voltage with ``trace='filter'`` (one update per sequence) — runs
   :mod:`edgesp.rules.sp_fused` — the same arithmetic with both streams stacked,
-  closed-form ∂L/∂v and no autograd — and the same optimizers; every other setting runs the autograd path below
+  closed-form ∂L/∂v and no autograd — and the same optimizers (Adam on torch's fused kernel there, chosen from the
+  spec so the oracle below gets it too); every other setting runs the autograd path below
   (the fused step's test oracle; ``trainer.fused = None`` forces it).
 
 Rule parameters (``spec.rule.params``): surrogate_slope, update_every, online_loss, spike, rtrl_max_mib, trace,

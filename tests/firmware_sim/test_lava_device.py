@@ -116,7 +116,7 @@ def test_ctrl_c_to_the_process_group_stops_the_runtime(tmp_path):
         os.killpg(group, signal.SIGINT)
         proc.wait(timeout=30)
         err = proc.stderr.read()
-        assert "KeyboardInterrupt" in err
+        assert "KeyboardInterrupt" in err, f"exit code {proc.returncode}, stderr {err!r}"
         for _ in range(50):  # multiprocessing's resource tracker exits shortly after its parent
             left = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split()
             if not left:
