@@ -203,6 +203,7 @@ HOST_ONLY_RULE_PARAMS = (
     "trace",
     "step_weight",
     "update_every",
+    "loss_every",
     "online_loss",
     "spike",
     "v_floor",

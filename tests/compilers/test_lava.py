@@ -291,6 +291,7 @@ def test_compile_writes_manifest_npz_and_reports_quantisation(tmp_path):
         ("bptt", {}, "bptt"),
         ("sp-online", {"trace": "filter"}, "trace=filter"),
         ("sp-online", {"v_floor": -1.0, "head_steps": "last"}, "head_steps=last"),
+        ("sp-online", {"loss_every": 5}, "loss_every=5"),  # the chip forms its SP loss at every step
     ],
 )
 def test_a_rule_the_chip_does_not_run_is_noted_in_the_manifest(name, params, says, tmp_path):
