@@ -220,7 +220,13 @@ class FusedSPOnline:
     # -- the step
     def begin(self, batch: int) -> None:
         """Scratch buffers for a batch of B sequences (each block's (B+C)-row gradient g; block 0's input with zero
-        target rows for a non-recurrent block 0); the per-interval constants are recomputed at the next step."""
+        target rows for a non-recurrent block 0); the per-interval constants are recomputed at the next step. A batch
+        of the size of the previous one reuses its buffers (every entry a step reads is written before it is read)."""
+        self.n_terms = 0
+        self.fresh = False
+        if batch == self.batch:
+            self.logp_sum.zero_()
+            return
         rows = batch + self.C
         self.batch = batch
         self.g = [torch.zeros(rows, h) for *_, h in self.blocks]
@@ -233,8 +239,6 @@ class FusedSPOnline:
         ]
         self.ones = torch.ones(rows)
         self.logp_sum = torch.zeros(batch, self.C)
-        self.n_terms = 0
-        self.fresh = False
 
     def refresh(self) -> None:
         """Constants of an update interval (the weights change only at updates): z (and its n, σ when the signal
