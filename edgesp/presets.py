@@ -46,7 +46,7 @@ SEQUENCE_SP_PARAMS = {"trace": "filter", "step_weight": "ramp"}
 # the similarity is dominated by how far below threshold silent neurons sit) and the head learns from the readout at
 # step T only (the one the prediction uses): together 34 % vs 23–29 % after 5–10 epochs (1 seed, no taps)
 # The SP loss is formed at every 5th step (loss_every; the state and traces still advance every step): a training
-# step then costs 1.9x an inference step in CPU time instead of 2.6x (T >= 40, the fused step), with no measurable
+# step then costs 1.8x an inference step in CPU time instead of 2.6x (T >= 40, the fused step), with no measurable
 # accuracy cost on mnist1d-seq+taps8x2 (3 seeds: 50.8 +- 1.0 % vs 49.3 +- 2.1 % at every step) and spike-recall
 # solved after 3 epochs (99.7 %); it learns spike-recall slower in the first epoch (86.6 % vs 93.8 %). Round 4 of
 # docs/benchmarks/temporal.md.
