@@ -333,6 +333,34 @@ def plot(cost: list[dict], path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
+def plot_accuracy(summary: list[dict], path: Path) -> None:
+    """One panel per dataset: test accuracy of every rule, the mean as a bar and each seed as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(s["dataset"] for s in summary))
+    rows = [[s for s in summary if s["dataset"] == d] for d in datasets]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 0.9 + 0.32 * max(map(len, rows))))
+    for ax, name, group in zip(np.atleast_1d(axes), datasets, rows, strict=True):
+        group = sorted(group, key=lambda s: s["mean"])
+        ys = np.arange(len(group))
+        ax.barh(ys, [100 * s["mean"] for s in group], color="#9db4d0")
+        for y, s in zip(ys, group, strict=True):
+            ax.plot([100 * a for a in s["accs"]], [y] * len(s["accs"]), "k.", ms=4)
+        ax.set_yticks(ys, [f"{s['rule']} ({s['epochs']} ep)" for s in group], fontsize=7)
+        ax.set_xlabel("test accuracy (%): bar = mean, dots = seeds")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlim(0, 100)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    from edgesp.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -423,6 +451,8 @@ def main() -> None:
     write_text(out, json.dumps(results, indent=2))
     if results["cost"]:
         plot(results["cost"], out.with_suffix(".png"))
+    if results.get("summary"):
+        plot_accuracy(results["summary"], out.with_name(out.stem + "_accuracy.png"))
     print(f"wrote {out}")
 
 
