@@ -14,10 +14,19 @@ import torch
 from edgesp.spec import OptimizerSpec
 
 
-def make_optimizer(spec: OptimizerSpec, params: Iterable[torch.Tensor], lr_scale: float = 1.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    spec: OptimizerSpec, params: Iterable[torch.Tensor], lr_scale: float = 1.0, fused: bool = False
+) -> torch.optim.Optimizer:
+    """``fused`` (Adam only): torch's fused CPU kernel, the same update in one pass over all tensors (float32
+    results may differ from the default per-tensor kernel in the last bit)."""
     params = list(params)
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=spec.lr * lr_scale, momentum=spec.momentum, weight_decay=spec.weight_decay)
     return torch.optim.Adam(
-        params, lr=spec.lr * lr_scale, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay
+        params,
+        lr=spec.lr * lr_scale,
+        betas=spec.betas,
+        eps=spec.eps,
+        weight_decay=spec.weight_decay,
+        fused=fused or None,
     )

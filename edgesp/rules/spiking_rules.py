@@ -105,9 +105,10 @@ from edgesp.functional import Params, signal_forward
 from edgesp.losses import sp_loss
 from edgesp.rtrl import rtrl_bytes, rtrl_loss_and_grads
 from edgesp.rules.head_norm import HEAD_NORMS, HeadNorm
+from edgesp.rules.optim import make_optimizer
 from edgesp.rules.sp_fused import FusedBlock, FusedSPOnline, fused_unsupported, make_labels
 from edgesp.snn import BlockState, Readout, block_step, empty_readout, readout_decay, run, run_readout
-from edgesp.spec import LIF, Linear, ModelSpec, OptimizerSpec
+from edgesp.spec import LIF, Linear, ModelSpec
 from edgesp.spiking import SpikeFn, smooth_spike, strict_spike, surrogate_spike
 
 _KNOWN_PARAMS = {
@@ -158,15 +159,12 @@ class PresynTrace:
         return out
 
 
-def _make_optimizer(opt: OptimizerSpec, tensors: list[torch.Tensor], fused: bool = False) -> torch.optim.Optimizer:
-    """SGD: m ← μ m + g + λ W; W ← W − lr m.  Adam: standard, bias-corrected, L2 weight decay λ; ``fused``: torch's
-    fused CPU kernel (the same update in one pass over all tensors; float32 results may differ from the default
-    per-tensor kernel in the last bit)."""
-    if opt.name == "sgd":
-        return torch.optim.SGD(tensors, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    return torch.optim.Adam(
-        tensors, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay, fused=fused or None
-    )
+def _sp_mode_and_trace(spec: ModelSpec) -> tuple[Any, str]:
+    """An SP rule's loss mode ('voltage' | 'surrogate': sp-online's ``online_loss``, else the rule's suffix) and its
+    ``trace`` setting, as written in the spec (validated by :class:`SPTrainer`)."""
+    rp, name = spec.rule.params, spec.rule.name
+    mode = rp.get("online_loss", "voltage") if name == "sp-online" else name.removeprefix("sp-")
+    return mode, str(rp.get("trace", "none"))
 
 
 def _count(rp: dict[str, Any], key: str) -> int:
@@ -218,7 +216,7 @@ class _SpikingTrainer:
                 t for t in groups[self.head_index] if all(t is not q for q in plain)
             ] + self.head_norm.leaves()
         fast = self._fused_optimizer()
-        self.opts = {i: _make_optimizer(spec.rule.optimizer, ts, fast) for i, ts in sorted(groups.items())}
+        self.opts = {i: make_optimizer(spec.rule.optimizer, ts, fused=fast) for i, ts in sorted(groups.items())}
         head_lr = self.rp.get("head_lr")
         if head_lr is not None:
             try:
@@ -260,7 +258,8 @@ class _SpikingTrainer:
         return False
 
     def _fused_optimizer(self) -> bool:
-        """Whether Adam runs torch's fused kernel (see :func:`_make_optimizer`); the rules keep the default kernel."""
+        """Whether Adam runs torch's fused kernel (:func:`edgesp.rules.optim.make_optimizer`); the rules keep the
+        default kernel."""
         return False
 
     # -- contract
@@ -299,16 +298,14 @@ class SPTrainer(_SpikingTrainer):
 
     def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int) -> None:
         super().__init__(spec, params, seed)
-        name = spec.rule.name
-        self.online = name == "sp-online"
-        mode = self.rp.get("online_loss", "voltage") if self.online else name.removeprefix("sp-")
+        self.online = spec.rule.name == "sp-online"
+        mode, self.trace = _sp_mode_and_trace(spec)
         if mode not in ("voltage", "surrogate"):
             raise SpecError(f"online_loss must be 'voltage' or 'surrogate', got {mode!r}")
         self.mode = mode
         self.slope = float(self.rp.get("surrogate_slope", 5.0))
         self.every = _count(self.rp, "update_every")
         self.spike: SpikeFn = strict_spike
-        self.trace = str(self.rp.get("trace", "none"))
         if self.trace not in TRACES:
             raise SpecError(f"trace must be one of {', '.join(TRACES)}, got {self.trace!r}")
         if self.trace == "filter":
@@ -389,9 +386,7 @@ class SPTrainer(_SpikingTrainer):
         block 0 and the head at width 128) is what an update interval of 10 steps amortises
         (docs/benchmarks/sp_online_fused.md). Decided from the spec, so ``trainer.fused = None`` (the autograd
         oracle) keeps the same optimizer."""
-        rp, name = self.spec.rule.params, self.spec.rule.name
-        mode = rp.get("online_loss", "voltage") if name == "sp-online" else name.removeprefix("sp-")
-        return fused_unsupported(self.spec, str(mode), str(rp.get("trace", "none"))) is None
+        return fused_unsupported(self.spec, *_sp_mode_and_trace(self.spec)) is None
 
     def _zero(self) -> None:
         super()._zero()
