@@ -129,12 +129,12 @@ def test_float_lava_voltages_and_spikes_match_edgesp_lif_step(readout, placement
 def test_fixed_lif_matches_lavas_bit_accurate_lif():
     """Our fixed_pt SPLIF (row 0) == lava.proc.lif LIF with Lava's bit-accurate fixed_pt models
     (PyDenseModelBitAcc + PyLifModelBitAcc), same integer weights, exponent, decays, threshold, spikes in."""
+    lv = import_lava()  # first: it imports Lava's runtime past its set_start_method call (firmware_sim.lava.network)
     from lava.proc.dense.process import Dense
     from lava.proc.io.source import RingBuffer
     from lava.proc.lif.process import LIF as LavaLIF
     from lava.proc.monitor.process import Monitor
 
-    lv = import_lava()
     spec = small_spec(encoding="rate", T=24, lif=LIF(du=0.3, dv=0.15, threshold=0.5), depth=1)
     params = boosted_params(spec, gain=3.0)
     params["blocks.0.bias"][:] = 0.0  # Lava's Dense has no bias synapse
@@ -381,12 +381,12 @@ def test_hidden_placement_injection_matches_reference_and_lavas_lif_bias():
     whose per-compartment bias is the table (bias_mant = z_int, bias_exp = 6): with du = 1 the current of a step
     is exactly a compartment bias, i.e. on Loihi the target needs no synapses. The table itself is
     signal_forward quantised to SIGMA fractional bits."""
+    lv = import_lava()  # first: it imports Lava's runtime past its set_start_method call (firmware_sim.lava.network)
     from lava.proc.lif.process import LIF as LavaLIF
     from lava.proc.monitor.process import Monitor
 
     from edgesp.functional import signal_forward
 
-    lv = import_lava()
     spec = small_spec(T=12, lif=LIF(du=1.0, dv=0.15, threshold=0.5), depth=1)
     params = boosted_params(spec)
     desc, q = lower(spec, params, "fixed_pt")

@@ -105,12 +105,12 @@ def test_fixed_recurrent_block_matches_lavas_own_dense_cycle():
     """Our fixed_pt block (sample row, learning off) == Lava's own bit-accurate processes wired as a cycle:
     RingBuffer → Dense → LIF, and LIF.s_out → Dense(W_rec, rec_exp) → LIF.a_in (Lava's Dense buffers one step,
     which is what makes the cycle run and gives the spec's one-step recurrent delay). Spikes and voltages equal."""
+    lv = import_lava()  # first: it imports Lava's runtime past its set_start_method call (firmware_sim.lava.network)
     from lava.proc.dense.process import Dense
     from lava.proc.io.source import RingBuffer
     from lava.proc.lif.process import LIF as LavaLIF
     from lava.proc.monitor.process import Monitor
 
-    lv = import_lava()
     lif = LIF(du=0.3, dv=0.15, threshold=0.5, recurrent=True)
     spec = rec_spec(encoding="rate", T=24, depth=1, lif=lif)
     params = rec_params(spec, gain=3.0, rec_gain=4.0)
